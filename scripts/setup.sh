@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create ./.venv (if missing) and install napari-gigapixel into it with napari,
+# a Qt binding (PyQt6) and the test tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[all,testing]"

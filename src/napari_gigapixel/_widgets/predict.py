@@ -1,0 +1,264 @@
+"""Predict widget: tiled inference of a trained model on a slide layer.
+
+Inference runs in a spawned worker process (the engine's ``predict``
+generator, TensorFlow never in napari's process) and writes an OME-Zarr
+pyramid atomically; when it finishes the widget adds the predicted mask as a
+multiscale Labels layer overlaying the slide and, optionally, the probability
+as an Image layer.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+)
+from napari.layers import Image
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ..core.errors import GigapixelError
+from ..core.events import Finished, Message, Progress
+from ._jobs import JobRelay, stop_on_close
+from ._layers import LayerError, overlay_kwargs, probability_colormap, slide_path
+from .train import LAST_MODEL
+
+PREDICT_TARGET = "napari_gigapixel.core.inference:predict"
+#: Predicted tissue in green, unlike the cyan of the masks a user paints.
+PREDICTION_COLOURS = {0: "transparent", 1: "#39ff14", None: "#39ff14"}
+
+
+def _empty(value: Any) -> bool:
+    return value is None or str(value) in ("", ".")
+
+
+class PredictWidget(Container):
+    """Run a trained model on a slide layer and show the predicted mask.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer whose slide layers are predicted on.
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.model = FileEdit(
+            label="model",
+            mode="r",
+            filter="Keras model (*.keras)",
+            tooltip="A .keras model; empty: the model trained last in this session.",
+        )
+        self.slide = ComboBox(label="slide", choices=self._slide_choices)
+        self.out = FileEdit(label="output", mode="w", filter="OME-Zarr (*.ome.zarr *.zarr)")
+        self.overwrite = CheckBox(text="overwrite output", value=False)
+        self.probability = CheckBox(text="also add the probability image", value=False)
+        self.run_button = PushButton(text="Predict")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.bar = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.status = Label(label="status", value="idle")
+        self.extend(
+            [
+                self.model,
+                self.slide,
+                self.out,
+                self.overwrite,
+                self.probability,
+                self.run_button,
+                self.stop_button,
+                self.bar,
+                self.status,
+            ]
+        )
+        self._inputs = [
+            self.model,
+            self.slide,
+            self.out,
+            self.overwrite,
+            self.probability,
+            self.run_button,
+        ]
+        self.relay = JobRelay(self._on_event, self._on_error, self._on_done)
+        self._close_filter = stop_on_close(self.relay, self.native)
+        self.run_button.changed.connect(self.start)
+        self.stop_button.changed.connect(self.stop)
+        self.slide.changed.connect(self._suggest_out)
+        napari_viewer.layers.events.inserted.connect(self.reset_choices)
+        napari_viewer.layers.events.removed.connect(self.reset_choices)
+        self.config: Any = None
+        self.result: Finished | None = None
+        self.error: BaseException | None = None
+        self.layers: list[Any] = []
+        self._slide_layer: Any = None
+        self._suggest_out(self.slide.value)
+        self.use_last_model()
+
+    def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        # Slides are RGB images; previews and probabilities are not.
+        return [(ly.name, ly) for ly in self.viewer.layers if isinstance(ly, Image) and ly.rgb]
+
+    def use_last_model(self) -> None:
+        """Fill an empty model field with the model trained last in this session."""
+        if _empty(self.model.value) and LAST_MODEL["path"]:
+            self.model.value = LAST_MODEL["path"]
+
+    def _suggest_out(self, layer: Any) -> None:
+        if layer is None or not _empty(self.out.value):
+            return
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in layer.name)
+        self.out.value = os.path.join(os.path.expanduser("~"), f"{stem}_prediction.ome.zarr")
+
+    def make_config(self) -> Any:
+        """Build the engine's ``PredictConfig`` from the fields."""
+        from ..core.inference import PredictConfig
+
+        self.use_last_model()
+        model = str(self.model.value) if not _empty(self.model.value) else ""
+        if not model or not os.path.isfile(model):
+            raise LayerError(
+                f"{model or 'model'}: choose a trained .keras model file (or train one first)."
+            )
+        layer = self.slide.value
+        if layer is None:
+            raise LayerError("Open a slide first (File > Open, or File > Open Sample).")
+        out = str(self.out.value)
+        if _empty(out):
+            raise LayerError("Choose an output path for the prediction (.ome.zarr).")
+        self._slide_layer = layer
+        return PredictConfig(
+            model=model,
+            image=slide_path(layer),
+            out=out,
+            overwrite=bool(self.overwrite.value),
+            write_probability=bool(self.probability.value),
+        )
+
+    def start(self, *_: Any) -> None:
+        """Start inference in a worker process (the Predict button)."""
+        if self.relay.running:
+            return
+        try:
+            cfg = self.make_config()
+        except GigapixelError as exc:
+            show_error(str(exc))
+            self.status.value = "not started: see notification"
+            return
+        self.config = cfg
+        self.result = None
+        self.error = None
+        self.bar.value = 0
+        self.status.value = "starting worker (loading TensorFlow)..."
+        self._set_running(True)
+        self.relay.start(PREDICT_TARGET, cfg)
+
+    def stop(self, *_: Any) -> None:
+        """Stop inference; nothing half-written is left behind (the Stop button)."""
+        if self.relay.running:
+            self.status.value = "stopping..."
+            self.stop_button.enabled = False
+            self.relay.stop()
+
+    def _set_running(self, running: bool) -> None:
+        try:
+            for w in self._inputs:
+                w.enabled = not running
+            self.stop_button.enabled = running
+        except RuntimeError:  # the viewer closed and Qt deleted the widgets
+            pass
+
+    def _on_event(self, ev: Any) -> None:
+        if self.relay.closed:  # widget or viewer closed: leave the layers alone
+            return
+        try:
+            self._handle(ev)
+        except GigapixelError as exc:  # e.g. an output that cannot be opened
+            self._on_error(exc)
+
+    def _handle(self, ev: Any) -> None:
+        if isinstance(ev, Progress):
+            self.bar.max = max(int(ev.total), 1)
+            self.bar.value = min(int(ev.done), self.bar.max)
+            self.status.value = ev.message or f"{ev.stage}: {ev.done}/{ev.total}"
+        elif isinstance(ev, Message):
+            if ev.level in ("warning", "error"):
+                show_warning(ev.text)
+            self.status.value = ev.text
+        elif isinstance(ev, Finished):
+            self.result = ev
+            if ev.stopped:
+                self.status.value = "stopped; no output written"
+                return
+            self.show_prediction(self.config.out, self._slide_layer)
+            self.status.value = f"done: {os.path.basename(str(self.config.out))}"
+            show_info(f"Prediction written to {self.config.out}")
+
+    def show_prediction(self, path: str, slide: Any) -> list[Any]:
+        """Add a written prediction as multiscale Labels (and probability) layers."""
+        from ..core.inference import open_prediction
+
+        store = open_prediction(path)
+        d = float(store.downsample)
+        kwargs = overlay_kwargs(slide, d)
+        # A region-of-interest prediction starts at a level-0 offset.
+        s = np.asarray(slide.scale[-2:], float)
+        kwargs["translate"] = tuple(
+            np.asarray(kwargs["translate"]) + s * np.asarray(store.offset, float)
+        )
+        stem = f"prediction: {slide.name}"
+        for name in (stem, f"probability: {slide.name}"):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        meta = {"path": str(path), "downsample": d, "kind": "dense", "slide_layer": slide.name}
+        # napari refuses a one-level "multiscale" list: pass the array itself then.
+        masks = list(store.mask) if len(store.mask) > 1 else store.mask[0]
+        probs = list(store.probability) if len(store.probability) > 1 else store.probability[0]
+        layers = [
+            self.viewer.add_labels(
+                masks,
+                name=stem,
+                multiscale=len(store.mask) > 1,
+                opacity=0.5,
+                metadata=meta,
+                colormap=DirectLabelColormap(color_dict=PREDICTION_COLOURS),
+                **kwargs,
+            )
+        ]
+        if self.probability.value:
+            layers.append(
+                self.viewer.add_image(
+                    probs,
+                    name=f"probability: {slide.name}",
+                    multiscale=len(store.probability) > 1,
+                    colormap=probability_colormap(),
+                    contrast_limits=(0, 255),
+                    opacity=0.5,
+                    blending="translucent",
+                    metadata=dict(meta),
+                    **kwargs,
+                )
+            )
+        self.layers = layers
+        return layers
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.error = exc
+        if self.relay.closed:
+            return
+        show_error(str(exc))
+        self.status.value = "failed: see notification"
+
+    def _on_done(self) -> None:
+        self._set_running(False)
+
+
+__all__ = ["PredictWidget", "PREDICT_TARGET"]

@@ -1,0 +1,81 @@
+"""Predict widget: fields to config, progress, stop, refusals (fake jobs).
+
+The real inference run, with the layers it adds, is driven end to end in
+``test_no_tensorflow_in_viewer.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_gigapixel._widgets import predict as predict_mod
+from napari_gigapixel._widgets.predict import PREDICT_TARGET, PredictWidget
+from napari_gigapixel._widgets.train import LAST_MODEL
+from napari_gigapixel.core.events import Finished, Progress
+
+
+@pytest.fixture
+def notes(monkeypatch) -> list[str]:
+    shown: list[str] = []
+    monkeypatch.setattr(predict_mod, "show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
+def model_file(tmp_path, monkeypatch) -> str:
+    """A file standing for a trained model; the fake job never opens it."""
+    path = tmp_path / "trained.keras"
+    path.write_bytes(b"not opened by the fake job")
+    monkeypatch.setitem(LAST_MODEL, "path", str(path))
+    return str(path)
+
+
+def test_config_uses_the_model_just_trained(slide_viewer, fake_jobs, model_file, qtbot, tmp_path):
+    viewer, slide = slide_viewer
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert str(w.model.value) == model_file  # prefilled from the last training
+    assert str(w.out.value).endswith("_prediction.ome.zarr")
+    w.out.value = str(tmp_path / "pred.ome.zarr")
+    w.probability.value = True
+    fake_jobs.script = [Progress("chunks", i, 4) for i in range(1, 5)]
+    fake_jobs.script.append(Finished(result={}, stopped=True))  # nothing to open
+    w.run_button.clicked.emit()
+    assert not w.run_button.enabled and w.stop_button.enabled
+    qtbot.waitUntil(lambda: w.run_button.enabled, timeout=10_000)
+    target, cfg, _ = fake_jobs[0]
+    assert target == PREDICT_TARGET
+    assert cfg.model == model_file
+    assert cfg.image == (slide.metadata.get("path") or slide.source.path)
+    assert cfg.out == str(tmp_path / "pred.ome.zarr")
+    assert cfg.write_probability is True
+    assert (w.bar.value, w.bar.max) == (4, 4)
+    assert "stopped" in w.status.value
+    assert [ly.name for ly in viewer.layers] == [slide.name]  # nothing added
+
+
+def test_stop_button_stops_the_job(slide_viewer, fake_jobs, model_file, qtbot, tmp_path):
+    viewer, _ = slide_viewer
+    w = PredictWidget(viewer)
+    w.out.value = str(tmp_path / "pred.ome.zarr")
+    fake_jobs.script = [Progress("chunks", i, 500) for i in range(1, 501)]
+    fake_jobs.delay = 0.05
+    w.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: w.bar.value >= 1, timeout=10_000)
+    w.stop_button.clicked.emit()
+    qtbot.waitUntil(lambda: w.run_button.enabled, timeout=10_000)
+    assert fake_jobs[0][2].stopped.is_set()
+    assert w.result is not None and w.result.stopped
+    assert w.bar.value < 500
+
+
+def test_missing_model_is_refused(slide_viewer, fake_jobs, notes, monkeypatch, tmp_path):
+    viewer, _ = slide_viewer
+    monkeypatch.setitem(LAST_MODEL, "path", None)
+    w = PredictWidget(viewer)
+    w.model.value = str(tmp_path / "nowhere.keras")
+    w.out.value = str(tmp_path / "pred.ome.zarr")
+    w.run_button.clicked.emit()
+    assert not fake_jobs
+    assert len(notes) == 1 and "nowhere.keras" in notes[0]
+    assert "not started" in w.status.value

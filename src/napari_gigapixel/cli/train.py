@@ -1,0 +1,225 @@
+"""``napari-gigapixel train``: exact whole-slide training from the command line.
+
+Example::
+
+    napari-gigapixel train --image slide.tif --mask mask.tif --out model.keras \\
+        --steps 100 --loss dice --tile auto --memory-gb 4 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from . import UserError
+
+
+def _roi(text: str) -> tuple[int, int, int, int]:
+    try:
+        parts = tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--roi wants Y0,X0,Y1,X1 integers, got {text!r}"
+        ) from exc
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"--roi wants four numbers Y0,X0,Y1,X1, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _tile(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--tile wants 'auto' or pixels, got {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--tile must be positive, got {value}")
+    return value
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the ``train`` sub-command."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a U-Net on whole slides (exact streamed whole-image steps)",
+        description=(
+            "Train on whole slides: every step sees every pixel of every slide, computed "
+            "tile by tile within a memory budget (the same gradient as a whole-image step)."
+        ),
+    )
+    p.add_argument(
+        "--image",
+        action="append",
+        required=True,
+        metavar="SLIDE",
+        help="slide file (repeat with --mask for several slides)",
+    )
+    p.add_argument(
+        "--mask",
+        action="append",
+        required=True,
+        metavar="MASK",
+        help="mask of the preceding slide, at any level (raster, zarr, GeoJSON)",
+    )
+    p.add_argument("--out", required=True, metavar="MODEL.keras", help="model file to write")
+    p.add_argument("--steps", type=int, default=10, help="optimizer steps (default 10)")
+    p.add_argument("--loss", choices=("dice", "bce", "dice+bce"), default="dice")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument(
+        "--tile",
+        type=_tile,
+        default="auto",
+        help="core size in pixels, or 'auto' (largest that fits --memory-gb)",
+    )
+    p.add_argument(
+        "--memory-gb",
+        type=float,
+        default=3.5,
+        help="memory budget of the run in GiB (default 3.5)",
+    )
+    p.add_argument(
+        "--roi",
+        type=_roi,
+        action="append",
+        metavar="Y0,X0,Y1,X1",
+        help="train on a rectangle of the slide (once for all slides, or once per slide)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    p.add_argument("--mask-kind", choices=("dense", "scribble"), default="dense")
+    p.add_argument(
+        "--output-stride",
+        type=int,
+        choices=(1, 4),
+        default=4,
+        help="4: logits at 1/4 resolution (fast); 1: full-resolution head",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "mixed", "float32"),
+        default="auto",
+        help="'mixed': bfloat16 compute; 'auto' (default): mixed where the CPU has bf16",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="whole-slide flips, turns and colour jitter (exact under tiling)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("stream", "whole"),
+        default="stream",
+        help="'whole' forces one tile per slide (for comparison)",
+    )
+    p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=10, metavar="N")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the figures as one JSON object on the last line of stdout",
+    )
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace):
+    """A :class:`~napari_gigapixel.core.training.TrainConfig` from parsed arguments."""
+    from ..core.training import TrainConfig
+    from ..core.unet import ModelConfig
+
+    if len(args.image) != len(args.mask):
+        raise UserError(
+            f"give one --mask per --image (got {len(args.image)} images, {len(args.mask)} masks)."
+        )
+    rois = None
+    if args.roi:
+        if len(args.roi) == 1:
+            rois = args.roi * len(args.image)
+        elif len(args.roi) == len(args.image):
+            rois = list(args.roi)
+        else:
+            raise UserError("give one --roi for all slides or one per --image.")
+    if args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}.")
+    if not args.out.endswith(".keras"):
+        raise UserError(f"{args.out}: the model file name must end with '.keras'.")
+    return TrainConfig(
+        images=list(args.image),
+        masks=list(args.mask),
+        out=args.out,
+        steps=args.steps,
+        loss=args.loss,
+        lr=args.lr,
+        tile=args.tile,
+        memory_gb=args.memory_gb,
+        mode=args.mode,
+        rois=rois,
+        seed=args.seed,
+        model=ModelConfig(output_stride=args.output_stride),
+        resume=args.resume,
+        augment=args.augment,
+        mixed_precision={"auto": "auto", "mixed": True, "float32": False}[args.precision],
+        checkpoint_every=args.checkpoint_every,
+        mask_kind=args.mask_kind,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the training; print progress (tqdm on stderr) and, with ``--json``, the figures."""
+    from ..core.events import Finished, Message, StepEvent
+    from ..core.training import train
+
+    cfg = build_config(args)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency; degrade to plain lines if absent
+        tqdm = None
+    bar = tqdm(total=cfg.steps, unit="step", file=sys.stderr, disable=None) if tqdm else None
+    result: dict[str, Any] = {}
+    stopped = False
+    try:
+        for ev in train(cfg):
+            if isinstance(ev, StepEvent):
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{ev.loss:.4f}", dice=f"{ev.dice:.3f}", s=f"{ev.seconds:.2f}"
+                    )
+                    bar.update(1)
+                else:
+                    print(
+                        f"step {ev.step}: loss {ev.loss:.4f} dice {ev.dice:.3f}", file=sys.stderr
+                    )
+            elif isinstance(ev, Message) and bar is not None:
+                bar.write(ev.text, file=sys.stderr)
+            elif isinstance(ev, Finished):
+                result, stopped = ev.result, ev.stopped
+    finally:
+        if bar is not None:
+            bar.close()
+    figures = {
+        "steps": result.get("steps"),
+        "loss": result.get("loss"),
+        "dice": result.get("dice"),
+        "seconds_per_step": result.get("seconds_per_step"),
+        "peak_rss_bytes": result.get("peak_rss_bytes"),
+        "peak_rss_gib": round(result.get("peak_rss_bytes", 0) / 2**30, 3),
+        "tile": result.get("tile"),
+        "n_tiles": result.get("n_tiles"),
+        "megapixels": result.get("megapixels"),
+        "out": result.get("out"),
+        "stopped": stopped,
+    }
+    if args.json:
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in figures.items()
+        }
+        print(json.dumps(clean))
+    elif figures["steps"]:
+        print(
+            f"wrote {cfg.out}: {figures['steps']} steps, loss {figures['loss']:.4f}, "
+            f"dice {figures['dice']:.3f}, {figures['seconds_per_step']:.2f} s/step"
+        )
+    return 130 if stopped else 0

@@ -1,0 +1,101 @@
+"""Whole-slide augmentations that keep the streamed step exact.
+
+A flip, a 90-degree turn or a colour jitter applied to the *whole* slide (not
+per tile) is just another slide: its tiles are windows of the augmented
+slide, read here from the original's caches and transformed, so the tiled
+step stays exactly the whole-image step on the augmented slide.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def augment_params(seed: int, step: int, enabled: bool) -> tuple[int, bool, float, float]:
+    """(k quarter turns, flip, contrast, brightness) of one step: fixed by seed and step."""
+    if not enabled:
+        return (0, False, 1.0, 0.0)
+    rng = np.random.default_rng([seed, step, 7919])
+    return (
+        int(rng.integers(4)),
+        bool(rng.integers(2)),
+        float(rng.uniform(0.85, 1.15)),
+        float(rng.uniform(-12, 12)),
+    )
+
+
+class SlideView:
+    """An image and its labels seen through a whole-slide flip/turn and colour jitter.
+
+    Windows of the augmented slide are read from the original's caches and
+    transformed; the transform is applied to the *whole* slide, so the tiled
+    step stays exactly the whole-image step on the augmented slide.
+    """
+
+    def __init__(self, data, os_: int, aug: tuple[int, bool, float, float]) -> None:
+        self.data = data
+        self.os = os_
+        self.k, self.flip, self.contrast, self.bright = aug
+        h, w = data.shape
+        if (self.flip or self.k) and os_ > 1 and (h % os_ or w % os_):
+            # A flip would move the partial last block of output pixels to the
+            # top/left, where no output grid has it: such images are not
+            # flipped or turned (colour jitter still applies).
+            self.k, self.flip = 0, False
+        self.shape = (w, h) if self.k % 2 else (h, w)
+
+    def _aug_shape(self, h: int, w: int) -> tuple[int, int]:
+        return (w, h) if self.k % 2 else (h, w)
+
+    def _read(self, cache, y0, y1, x0, x1, h, w):
+        ah, aw = self._aug_shape(h, w)
+        cy1, cx1 = min(y1, ah), min(x1, aw)
+        out_shape = (y1 - y0, x1 - x0) + cache.shape[2:]
+        if not (self.k or self.flip):
+            return cache.read(y0, y1, x0, x1)
+        # Original-frame dimensions seen by _map: for odd k, the augmented
+        # frame (ah, aw) came from an original (aw, ah).
+        oy0, oy1, ox0, ox1 = self._inverse(y0, cy1, x0, cx1, h, w)
+        block = cache.read(oy0, oy1, ox0, ox1)
+        block = np.rot90(block, self.k) if self.k else block
+        block = block[:, ::-1] if self.flip else block
+        out = np.zeros(out_shape, np.uint8)
+        out[: block.shape[0], : block.shape[1]] = block
+        return out
+
+    def _inverse(self, y0, y1, x0, x1, h, w):
+        # Augmented = flip_lr(rot90(orig, k)). Undo the flip, then the turns.
+        ah, aw = self._aug_shape(h, w)
+        if self.flip:
+            x0, x1 = aw - x1, aw - x0
+        cur_h, cur_w = ah, aw
+        for _ in range(self.k % 4):
+            # rot90 (counter-clockwise): rotated[i, j] = orig[j, W - 1 - i] with
+            # rotated shape (W, H); so rows [y0, y1) of rotated -> columns
+            # [W - y1, W - y0) of orig, and columns of rotated -> rows of orig.
+            orig_h, orig_w = cur_w, cur_h
+            y0, y1, x0, x1 = x0, x1, orig_w - y1, orig_w - y0
+            cur_h, cur_w = orig_h, orig_w
+        return y0, y1, x0, x1
+
+    def window(self, win: tuple[int, int, int, int]) -> np.ndarray:
+        h, w = self.data.shape
+        x = self._read(self.data.image, *win, h, w)
+        if self.contrast != 1.0 or self.bright != 0.0:
+            # Pixel-wise, so the same on any tile; padding stays 0 as in the
+            # whole-image run, which pads the jittered slide.
+            ah, aw = self._aug_shape(h, w)
+            vy, vx = min(win[1], ah) - win[0], min(win[3], aw) - win[2]
+            f = x[:vy, :vx].astype(np.float32)
+            f = (f - 128.0) * self.contrast + 128.0 + self.bright
+            x[:vy, :vx] = np.clip(np.rint(f), 0, 255).astype(np.uint8)
+        return x
+
+    def labels(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        lh, lw = self.data.labels.shape
+        if not (self.k or self.flip):
+            return self.data.labels_yw(y0, y1, x0, x1)
+        lab = self._read(self.data.labels, y0, y1, x0, x1, lh, lw)
+        if self.data.kind == "dense":
+            return (lab > 0).view(np.uint8), np.ones_like(lab)
+        return (lab == 2).view(np.uint8), (lab > 0).view(np.uint8)

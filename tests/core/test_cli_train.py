@@ -1,0 +1,116 @@
+"""``napari-gigapixel train``: end to end on small slide files, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+tifffile = pytest.importorskip("tifffile")
+pytest.importorskip("tensorflow")
+
+from napari_gigapixel.cli import main  # noqa: E402
+from napari_gigapixel.core.unet import load_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    shape = (192, 260)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    tissue = (np.sin(yy / 19.0) * np.cos(xx / 27.0)) > 0
+    img = np.where(tissue[..., None], [170, 80, 150], [235, 232, 236]).astype(np.float64)
+    img = np.clip(img + rng.normal(0, 15, img.shape), 0, 255).astype(np.uint8)
+    tifffile.imwrite(d / "slide.tif", img, photometric="rgb")
+    # The mask at 1/4 of the slide: its level is inferred from the shape ratio.
+    tifffile.imwrite(d / "mask.tif", tissue[::4, ::4].astype(np.uint8))
+    tifffile.imwrite(d / "multichannel.tif", np.zeros((5, 192, 260), np.uint16))  # not RGB
+    tifffile.imwrite(d / "empty.tif", np.zeros((48, 65), np.uint8))
+    tifffile.imwrite(d / "wrong.tif", np.ones((100, 20), np.uint8))
+    return d
+
+
+def _train(files, out, *extra):
+    return main(
+        [
+            "train",
+            "--image",
+            str(files / "slide.tif"),
+            "--mask",
+            str(files / "mask.tif"),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--json",
+            "--precision",
+            "float32",  # tile-size independence to 1e-5
+            *extra,
+        ]
+    )
+
+
+def test_train_writes_model_and_json_figures(files, tmp_path, capsys):
+    out = tmp_path / "m.keras"
+    assert _train(files, out, "--tile", "64", "--loss", "dice+bce", "--lr", "0.01") == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    figures = json.loads(last)
+    assert figures["steps"] == 2 and figures["tile"] == 64 and figures["n_tiles"] > 1
+    assert figures["peak_rss_bytes"] > 0 and figures["seconds_per_step"] > 0
+    assert 0 <= figures["dice"] <= 1 and figures["loss"] > 0
+    model, meta = load_model(out)
+    assert len(meta["history"]) == 2 and meta["train_config"]["tile"] == 64
+
+
+def test_same_seed_different_tile_same_weights(files, tmp_path, capsys):
+    a, b = tmp_path / "a.keras", tmp_path / "b.keras"
+    assert _train(files, a, "--tile", "64") == 0
+    assert _train(files, b, "--tile", "auto") == 0
+    capsys.readouterr()
+    for x, y in zip(load_model(a)[0].get_weights(), load_model(b)[0].get_weights()):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "image,mask,match",
+    [
+        ("missing.tif", "mask.tif", "missing.tif"),
+        ("slide.tif", "wrong.tif", "wrong.tif"),
+        ("multichannel.tif", "mask.tif", "multichannel.tif"),
+        ("slide.tif", "empty.tif", "empty.tif"),
+    ],
+)
+def test_bad_input_one_line_error_nonzero_exit_nothing_written(
+    files, tmp_path, capsys, image, mask, match
+):
+    out = tmp_path / "m.keras"
+    out.write_bytes(b"previous model")
+    code = main(
+        [
+            "train",
+            "--image",
+            str(files / image),
+            "--mask",
+            str(files / mask),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert match in err and "Traceback" not in err
+    assert out.read_bytes() == b"previous model"
+
+
+def test_foreign_model_to_resume_is_refused(files, tmp_path, capsys):
+    foreign = tmp_path / "foreign.keras"
+    foreign.write_bytes(b"PK\x03\x04 not really")
+    code = _train(files, tmp_path / "m.keras", "--resume", str(foreign))
+    assert code != 0 and "foreign.keras" in capsys.readouterr().err
+    assert not (tmp_path / "m.keras").exists()

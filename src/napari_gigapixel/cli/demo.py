@@ -76,13 +76,13 @@ def _relay(job, label: str, total: int | None, unit: str):
             for event in job.events():
                 if isinstance(event, ev.StepEvent):
                     bar.total = event.total_steps
-                    bar.n = event.step
-                    bar.set_postfix(loss=f"{event.loss:.4f}", dice=f"{event.dice:.4f}")
-                    bar.refresh()
+                    bar.set_postfix(
+                        loss=f"{event.loss:.4f}", dice=f"{event.dice:.4f}", refresh=False
+                    )
+                    bar.update(event.step - bar.n)
                 elif isinstance(event, ev.Progress) and unit != "step":
                     bar.total = event.total
-                    bar.n = event.done
-                    bar.refresh()
+                    bar.update(event.done - bar.n)
                 elif isinstance(event, ev.Finished):
                     finished = event
         except KeyboardInterrupt:
@@ -136,15 +136,15 @@ def run(args: argparse.Namespace) -> int:
     figures = evaluate(str(pred_path), str(held_mask), slide=str(held))
     tr = train_done.result if train_done is not None else {}
     summary = {
-        "slide": str(slide),
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()},
+        "train_slide": str(slide),
         "heldout": str(held),
         "model": str(model_path),
         "prediction": str(pred_path),
         "steps": args.steps,
         "train_seconds": round(t_train, 1),
         "seconds_per_step": tr.get("seconds_per_step"),
-        "final_train_dice": tr.get("final_dice"),
-        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()},
+        "final_train_dice": tr.get("final_dice", tr.get("dice")),
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
     print(

@@ -1,0 +1,80 @@
+"""``napari-gigapixel pyramid``: write an OME-Zarr pyramid cache of a slide.
+
+Converts any slide that napari-gigapixel reads (TIFF, OME-TIFF, SVS, NDPI,
+zarr, OpenSlide formats) into an OME-Zarr (v0.4, zarr format 2) pyramid,
+tile by tile with bounded memory, written atomically. Refuses to replace an
+existing output unless --overwrite is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..core import events as ev
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``pyramid`` sub-command."""
+    p = sub.add_parser(
+        "pyramid",
+        help="write an OME-Zarr pyramid cache of a slide",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
+    p.add_argument("slide", help="slide to convert (file or zarr directory)")
+    p.add_argument("out", help="output OME-Zarr directory, e.g. slide.ome.zarr")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--tile", type=int, default=1024, help="chunk side in pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=1024,
+        help="stop adding levels at this short side (default: %(default)s)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="threads (default: CPU count)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the pyramid with a tqdm progress bar; 0 on success, 1 when interrupted."""
+    from tqdm import tqdm
+
+    from ..core.pyramid import build_pyramid
+
+    events = build_pyramid(
+        args.slide,
+        args.out,
+        tile=args.tile,
+        min_size=args.min_size,
+        overwrite=args.overwrite,
+        workers=args.workers,
+    )
+    bar = None
+    result: dict = {}
+    try:
+        for event in events:
+            if isinstance(event, ev.Progress):
+                if bar is None:
+                    bar = tqdm(total=event.total, unit="tile", disable=args.quiet)
+                bar.set_postfix_str(event.message, refresh=False)
+                bar.update(event.done - bar.n)
+            elif isinstance(event, ev.Finished):
+                result = event.result
+                if event.stopped:
+                    return 1
+    finally:
+        if bar is not None:
+            bar.close()
+        events.close()  # an interrupted run removes its temporary store now
+    if args.json:
+        print(json.dumps(result))
+    elif not args.quiet:
+        print(
+            f"wrote {result['path']}: {result['levels']} levels, level 0 "
+            f"{result['shape'][0]} x {result['shape'][1]}, {result['seconds']:.1f} s"
+        )
+    return 0

@@ -1,0 +1,615 @@
+"""Tiled inference of a whole slide into an OME-Zarr prediction.
+
+The slide (a dask array) is padded bottom/right to a multiple of the model's
+total stride ``S``, exactly as training pads it, cut into chunks whose sizes
+are multiples of ``S`` and run through ``dask.array`` overlap with the model's
+asymmetric halo (``boundary="none"``: windows are clipped at the padded border,
+never zero-padded past it). Every window's origin and size are then multiples
+of ``S``, so the outputs over a chunk's core equal those of one whole-image run
+(the tests check it to 1e-5).
+
+The output stays at the model's output stride (1/4 of the slide by default);
+see :mod:`.prediction_store` for the layout. The same graph runs on dask's
+threaded scheduler or on a ``dask.distributed`` cluster (``scheduler=
+"tcp://host:port"``).
+
+Keras/TensorFlow are imported inside functions only: importing this module
+loads neither. The model is loaded once per process and shared by its threads.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import GigapixelError
+from .events import Finished, JobStopped, Message, Progress, StopFlag, stop_requested
+from .prediction_store import (
+    PredictionError,
+    PredictionStore,
+    build_pyramids,
+    commit_store,
+    create_store,
+    mark_complete,
+    open_prediction,
+    remove_tree,
+)
+
+__all__ = [
+    "PredictConfig",
+    "PredictionError",
+    "PredictionStore",
+    "open_prediction",
+    "predict",
+    "predict_array",
+    "predict_dask",
+    "predict_whole",
+]
+
+#: Value of the pixels padded bottom/right to a multiple of S (as in training).
+PAD_VALUE = 0
+#: Default level-0 chunk side (rounded to S). Measured on 2 CPU cores for a 1 Gpx
+#: slide (benchmarks/bench_predict.py): 2048 was as fast as 4096 (the halo adds
+#: 16%, but two threads keep busier) at 2.1 instead of 3.7 GiB peak RSS.
+DEFAULT_CHUNK = 2048
+
+
+@dataclass
+class PredictConfig:
+    """What to predict and where to write it.
+
+    Parameters
+    ----------
+    model
+        Path of a ``.keras`` model saved by :func:`napari_gigapixel.core.unet.save_model`.
+    image
+        Slide path (anything :func:`open_slide` reads) or an ``(H, W, 3)`` uint8
+        array (tests, small images).
+    out
+        Output OME-Zarr folder (conventionally ``*.zarr``).
+    overwrite
+        Replace an existing ``out`` (only once the new store is complete).
+    chunk
+        Level-0 chunk side (rounded to a multiple of S, at least the halo);
+        default :data:`DEFAULT_CHUNK` (2048). A memory knob only.
+    scheduler
+        ``None``/``"threads"`` (local threads), ``"sync"`` (one thread), or the
+        address of a ``dask.distributed`` scheduler (``"tcp://..."``).
+    threshold
+        Probability at or above which a pixel is tissue in the mask.
+    roi
+        Level-0 ``(y0, y1, x0, x1)`` to predict instead of the whole slide.
+    write_probability
+        Keep the probability pyramid (else level 0 only, for the mask's sake).
+    mixed_precision
+        Compute in bfloat16 (weights float32), as training can: faster on CPUs
+        with bf16 support, probabilities within about 1e-3 of float32.
+    """
+
+    model: str
+    image: Any
+    out: str
+    overwrite: bool = False
+    chunk: int | None = None
+    scheduler: str | None = None
+    threshold: float = 0.5
+    roi: tuple[int, int, int, int] | None = None
+    write_probability: bool = True
+    mixed_precision: bool = False
+
+
+# --------------------------------------------------------------------------- model cache
+
+_MODELS: dict[tuple[str, float], Any] = {}
+_MODELS_LOCK = threading.RLock()
+
+
+def _compiled(model: Any) -> Any:
+    """A graph function of ``model`` for any tile size (traced once)."""
+    fn = getattr(model, "_gigapixel_infer", None)
+    if fn is not None:
+        return fn
+    with _MODELS_LOCK:  # dask threads race here on the first chunks
+        fn = getattr(model, "_gigapixel_infer", None)
+        if fn is not None:
+            return fn
+        import tensorflow as tf
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)], reduce_retracing=True
+        )
+        def fn(x):
+            return model(x, training=False)
+
+        fn.get_concrete_function()  # trace now, under the lock
+        model._gigapixel_infer = fn
+    return fn
+
+
+def cached_model(path: str, mixed_precision: bool = False) -> tuple[Any, Any]:
+    """Load ``path`` once per process (keyed by path and mtime): ``(model, meta)``.
+
+    With ``mixed_precision``, the same architecture is rebuilt with the
+    ``mixed_bfloat16`` policy (as training uses; about 15% faster on CPUs with
+    AVX512-BF16, probabilities within about 1e-3) and given the file's weights.
+    """
+    from .unet import build_unet, load_model
+
+    key = (os.path.abspath(path), os.path.getmtime(path), bool(mixed_precision))
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            if not mixed_precision:
+                _MODELS[key] = load_model(path)
+            else:
+                base, meta = cached_model(path)
+                if meta.get("model_config") is None:
+                    raise GigapixelError(
+                        f"{path}: the file records no model configuration, which mixed "
+                        "precision needs to rebuild the model; predict without it."
+                    )
+                mixed = build_unet(meta["model_config"], dtype="mixed_bfloat16")
+                mixed.set_weights(base.get_weights())
+                _MODELS[key] = (mixed, meta)
+        return _MODELS[key]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model by path: what a distributed task carries (a Keras model does not pickle)."""
+
+    path: str
+    mixed_precision: bool = False
+
+    def load(self) -> Any:
+        return cached_model(self.path, self.mixed_precision)[0]
+
+
+def _warm_worker(ref: ModelRef) -> None:
+    """Load the model into a worker's cache (returns nothing: models do not pickle)."""
+    _compiled(ref.load())
+
+
+def _run_model(model: Any, window: np.ndarray) -> np.ndarray:
+    """Probability (float32, 2-D, at the output stride) of one uint8 window."""
+    if isinstance(model, ModelRef):
+        model = model.load()
+    elif isinstance(model, str):
+        model = cached_model(model)[0]
+    x = np.ascontiguousarray(window[None, ..., :3], dtype=np.uint8)
+    out = _compiled(model)(x)
+    return np.asarray(out, dtype=np.float32)[0, ..., 0]
+
+
+# --------------------------------------------------------------------------- the graph
+
+
+def _aligned_chunks(n: int, chunk: int, halo: int) -> tuple[int, ...]:
+    """Chunk sizes of a padded axis: ``chunk`` each, the remainder merged if < halo.
+
+    dask needs every chunk at least as large as the overlap it lends its
+    neighbours; merging (rather than letting dask rechunk) keeps sizes
+    multiples of S.
+    """
+    sizes = [chunk] * (n // chunk)
+    rest = n - chunk * len(sizes)
+    if rest:
+        if sizes and rest < halo:
+            sizes[-1] += rest
+        else:
+            sizes.append(rest)
+    return tuple(sizes)
+
+
+def default_chunk(geometry: Any) -> int:
+    """Default level-0 chunk side for a model's output stride."""
+    return DEFAULT_CHUNK
+
+
+def _core_of_window(block, block_id, *, model, ychunks, xchunks, hb, ha, os_):
+    """Run the model on one overlapped window and keep its core's outputs."""
+    i, j = block_id[0], block_id[1]
+    by = hb if i > 0 else 0
+    bx = hb if j > 0 else 0
+    ay = ha if i < len(ychunks) - 1 else 0
+    ax = ha if j < len(xchunks) - 1 else 0
+    cy, cx = ychunks[i], xchunks[j]
+    if block.shape[:2] != (by + cy + ay, bx + cx + ax):  # the overlap contract
+        raise GigapixelError(
+            f"inference: window {block_id} has shape {block.shape[:2]}, expected "
+            f"{(by + cy + ay, bx + cx + ax)}; the tile geometry is broken."
+        )
+    prob = _run_model(model, block)
+    return prob[by // os_ : (by + cy) // os_, bx // os_ : (bx + cx) // os_]
+
+
+def predict_dask(model: Any, image: Any, geometry: Any, chunk: int | None = None) -> Any:
+    """The lazy probability of ``image``: a float32 dask array at the output stride.
+
+    Parameters
+    ----------
+    model
+        A Keras model, or the path of a saved one (loaded once per process,
+        which is what a distributed worker needs).
+    image
+        ``(H, W, 3)`` uint8 numpy or dask array.
+    geometry
+        The model's :class:`~napari_gigapixel.core.unet.Geometry`.
+    chunk
+        Level-0 chunk side; rounded down to a multiple of S, at least the halo.
+
+    Returns
+    -------
+    dask.array.Array
+        ``(ceil(H / os), ceil(W / os))`` float32 in [0, 1], chunks
+        ``chunk / os`` square.
+    """
+    import dask.array as da
+
+    s, os_ = int(geometry.stride), int(geometry.output_stride)
+    hb, ha = int(geometry.halo_before), int(geometry.halo_after)
+    halo = max(hb, ha, s)
+    chunk = int(chunk or default_chunk(geometry))
+    chunk = max(halo, chunk // s * s)
+    img = image if isinstance(image, da.Array) else da.from_array(image, chunks=(chunk, chunk, -1))
+    if img.ndim != 3 or img.shape[2] < 3:
+        raise GigapixelError(f"inference: the image must be (H, W, 3) RGB, got {img.shape}.")
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        raise GigapixelError(f"inference: the image must be uint8 RGB, got {img.dtype}.")
+    h, w = int(img.shape[0]), int(img.shape[1])
+    hp, wp = -(-h // s) * s, -(-w // s) * s
+    if (hp, wp) != (h, w):
+        img = da.pad(img, ((0, hp - h), (0, wp - w), (0, 0)), constant_values=PAD_VALUE)
+    ych, xch = _aligned_chunks(hp, chunk, halo), _aligned_chunks(wp, chunk, halo)
+    img = img.rechunk((ych, xch, 3))
+    if len(ych) == 1 and len(xch) == 1:
+        windows = img  # one window: the whole-image run
+    else:
+        depth = {0: (hb, ha), 1: (hb, ha), 2: (0, 0)}
+        windows = da.overlap.overlap(img, depth=depth, boundary="none")
+    prob = da.map_blocks(
+        _core_of_window,
+        windows,
+        model=model,
+        ychunks=ych,
+        xchunks=xch,
+        hb=hb,
+        ha=ha,
+        os_=os_,
+        chunks=(tuple(c // os_ for c in ych), tuple(c // os_ for c in xch)),
+        drop_axis=2,
+        dtype=np.float32,
+        name=f"gigapixel-infer-{uuid.uuid4().hex}",
+    )
+    return prob[: -(-h // os_), : -(-w // os_)]
+
+
+def predict_array(
+    model: Any,
+    image: Any,
+    geometry: Any = None,
+    chunk: int | None = None,
+    scheduler: str = "threads",
+) -> np.ndarray:
+    """Tiled inference of an in-memory image (tests, small images): float32 numpy."""
+    if geometry is None:
+        from .unet import model_geometry
+
+        geometry = model_geometry(model)
+    return predict_dask(model, image, geometry, chunk).compute(scheduler=scheduler)
+
+
+def predict_whole(model: Any, image: np.ndarray, geometry: Any) -> np.ndarray:
+    """One whole-image run on the padded image (the reference tiled runs must match)."""
+    s, os_ = int(geometry.stride), int(geometry.output_stride)
+    h, w = image.shape[:2]
+    hp, wp = -(-h // s) * s, -(-w // s) * s
+    padded = np.pad(image[..., :3], ((0, hp - h), (0, wp - w), (0, 0)), constant_values=PAD_VALUE)
+    return _run_model(model, padded)[: -(-h // os_), : -(-w // os_)]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_block(prob, block_info=None, *, prob_arr, mask_arr, threshold, abort):
+    """Write one output chunk of both pyramids; return its tissue pixel count."""
+    if abort is not None and abort.is_set():
+        raise JobStopped()
+    (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    mask = (prob >= threshold).astype(np.uint8)
+    if abort is not None and abort.is_set():  # checked again: the model took a while
+        raise JobStopped()
+    prob_arr[y0:y1, x0:x1] = np.rint(prob * 255.0).astype(np.uint8)
+    mask_arr[y0:y1, x0:x1] = mask
+    return np.full((1, 1), int(mask.sum()), dtype=np.int64)
+
+
+_SLIDES: dict[str, Any] = {}
+
+
+def _read_slide_block(path: str, block_info=None) -> np.ndarray:
+    """One chunk of a slide's level 0, read by path (picklable: for distributed workers)."""
+    from .slide import open_slide
+
+    with _MODELS_LOCK:
+        if path not in _SLIDES:
+            _SLIDES[path] = open_slide(path)
+        slide = _SLIDES[path]
+    (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
+    # Synchronously: this runs inside a worker's task already.
+    return np.ascontiguousarray(slide.levels[0][y0:y1, x0:x1, :3].compute(scheduler="sync"))
+
+
+def _open_image(
+    image: Any, roi: Any, by_path_chunk: int | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The level-0 dask array to predict (ROI applied) and its metadata.
+
+    With ``by_path_chunk``, a slide is read by tasks that open it by path (one
+    handle per process) in chunks of that side: a distributed scheduler must
+    pickle the graph, and an open file handle does not pickle.
+    """
+    import dask.array as da
+
+    if isinstance(image, str | Path):
+        from .slide import open_slide
+
+        slide = open_slide(str(image))
+        arr, info = slide.levels[0], {"slide_path": os.path.abspath(slide.path)}
+        info["mpp"] = list(slide.mpp) if slide.mpp else None
+        if by_path_chunk:
+            h, w = slide.shape
+            chunks = tuple(
+                (by_path_chunk,) * (n // by_path_chunk)
+                + ((n % by_path_chunk,) if n % by_path_chunk else ())
+                for n in (h, w)
+            )
+            arr = da.map_blocks(
+                _read_slide_block,
+                path=info["slide_path"],
+                chunks=(*chunks, (3,)),
+                dtype=np.uint8,
+                name=f"read-slide-{os.path.basename(slide.path)}",
+            )
+    else:
+        arr = image if isinstance(image, da.Array) else da.from_array(np.asarray(image))
+        info = {"slide_path": None}
+    h, w = int(arr.shape[0]), int(arr.shape[1])
+    info["slide_shape"] = [h, w]
+    if roi is not None:
+        y0, y1, x0, x1 = (int(v) for v in roi)
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise GigapixelError(
+                f"{info['slide_path'] or 'image'}: the region {roi} is not inside the "
+                f"{h} x {w} slide. Give (y0, y1, x0, x1) within it."
+            )
+        arr = arr[y0:y1, x0:x1]
+        info["roi"] = [y0, y1, x0, x1]
+    else:
+        info["roi"] = None
+    info["offset"] = [info["roi"][0], info["roi"][2]] if roi is not None else [0, 0]
+    info["region_shape"] = [int(arr.shape[0]), int(arr.shape[1])]
+    return arr, info
+
+
+def _compute_with_progress(
+    target: Any, total: int, scheduler: str | None, abort: Any, model_ref: ModelRef | None = None
+):
+    """Run ``target`` (dask array of per-chunk counts) in a thread; yield chunks done.
+
+    The generator ends by returning the computed array (``StopIteration.value``).
+    """
+    done_q: queue.SimpleQueue = queue.SimpleQueue()
+    result: dict[str, Any] = {}
+
+    if scheduler and scheduler.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
+        from distributed import Client, as_completed, futures_of
+
+        client = Client(scheduler, set_as_default=False)
+        try:
+            if model_ref is not None:  # import TF and load the model on every worker first
+                client.run(_warm_worker, model_ref)
+            yield 0  # the timed part starts here
+            persisted = client.persist(target)
+            futures = futures_of(persisted)
+            n = 0
+            for _ in as_completed(futures, loop=client.loop):
+                if abort.is_set():
+                    client.cancel(futures)
+                    raise JobStopped()
+                n += 1
+                yield n
+            return client.compute(persisted).result()
+        finally:
+            client.close()
+
+    from dask.callbacks import Callback
+
+    name = target.name
+
+    class _Count(Callback):
+        def _posttask(self, key, res, dsk, state, id):  # noqa: A002 - dask's signature
+            if isinstance(key, tuple) and key[0] == name:
+                done_q.put(1)
+
+    def work() -> None:
+        try:
+            with _Count():
+                get = "sync" if scheduler in ("sync", "synchronous") else "threads"
+                result["value"] = target.compute(scheduler=get)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the generator
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, name="gigapixel-predict", daemon=True)
+    thread.start()
+    n = 0
+    while thread.is_alive() or not done_q.empty():
+        try:
+            done_q.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        n += 1
+        yield n
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    if n < total:  # dask may fuse or rename a lone chunk's key: all are done now
+        yield total
+    return result["value"]
+
+
+def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
+    """Predict a slide into an OME-Zarr, chunk by chunk; a generator of events.
+
+    Yields :class:`Message`, :class:`Progress` (stage ``"chunks"``: chunks
+    done of total) and last :class:`Finished` with the output path, timings,
+    Mpx/s and the tissue fraction. On stop: the partial store is deleted and
+    ``Finished(stopped=True)`` is yielded; an existing ``out`` is untouched.
+
+    Raises
+    ------
+    PredictionError
+        ``out`` exists and ``overwrite`` is off (checked before any work).
+    GigapixelError
+        Unreadable model or slide, bad region (the message says which).
+    """
+    from .unet import read_model_meta
+
+    t0 = time.perf_counter()
+    out = os.path.abspath(os.fspath(cfg.out))
+    if os.path.exists(out) and not cfg.overwrite:
+        raise PredictionError(
+            f"{out} already exists; pass overwrite (--overwrite) to replace it, or "
+            "choose another output path."
+        )
+    model_path = os.path.abspath(os.fspath(cfg.model))
+    model_meta = read_model_meta(model_path)  # clear error for a foreign file, no Keras
+    if not 0.0 <= float(cfg.threshold) <= 1.0:
+        raise GigapixelError(f"threshold must be within [0, 1], got {cfg.threshold}.")
+    from .unet import Geometry
+
+    g = model_meta["geometry"]
+    geometry = Geometry(g["stride"], g["output_stride"], g["rf_before"], g["rf_after"])
+    os_, s = int(geometry.output_stride), int(geometry.stride)
+    chunk = max(geometry.halo, s, int(cfg.chunk or default_chunk(geometry)) // s * s)
+    distributed = bool(cfg.scheduler) and "://" in str(cfg.scheduler)
+    # The slide opens before the model loads: a bad path fails in a second.
+    image, info = _open_image(cfg.image, cfg.roi, by_path_chunk=chunk if distributed else None)
+    ref = ModelRef(model_path, bool(cfg.mixed_precision))
+    if distributed:
+        model: Any = ref  # each worker process loads it once
+    else:
+        yield Message(f"loading model {model_path}")
+        model = ref.load()
+    prob = predict_dask(model, image, geometry, chunk)
+    out_chunk = chunk // os_
+    store_meta = {
+        "kind": "prediction",
+        "model": model_path,
+        "geometry": geometry.to_dict(),
+        "threshold": float(cfg.threshold),
+        "downsample": float(os_),
+        "mixed_precision": bool(cfg.mixed_precision),
+        **info,
+    }
+    tmp = f"{out}.partial-{os.getpid()}"
+    remove_tree(tmp)
+    abort = threading.Event()
+    try:
+        # zarr chunks = the regular dask chunks, so no two tasks share a zarr
+        # chunk (the merged last chunk spills only into a chunk of its own).
+        zchunks = (prob.chunks[0][0], prob.chunks[1][0])
+        prob_arr, mask_arr = create_store(tmp, prob.shape, zchunks, store_meta)
+        counts = prob.map_blocks(
+            _write_block,
+            prob_arr=prob_arr,
+            mask_arr=mask_arr,
+            threshold=float(cfg.threshold),
+            abort=None if distributed else abort,
+            chunks=((1,) * prob.numblocks[0], (1,) * prob.numblocks[1]),
+            dtype=np.int64,
+            name=f"gigapixel-write-{uuid.uuid4().hex}",
+        )
+        total = int(np.prod(counts.numblocks))
+        h, w = info["region_shape"]
+        yield Message(
+            f"predicting {h} x {w} px in {total} chunks of {chunk} px "
+            f"(output at 1/{os_}, {out_chunk} px chunks)"
+        )
+        yield Progress("chunks", 0, total)
+        if distributed:
+            yield Message("loading the model on the workers")
+        gen = _compute_with_progress(
+            counts, total, cfg.scheduler, abort, ref if distributed else None
+        )
+        t_compute = time.perf_counter()
+        while True:
+            if stop_requested(stop):
+                abort.set()
+            try:
+                n = next(gen)
+            except StopIteration as fin:
+                tissue = int(np.asarray(fin.value).sum())
+                break
+            if n == 0:  # the workers are ready: time the prediction from here
+                t_compute = time.perf_counter()
+                continue
+            yield Progress("chunks", n, total)
+            if stop_requested(stop):
+                abort.set()
+        t_compute = time.perf_counter() - t_compute
+        if stop_requested(stop):
+            raise JobStopped()
+        yield Message("building pyramids")
+        downs = build_pyramids(tmp, stop)
+        if not cfg.write_probability:
+            _drop_probability_levels(tmp, len(downs))
+        seconds = time.perf_counter() - t0
+        result = {
+            "out": out,
+            "shape": [h, w],
+            "output_shape": list(prob.shape),
+            "downsample": float(os_),
+            "levels": len(downs),
+            "chunks": total,
+            "chunk": chunk,
+            "seconds": seconds,
+            "compute_seconds": t_compute,
+            "mpx_per_s": h * w / 1e6 / max(t_compute, 1e-9),
+            "tissue_fraction": tissue / max(1, prob.shape[0] * prob.shape[1]),
+        }
+        mark_complete(tmp, {"result": result})
+        commit_store(tmp, out, overwrite=cfg.overwrite)
+    except JobStopped:
+        abort.set()
+        time.sleep(0.1)  # let a chunk already being written land before deleting
+        remove_tree(tmp)
+        yield Finished(result={"out": None}, stopped=True)
+        return
+    except BaseException:
+        abort.set()
+        time.sleep(0.1)
+        remove_tree(tmp)
+        raise
+    yield Finished(result=result)
+
+
+def _drop_probability_levels(path: str, n_levels: int) -> None:
+    """Keep only level 0 of the probability (``write_probability=False``)."""
+    for lev in range(1, n_levels):
+        remove_tree(os.path.join(path, str(lev)))
+    import zarr
+
+    root = zarr.open_group(path, mode="r+", zarr_format=2)
+    ms = root.attrs["multiscales"]
+    ms[0]["datasets"] = ms[0]["datasets"][:1]
+    root.attrs["multiscales"] = ms

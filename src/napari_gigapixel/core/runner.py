@@ -1,0 +1,309 @@
+"""Run a long core job (training, inference) in a spawned worker process.
+
+TensorFlow >= 2.20 and napari's OpenGL canvas cannot live in one process (their
+bundled LLVMs clash and segfault), and ``fork`` after Qt or TensorFlow started
+threads is unsafe. So jobs run in a process started with the ``spawn`` context:
+a fresh interpreter that imports only the job's module. Events travel back
+through a queue; a ``multiprocessing.Event`` asks the job to stop between tiles.
+
+This module never imports TensorFlow (the widgets import it in napari's
+process).
+
+Examples
+--------
+>>> job = run_job("napari_gigapixel.core.inference:predict", cfg)  # doctest: +SKIP
+>>> for event in job.events():  # doctest: +SKIP
+...     print(event)
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import multiprocessing.connection as mp_connection
+import os
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .errors import GigapixelError
+from .events import Finished, StopFlag
+
+#: How long ``Job.events()`` blocks on the queue before it checks that the
+#: worker is still alive (seconds).
+POLL_SECONDS = 0.2
+
+
+class JobFailed(GigapixelError):
+    """The worker raised an unexpected error or died.
+
+    ``details`` holds the worker's traceback text (empty when it died without
+    one, e.g. killed for memory).
+    """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+def resolve_target(target: str) -> Callable[..., Any]:
+    """Import ``"package.module:function"`` and return the function.
+
+    Raises
+    ------
+    GigapixelError
+        When ``target`` is malformed or names nothing importable.
+    """
+    module_name, sep, func_name = target.partition(":")
+    if not sep or not module_name or not func_name:
+        raise GigapixelError(f"job target {target!r} must be written 'package.module:function'.")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, func_name)
+    except AttributeError:
+        raise GigapixelError(
+            f"job target {target!r}: module {module_name!r} has no {func_name!r}."
+        ) from None
+
+
+def run_inline(target: str | Callable[..., Any], config: Any, stop: StopFlag | None = None):
+    """Run the job's generator in this process (tests, scripts, the CLI).
+
+    Parameters
+    ----------
+    target
+        ``"module:function"`` or the generator function itself.
+    config
+        Passed to the function as its first argument.
+    stop
+        Optional stop flag, passed as the second argument.
+
+    Returns
+    -------
+    Iterator
+        The job's events.
+    """
+    fn = resolve_target(target) if isinstance(target, str) else target
+    return fn(config, stop)
+
+
+def _error_message(exc: BaseException) -> tuple[str, str, str]:
+    cls = type(exc)
+    return cls.__module__, cls.__qualname__, str(exc)
+
+
+def _worker_main(target: str, config: Any, events: Any, stop: Any) -> None:
+    """Body of the spawned process: run the generator, relay events and errors."""
+    # Before anything imports TensorFlow: keep its C++ logging off the caller's
+    # terminal (the worker shares it) but let warnings and errors through.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        for event in run_inline(target, config, stop):
+            events.put(("event", event))
+        events.put(("done", None))
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the caller
+        tb = traceback.format_exc()
+        if isinstance(exc, GigapixelError):
+            mod, name, msg = _error_message(exc)
+            events.put(("gigapixel_error", (mod, name, msg, tb)))
+        else:
+            events.put(("error", (f"{type(exc).__name__}: {exc}", tb)))
+    finally:
+        # Let the queue's feeder thread flush before the process exits, or the
+        # caller could see a dead worker with its last events still in the pipe.
+        events.close()
+        events.join_thread()
+
+
+def _rebuild_error(mod: str, name: str, msg: str, tb: str) -> GigapixelError:
+    """Re-create a worker's GigapixelError with its own class when importable."""
+    try:
+        obj: Any = importlib.import_module(mod)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, type) and issubclass(obj, GigapixelError):
+            try:
+                err = obj(msg)
+            except TypeError:  # a subclass with a different constructor
+                err = obj.__new__(obj)
+                GigapixelError.__init__(err, msg)
+            err.details = tb  # type: ignore[attr-defined]
+            return err
+    except Exception:  # noqa: BLE001 - fall back to the base class below
+        pass
+    return JobFailed(msg, tb)
+
+
+class Job:
+    """A job running in a spawned process. Create it with :func:`run_job`."""
+
+    def __init__(self, target: str, config: Any, *, grace: float = 10.0) -> None:
+        ctx = mp.get_context("spawn")
+        self.target = target
+        self.grace = float(grace)
+        self._queue = ctx.Queue()
+        self._stop = ctx.Event()
+        self._stop_requested_at: float | None = None
+        self._terminated = False
+        self._finished = False
+        self._process = ctx.Process(
+            target=_worker_main,
+            args=(target, config, self._queue, self._stop),
+            name=f"napari-gigapixel job {target}",
+            daemon=True,
+        )
+        self._process.start()
+        self._killer: threading.Thread | None = None
+
+    # -- state ---------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """True while the worker process runs."""
+        return self._process.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the worker."""
+        return self._process.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        """The worker's exit code (None while it runs; negative: killed by a signal)."""
+        return self._process.exitcode
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    # -- control -------------------------------------------------------------
+    def stop(self, wait: bool = False) -> None:
+        """Ask the job to stop between tiles; terminate it after ``grace`` seconds.
+
+        Parameters
+        ----------
+        wait
+            Block until the worker has ended (at most about ``grace`` seconds
+            plus the time to kill it). The default returns at once, so a GUI
+            thread never blocks; a background thread enforces the grace period.
+        """
+        if not self._stop.is_set():
+            self._stop.set()
+            self._stop_requested_at = time.monotonic()
+            self._killer = threading.Thread(
+                target=self._terminate_after_grace, name="job-grace", daemon=True
+            )
+            self._killer.start()
+        if wait and self._killer is not None:
+            self._killer.join()
+
+    def _terminate_after_grace(self) -> None:
+        # Wait on the sentinel, never join() here: two threads reaping one
+        # child race in waitpid, and the loser reads the exit code as None.
+        sentinel = self._process.sentinel
+        if not mp_connection.wait([sentinel], self.grace):
+            self._terminated = True
+            self._process.terminate()
+            if not mp_connection.wait([sentinel], 5.0):  # SIGTERM ignored
+                self._process.kill()
+
+    def join(self, timeout: float | None = None) -> int | None:
+        """Wait for the worker to end; return its exit code (None if still running)."""
+        self._process.join(timeout)
+        return self._process.exitcode
+
+    # -- events --------------------------------------------------------------
+    def events(self) -> Iterator[Any]:
+        """Relay the worker's events in the caller, in order.
+
+        Blocks with a short timeout so that a dead worker is noticed.
+
+        Raises
+        ------
+        GigapixelError
+            The worker's own ``GigapixelError`` subclass (same class, same
+            message) when the job raised one.
+        JobFailed
+            Any other error in the worker (traceback text in ``.details``), or
+            a worker that died without reporting (killed, out of memory).
+        """
+        while not self._finished:
+            try:
+                kind, payload = self._queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if self._process.is_alive():
+                    continue
+                # Dead: drain what the pipe may still hold, then report.
+                try:
+                    kind, payload = self._queue.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    self._finished = True
+                    yield from self._dead_worker()
+                    return
+            if kind == "event":
+                yield payload
+            elif kind == "done":
+                self._finished = True
+            elif kind == "gigapixel_error":
+                self._finished = True
+                raise _rebuild_error(*payload)
+            else:  # "error"
+                self._finished = True
+                message, tb = payload
+                raise JobFailed(f"the job {self.target} failed: {message}", tb)
+        self._process.join(self.grace)
+
+    def _dead_worker(self) -> Iterator[Any]:
+        self._process.join(1.0)
+        code = self._process.exitcode
+        if self._stop.is_set() and (self._terminated or code in (0, None) or (code or 0) < 0):
+            # We asked it to stop and it ended (or we terminated it after grace).
+            yield Finished(result={"terminated": self._terminated}, stopped=True)
+            return
+        if code is not None and code < 0:
+            how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        raise JobFailed(
+            f"the worker process of {self.target} died ({how}) before finishing, "
+            "likely out of memory. Lower the memory budget (memory_gb) or the tile "
+            "size, or close other programs, and try again."
+        )
+
+    def __enter__(self) -> Job:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.alive:
+            self.stop(wait=True)
+
+
+def run_job(target: str, config: Any, *, grace: float = 10.0) -> Job:
+    """Start ``target(config, stop)`` in a spawned worker process.
+
+    Parameters
+    ----------
+    target
+        ``"package.module:function"`` naming a generator function called as
+        ``fn(config, stop)``; it yields the events of :mod:`.events` and polls
+        ``stop_requested(stop)`` between tiles.
+    config
+        Picklable configuration (paths and plain values; small arrays are fine).
+    grace
+        Seconds :meth:`Job.stop` waits for a cooperative stop before it
+        terminates the worker.
+
+    Returns
+    -------
+    Job
+        Iterate ``job.events()`` to relay events and errors.
+    """
+    if not isinstance(target, str):
+        raise GigapixelError(
+            f"job target must be a 'package.module:function' string, not {target!r}; "
+            "a spawned process cannot receive a function object defined in __main__."
+        )
+    return Job(target, config, grace=grace)

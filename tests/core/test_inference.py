@@ -1,0 +1,249 @@
+"""Tiled inference: equal to whole-image inference, atomic OME-Zarr output, stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from napari_gigapixel.core.events import Finished, Message, Progress
+from napari_gigapixel.core.inference import (
+    PredictConfig,
+    PredictionError,
+    open_prediction,
+    predict,
+    predict_array,
+    predict_whole,
+)
+from napari_gigapixel.core.prediction_store import is_prediction_path
+from napari_gigapixel.core.unet import ModelFileError
+
+ODD = (517, 1301)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(7).integers(0, 256, (*ODD, 3), dtype=np.uint8)
+
+
+def _model(output_stride: int, seed: int = 3):
+    from napari_gigapixel.core.unet import ModelConfig, build_unet, model_geometry
+
+    model = build_unet(ModelConfig(output_stride=output_stride), seed=seed)
+    return model, model_geometry(model)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from napari_gigapixel.core.unet import ModelConfig, save_model
+
+    model, geometry = _model(4)
+    path = tmp_path_factory.mktemp("model") / "unet.keras"
+    save_model(model, path, geometry=geometry, model_config=ModelConfig(output_stride=4))
+    return str(path), model, geometry
+
+
+@pytest.mark.parametrize("output_stride", [4, 1])
+def test_tiled_inference_equals_whole_image_inference(image, output_stride):
+    model, geometry = _model(output_stride)
+    ref = predict_whole(model, image, geometry)
+    expected = (-(-ODD[0] // output_stride), -(-ODD[1] // output_stride))
+    assert ref.shape == expected
+    assert ref.std() > 1e-3  # random weights, but not a constant map
+    # Chunks smaller than, around and larger than the halo-to-core ratio; the
+    # last also leaves a remainder smaller than the halo to merge.
+    for chunk in (96, 160, 480):
+        tiled = predict_array(model, image, geometry, chunk=chunk)
+        assert tiled.shape == expected
+        assert np.abs(tiled - ref).max() <= 1e-5, chunk
+
+
+def test_a_halo_too_small_breaks_the_equality(image):
+    # The check above can fail: without the after-halo, borders differ.
+    from napari_gigapixel.core.unet import Geometry
+
+    model, geometry = _model(4)
+    ref = predict_whole(model, image, geometry)
+    short = Geometry(geometry.stride, 4, geometry.rf_before, 0)
+    assert np.abs(predict_array(model, image, short, chunk=96) - ref).max() > 1e-3
+
+
+def _run(cfg, stop=None):
+    return list(predict(cfg, stop))
+
+
+def test_predict_writes_an_ome_zarr_at_the_output_stride(tmp_path, image, saved_model):
+    path, model, geometry = saved_model
+    out = tmp_path / "pred.zarr"
+    events = _run(PredictConfig(model=path, image=image, out=str(out), chunk=160, threshold=0.45))
+    done = [e for e in events if isinstance(e, Progress) and e.stage == "chunks"]
+    assert done[-1].done == done[-1].total > 1
+    assert [e.done for e in done] == sorted(e.done for e in done)
+    fin = events[-1]
+    assert isinstance(fin, Finished) and not fin.stopped and fin.result["out"] == str(out)
+
+    store = open_prediction(out)
+    assert store.downsample == 4.0 and store.region_shape == ODD
+    assert store.metadata["slide_shape"] == list(ODD) and store.metadata["threshold"] == 0.45
+    assert store.metadata["model"] == path and store.metadata["complete"] is True
+    ref = predict_whole(model, image, geometry)
+    prob0 = store.probability[0].compute()
+    assert prob0.dtype == np.uint8 and prob0.shape == ref.shape
+    assert np.abs(prob0.astype(float) - ref * 255).max() <= 0.5 + 1e-3
+    np.testing.assert_array_equal(store.mask[0].compute(), (ref >= 0.45).astype(np.uint8))
+    # OME metadata: level 0 at scale 4, each level twice the previous.
+    attrs = json.loads((out / ".zattrs").read_text())
+    scales = [
+        d["coordinateTransformations"][0]["scale"] for d in attrs["multiscales"][0]["datasets"]
+    ]
+    assert scales[0] == [4.0, 4.0]
+    assert len(store.mask) == len(scales) and store.downsamples == [s[0] for s in scales]
+    # Full-resolution view: nearest upsampling, lazily.
+    full = store.mask_level0(chunk=256)
+    assert full.shape == ODD and full.chunksize == (256, 256)
+    np.testing.assert_array_equal(
+        full[:8, :8].compute(), np.repeat(np.repeat(store.mask[0][:2, :2].compute(), 4, 0), 4, 1)
+    )
+    assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path, image, saved_model):
+    path = saved_model[0]
+    out = tmp_path / "pred.zarr"
+    _run(PredictConfig(model=path, image=image, out=str(out), threshold=0.3))
+    before = open_prediction(out).metadata["threshold"]
+    with pytest.raises(PredictionError, match="already exists.*--overwrite"):
+        _run(PredictConfig(model=path, image=image, out=str(out), threshold=0.6))
+    assert open_prediction(out).metadata["threshold"] == before
+    _run(PredictConfig(model=path, image=image, out=str(out), threshold=0.6, overwrite=True))
+    assert open_prediction(out).metadata["threshold"] == 0.6
+    assert sorted(os.listdir(tmp_path)) == ["pred.zarr"]
+
+
+def test_a_stopped_prediction_leaves_no_store(tmp_path, image, saved_model):
+    path = saved_model[0]
+    out = tmp_path / "pred.zarr"
+    stop = threading.Event()
+    events = []
+    for event in predict(PredictConfig(model=path, image=image, out=str(out), chunk=96), stop):
+        events.append(event)
+        if isinstance(event, Progress) and event.done >= 1:
+            stop.set()
+    assert isinstance(events[-1], Finished) and events[-1].stopped
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_stop_keeps_the_previous_output(tmp_path, image, saved_model):
+    path = saved_model[0]
+    out = tmp_path / "pred.zarr"
+    _run(PredictConfig(model=path, image=image, out=str(out)))
+    stop = threading.Event()
+    stop.set()
+    events = _run(PredictConfig(model=path, image=image, out=str(out), overwrite=True), stop)
+    assert events[-1].stopped
+    assert open_prediction(out).metadata["complete"] is True
+    assert os.listdir(tmp_path) == ["pred.zarr"]
+
+
+def test_an_unfinished_store_is_refused(tmp_path):
+    from napari_gigapixel.core.prediction_store import create_store
+
+    create_store(tmp_path / "half.zarr", (10, 10), 8, {"kind": "prediction", "downsample": 4})
+    assert is_prediction_path(tmp_path / "half.zarr")
+    with pytest.raises(PredictionError, match="unfinished prediction"):
+        open_prediction(tmp_path / "half.zarr")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(PredictionError, match="plain: not a napari-gigapixel prediction"):
+        open_prediction(tmp_path / "plain")
+
+
+def test_region_of_interest_and_probability_off(tmp_path, image, saved_model):
+    path, model, geometry = saved_model
+    out = tmp_path / "roi.zarr"
+    roi = (64, 300, 100, 777)
+    _run(PredictConfig(model=path, image=image, out=str(out), roi=roi, write_probability=False))
+    store = open_prediction(out)
+    assert store.offset == (64, 100) and store.region_shape == (236, 677)
+    assert len(store.probability) == 1
+    ref = predict_whole(model, image[64:300, 100:777], geometry)
+    np.testing.assert_array_equal(store.mask[0].compute(), (ref >= 0.5).astype(np.uint8))
+    with pytest.raises(Exception, match="not inside the 517 x 1301"):
+        _run(
+            PredictConfig(
+                model=path, image=image, out=str(tmp_path / "x.zarr"), roi=(0, 600, 0, 5)
+            )
+        )
+
+
+def test_a_foreign_model_file_is_a_clear_error(tmp_path, image):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ModelFileError, match="bad.keras"):
+        _run(PredictConfig(model=str(bad), image=image, out=str(tmp_path / "p.zarr")))
+    assert not (tmp_path / "p.zarr").exists()
+
+
+@pytest.mark.slow
+def test_inference_through_the_runner_keeps_tensorflow_out(tmp_path, saved_model):
+    path = saved_model[0]
+    img = tmp_path / "img.npy"
+    np.save(img, np.random.default_rng(1).integers(0, 256, (200, 333, 3), dtype=np.uint8))
+    out = tmp_path / "p.zarr"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from napari_gigapixel.core.inference import PredictConfig, open_prediction
+        from napari_gigapixel.core.runner import run_job
+        cfg = PredictConfig(model={path!r}, image=np.load({str(img)!r}), out={str(out)!r})
+        events = list(run_job("napari_gigapixel.core.inference:predict", cfg).events())
+        assert not events[-1].stopped and open_prediction({str(out)!r}).mask[0].shape == (50, 84)
+        print("TF_IN_CALLER", "tensorflow" in sys.modules, "keras" in sys.modules)
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "TF_IN_CALLER False False" in res.stdout
+
+
+def test_events_are_plain_and_picklable(tmp_path, image, saved_model):
+    import pickle
+
+    events = _run(
+        PredictConfig(model=saved_model[0], image=image[:100, :100], out=str(tmp_path / "a.zarr"))
+    )
+    assert any(isinstance(e, Message) for e in events)
+    for e in events:
+        pickle.loads(pickle.dumps(e))
+
+
+def test_mixed_precision_is_close_to_float32(tmp_path, image, saved_model):
+    path, model, geometry = saved_model
+    out = tmp_path / "bf16.zarr"
+    _run(PredictConfig(model=path, image=image, out=str(out), chunk=160, mixed_precision=True))
+    store = open_prediction(out)
+    assert store.metadata["mixed_precision"] is True
+    ref = predict_whole(model, image, geometry) * 255
+    diff = np.abs(store.probability[0].compute().astype(float) - ref)
+    assert diff.max() <= 2.0 and diff.max() > 0.5  # bf16 rounding, not float32 results
+
+
+def test_mixed_precision_needs_the_model_config(tmp_path, image):
+    from napari_gigapixel.core.unet import save_model
+
+    model, geometry = _model(4)
+    bare = tmp_path / "bare.keras"
+    save_model(model, bare, geometry=geometry)  # no model_config recorded
+    cfg = PredictConfig(model=str(bare), image=image, out=str(tmp_path / "o.zarr"))
+    cfg.mixed_precision = True
+    with pytest.raises(Exception, match="bare.keras: the file records no model configuration"):
+        _run(cfg)
+    assert not (tmp_path / "o.zarr").exists()

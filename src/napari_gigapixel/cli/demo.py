@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out-dir", default="runs/demo", help="where results go (default: %(default)s)"
     )
-    p.add_argument("--steps", type=int, default=60, help="training steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=100, help="training steps (default: %(default)s)")
     p.add_argument(
         "--shape", default="4096x16384", help="sample slide shape HxW (default: %(default)s)"
     )

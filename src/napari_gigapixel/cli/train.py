@@ -3,7 +3,10 @@
 Example::
 
     napari-gigapixel train --image slide.tif --mask mask.tif --out model.keras \\
-        --steps 100 --loss dice --tile auto --memory-gb 4 --json
+        --steps 100 --loss bce --tile auto --memory-gb 4 --json
+
+The defaults (loss, learning rate and its schedule, steps) are
+:class:`~napari_gigapixel.core.training.TrainConfig`'s, the measured recipe.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ def _tile(text: str) -> int | str:
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``train`` sub-command."""
+    from ..core.training import LR_FLOOR, LR_SCHEDULES, TrainConfig
+
+    d = TrainConfig  # the dataclass's defaults are the recipe; one place to change it
     p = subparsers.add_parser(
         "train",
         help="train a U-Net on whole slides (exact streamed whole-image steps)",
@@ -66,9 +72,25 @@ def add_parser(subparsers: Any) -> None:
         help="mask of the preceding slide, at any level (raster, zarr, GeoJSON)",
     )
     p.add_argument("--out", required=True, metavar="MODEL.keras", help="model file to write")
-    p.add_argument("--steps", type=int, default=10, help="optimizer steps (default 10)")
-    p.add_argument("--loss", choices=("dice", "bce", "dice+bce"), default="dice")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument(
+        "--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)"
+    )
+    p.add_argument(
+        "--loss",
+        choices=("dice", "bce", "dice+bce"),
+        default=d.loss,
+        help="default %(default)s; 'dice' alone can collapse to all-tissue from scratch",
+    )
+    p.add_argument(
+        "--lr", type=float, default=d.lr, help="Adam (peak) learning rate (default %(default)s)"
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=d.lr_schedule,
+        help=f"'cosine' (default): down to {LR_FLOOR * 100:g}%% of --lr at the last step; "
+        "'constant'",
+    )
     p.add_argument(
         "--tile",
         type=_tile,
@@ -152,6 +174,7 @@ def build_config(args: argparse.Namespace):
         steps=args.steps,
         loss=args.loss,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         tile=args.tile,
         memory_gb=args.memory_gb,
         mode=args.mode,

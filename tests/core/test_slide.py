@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,28 +19,6 @@ from napari_gigapixel.core.slide import (
     is_slide_path,
     open_slide,
     read_region,
-)
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _fixtures_dir() -> Path | None:
-    """``shared/fixtures`` beside the repository (CI) or inside it; env var overrides."""
-    env = os.environ.get("NAPARI_GIGAPIXEL_FIXTURES")
-    for cand in ([Path(env)] if env else []) + [
-        ROOT.parent / "shared" / "fixtures",
-        ROOT / "shared" / "fixtures",
-    ]:
-        if (cand / "boxes.tiff").is_file():
-            return cand
-    return None
-
-
-FIXTURES = _fixtures_dir()
-needs_fixtures = pytest.mark.skipif(
-    FIXTURES is None,
-    reason="real slide fixtures not found: expected ../shared/fixtures beside the repository "
-    "(or set NAPARI_GIGAPIXEL_FIXTURES)",
 )
 
 
@@ -82,9 +59,8 @@ def big_tiff(tmp_path_factory) -> tuple[Path, np.ndarray]:
 # -- real files from OpenSlide's test suite ------------------------------------------
 
 
-@needs_fixtures
-def test_boxes_pyramidal_tiff_levels_and_pixels():
-    path = FIXTURES / "boxes.tiff"
+def test_boxes_pyramidal_tiff_levels_and_pixels(slide_fixtures):
+    path = slide_fixtures / "boxes.tiff"
     s = open_slide(path)
     assert [lvl.shape for lvl in s.levels] == [
         (250, 300, 3),
@@ -108,9 +84,8 @@ def test_boxes_pyramidal_tiff_levels_and_pixels():
     s.close()
 
 
-@needs_fixtures
-def test_svs_picks_the_baseline_series_and_reads_mpp():
-    path = FIXTURES / "small.svs"
+def test_svs_picks_the_baseline_series_and_reads_mpp(slide_fixtures):
+    path = slide_fixtures / "small.svs"
     with open_slide(path) as s:
         assert s.shape == (16, 16)
         assert len(s.levels) == 1
@@ -122,13 +97,12 @@ def test_svs_picks_the_baseline_series_and_reads_mpp():
             np.testing.assert_array_equal(s.levels[0].compute(), tif.series[0].asarray())
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name", ["boxes.tiff", "small.svs"])
-def test_openslide_backend_matches_tifffile(name):
+def test_openslide_backend_matches_tifffile(name, slide_fixtures):
     pytest.importorskip("openslide")
     from napari_gigapixel.core._slide_formats import open_openslide
 
-    path = str(FIXTURES / name)
+    path = str(slide_fixtures / name)
     with open_openslide(path) as a, open_slide(path) as b:
         assert a.metadata["format"].startswith("openslide:")
         assert [lvl.shape for lvl in a.levels] == [lvl.shape for lvl in b.levels]

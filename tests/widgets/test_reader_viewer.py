@@ -5,9 +5,6 @@ Run: ``xvfb-run -a .venv/bin/python -m pytest tests/widgets/test_reader_viewer.p
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tifffile
@@ -15,32 +12,12 @@ import tifffile
 from napari_gigapixel._reader import get_reader
 from napari_gigapixel.core.slide import SlideError
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _fixtures_dir() -> Path | None:
-    env = os.environ.get("NAPARI_GIGAPIXEL_FIXTURES")
-    for cand in ([Path(env)] if env else []) + [
-        ROOT.parent / "shared" / "fixtures",
-        ROOT / "shared" / "fixtures",
-    ]:
-        if (cand / "boxes.tiff").is_file():
-            return cand
-    return None
-
-
-FIXTURES = _fixtures_dir()
-needs_fixtures = pytest.mark.skipif(
-    FIXTURES is None,
-    reason="real slide fixtures not found: expected ../shared/fixtures beside the repository "
-    "(or set NAPARI_GIGAPIXEL_FIXTURES)",
-)
-
-
-@needs_fixtures
-def test_viewer_opens_pyramidal_tiff_as_one_multiscale_rgb_layer(make_napari_viewer):
+def test_viewer_opens_pyramidal_tiff_as_one_multiscale_rgb_layer(
+    make_napari_viewer, slide_fixtures
+):
     viewer = make_napari_viewer()
-    layers = viewer.open(str(FIXTURES / "boxes.tiff"), plugin="napari-gigapixel")
+    layers = viewer.open(str(slide_fixtures / "boxes.tiff"), plugin="napari-gigapixel")
     assert len(layers) == 1 and len(viewer.layers) == 1
     layer = layers[0]
     assert layer._type_string == "image"
@@ -52,15 +29,14 @@ def test_viewer_opens_pyramidal_tiff_as_one_multiscale_rgb_layer(make_napari_vie
     assert tuple(layer.scale) == (1.0, 1.0)  # no physical pixel size in this file
     assert layer.metadata["path"].endswith("boxes.tiff")
     # napari reads pixels back through our dask pyramid
-    with tifffile.TiffFile(FIXTURES / "boxes.tiff") as tif:
+    with tifffile.TiffFile(slide_fixtures / "boxes.tiff") as tif:
         expected = tif.series[0].levels[3].asarray()
     np.testing.assert_array_equal(np.asarray(layer.data[3]), expected)
 
 
-@needs_fixtures
-def test_viewer_opens_svs_with_physical_scale(make_napari_viewer):
+def test_viewer_opens_svs_with_physical_scale(make_napari_viewer, slide_fixtures):
     viewer = make_napari_viewer()
-    (layer,) = viewer.open(str(FIXTURES / "small.svs"), plugin="napari-gigapixel")
+    (layer,) = viewer.open(str(slide_fixtures / "small.svs"), plugin="napari-gigapixel")
     assert layer.rgb
     assert layer.data[0].shape == (16, 16, 3)
     assert tuple(layer.scale) == pytest.approx((0.499, 0.499))
@@ -91,9 +67,8 @@ def test_get_reader_declines_what_it_cannot_take(tmp_path):
     assert get_reader(str(gray16)) is None  # microscopy stack: leave it to other readers
 
 
-@needs_fixtures
-def test_get_reader_layer_tuple(tmp_path):
-    path = str(FIXTURES / "small.svs")
+def test_get_reader_layer_tuple(tmp_path, slide_fixtures):
+    path = str(slide_fixtures / "small.svs")
     reader = get_reader([path])
     assert callable(reader)
     ((levels, kwargs, kind),) = reader(path)

@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import training_events
 from qtpy.QtCore import QTimer
 
+from conftest import training_events
 from napari_gigapixel._widgets import train as train_mod
 from napari_gigapixel._widgets.train import LAST_MODEL, TRAIN_TARGET, TrainWidget
 from napari_gigapixel.core.events import Finished, Progress
@@ -123,29 +123,50 @@ def test_mask_count_must_match_slides(slide_viewer, fake_jobs, notes, tmp_path):
     assert not fake_jobs and "one mask layer per slide" in notes[0]
 
 
-def test_closing_the_viewer_stops_the_job(slide_viewer, fake_jobs, qtbot, tmp_path):
+def _close_viewer(viewer) -> None:
+    viewer.window._qt_window.close()
+
+
+def _close_widget(viewer) -> None:
+    viewer.window.remove_dock_widget("all")  # the dock's close button does this
+
+
+@pytest.mark.parametrize("close", [_close_viewer, _close_widget], ids=["viewer", "widget"])
+def test_closing_stops_the_job(slide_viewer, fake_jobs, qtbot, tmp_path, close):
     viewer, slide = slide_viewer
     w = _setup(viewer, slide, tmp_path, steps=500)
-    fake_jobs.script = training_events(steps=500, n_tiles=2)
+    fake_jobs.script = training_events(steps=500, n_tiles=2)  # 100 s unless stopped
     fake_jobs.delay = 0.05
     w.start_button.clicked.emit()
-    qtbot.waitUntil(lambda: len(fake_jobs) == 1, timeout=5_000)
-    viewer.window._qt_window.close()
+    # Generous: on a loaded machine the relay thread may take a while to run.
+    qtbot.waitUntil(lambda: len(fake_jobs) == 1, timeout=60_000)
+    close(viewer)
+    # Closing waits for the relay: the job is stopped and nothing runs on.
     assert fake_jobs[0][2].stopped.is_set()
     assert not w.relay.running
 
 
-def test_closing_the_widget_stops_the_job(slide_viewer, fake_jobs, qtbot, tmp_path):
+def test_closing_before_the_relay_thread_runs_starts_nothing(
+    slide_viewer, fake_jobs, qtbot, tmp_path
+):
     viewer, slide = slide_viewer
     w = _setup(viewer, slide, tmp_path, steps=500)
     fake_jobs.script = training_events(steps=500, n_tiles=2)
-    fake_jobs.delay = 0.05
-    w.start_button.clicked.emit()
-    qtbot.waitUntil(lambda: len(fake_jobs) == 1, timeout=5_000)
-    relay, job = w.relay, fake_jobs[0][2]
-    viewer.window.remove_dock_widget("all")  # the dock's close button does this
-    qtbot.waitUntil(job.stopped.is_set, timeout=5_000)
-    qtbot.waitUntil(lambda: not relay.running, timeout=5_000)
+    done: list[bool] = []
+
+    def start_then_close() -> None:
+        # Pressed inside the event loop, the relay thread's start is queued on
+        # that loop; closing at once must neither block the loop waiting for
+        # it nor let it spawn a worker afterwards.
+        w.start_button.clicked.emit()
+        _close_widget(viewer)
+        done.append(True)
+
+    QTimer.singleShot(0, start_then_close)
+    qtbot.waitUntil(lambda: bool(done), timeout=60_000)
+    _wait_done(qtbot, w, timeout=60_000)  # the relay ran, saw the stop and ended
+    assert not fake_jobs  # no worker process was spawned
+    assert w.stop_button.enabled is False
 
 
 def _load_in_subprocess(path: str) -> dict:

@@ -10,7 +10,8 @@ Stopping is cooperative: :meth:`JobRelay.stop` asks the worker process to
 stop (it finishes the current tile and keeps the last checkpoint), and the
 relay keeps draining events until ``Finished``. Closing the widget or the
 viewer calls :meth:`JobRelay.shutdown`, which stops and waits, so no orphaned
-worker process stays behind.
+worker process stays behind. :class:`JobWidgetMixin` holds the Start/Stop
+plumbing the Train and Predict widgets share.
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent, QObject
+
+from ..core.errors import GigapixelError
+from ..core.events import Finished, Message
+
+
+def set_progress(bar: Any, done: float, total: float) -> None:
+    """Show ``done`` of ``total`` on a magicgui ``ProgressBar`` (clamped)."""
+    bar.max = max(int(total), 1)
+    bar.value = min(int(done), bar.max)
 
 
 def _run_job(target: str, config: Any) -> Any:
@@ -54,6 +65,8 @@ class JobRelay:
         self._job: Any = None
         self._worker: Any = None
         self._stop = threading.Event()
+        #: Set when the relay thread begins; the pool may queue its start.
+        self._began = threading.Event()
         self._ended = threading.Event()
         self._ended.set()
         self._lock = threading.Lock()
@@ -75,6 +88,7 @@ class JobRelay:
         if self.running:
             raise RuntimeError("a job is already running")
         self._stop.clear()
+        self._began.clear()
         self._ended.clear()
         self.n_received = 0
         self.closed = False
@@ -83,7 +97,12 @@ class JobRelay:
         # Errors go to on_error (a notification), not re-raised in the event loop.
         @thread_worker(start_thread=False, ignore_errors=True)
         def _relay() -> Iterator[Any]:
+            relay._began.set()
             try:
+                if relay._stop.is_set():
+                    # Stopped (the widget closed) before this thread ran:
+                    # spawn no worker at all.
+                    return
                 job = _run_job(target, config)
                 with relay._lock:
                     relay._job = job
@@ -118,12 +137,18 @@ class JobRelay:
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Stop the job and wait (up to ``timeout`` s) for the relay to end.
 
-        Returns True when nothing is left running.
+        Returns True when no worker process is left running.
         """
         if not self.running:
             return True
         self.closed = True
         self.stop()
+        if not self._began.is_set():
+            # The relay thread has not run yet: superqt queues a start made
+            # inside a running event loop on that loop, so blocking it here
+            # would wait ``timeout`` s for nothing. When the thread runs it
+            # sees the stop (set above, before this check) and spawns nothing.
+            return True
         return self._ended.wait(timeout)
 
 
@@ -173,3 +198,116 @@ def stop_on_close(relay: JobRelay, native: Any) -> _CloseFilter:
     native.installEventFilter(filt)
     filt._watch_window(native)  # already docked
     return filt
+
+
+class JobWidgetMixin:
+    """Start/Stop plumbing of a widget that runs one engine job at a time.
+
+    Mixed into a magicgui ``Container`` (``class W(JobWidgetMixin, Container)``)
+    that has a ``status`` label. The widget calls :meth:`_setup_job` once its
+    fields exist and provides:
+
+    - ``job_target``: ``"module:function"`` of the engine generator;
+    - ``stopping_text``: the status shown while a stop is pending;
+    - ``make_config()``: the engine config from the fields (raises
+      ``GigapixelError`` for input the user must fix);
+    - ``_handle(event)``: updates the widget for one event (main thread;
+      ``Message`` events are shown already, ``Finished`` is in ``result``);
+    - optionally ``_prepare_run(config)``: resets its displays for a new run.
+    """
+
+    job_target: str
+    stopping_text = "stopping..."
+    native: Any
+    status: Any
+    make_config: Callable[[], Any]
+    _handle: Callable[[Any], None]
+
+    def _setup_job(
+        self,
+        start_button: Any,
+        stop_button: Any,
+        inputs: list[Any],
+        notify_error: Callable[[str], Any],
+    ) -> None:
+        """Wire the buttons, the relay and the close watch.
+
+        Parameters
+        ----------
+        start_button, stop_button
+            The widget's Start and Stop buttons.
+        inputs
+            The fields locked while the job runs (the Start button is added).
+        notify_error
+            Shows a message as a napari error notification.
+        """
+        self.stop_button = stop_button
+        self._inputs = [*inputs, start_button]
+        self._notify_error = notify_error
+        self.config: Any = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.relay = JobRelay(self._on_event, self._on_error, self._on_done)
+        self._close_filter = stop_on_close(self.relay, self.native)
+        start_button.changed.connect(self.start)
+        stop_button.changed.connect(self.stop)
+
+    def _prepare_run(self, cfg: Any) -> None:
+        """Reset what a previous run left in the widget's displays."""
+
+    def start(self, *_: Any) -> None:
+        """Start the job in a worker process (the Start button)."""
+        if self.relay.running:
+            return
+        try:
+            cfg = self.make_config()
+        except GigapixelError as exc:
+            self._notify_error(str(exc))
+            self.status.value = "not started: see notification"
+            return
+        self.config = cfg
+        self.result = None
+        self.error = None
+        self._prepare_run(cfg)
+        self.status.value = "starting worker (loading TensorFlow)..."
+        self._set_running(True)
+        self.relay.start(self.job_target, cfg)
+
+    def stop(self, *_: Any) -> None:
+        """Ask the job to stop after its current tile (the Stop button)."""
+        if self.relay.running:
+            self.status.value = self.stopping_text
+            self.stop_button.enabled = False
+            self.relay.stop()
+
+    def _set_running(self, running: bool) -> None:
+        try:
+            for w in self._inputs:
+                w.enabled = not running
+            self.stop_button.enabled = running
+        except RuntimeError:  # the viewer closed and Qt deleted the widgets
+            pass
+
+    def _on_event(self, ev: Any) -> None:
+        if self.relay.closed:  # widget or viewer closed: leave the layers alone
+            return
+        if isinstance(ev, Message):
+            if ev.level in ("warning", "error"):
+                show_warning(ev.text)
+            self.status.value = ev.text
+        elif isinstance(ev, Finished):
+            self.result = ev
+        try:
+            self._handle(ev)
+        except GigapixelError as exc:  # e.g. an output that cannot be opened
+            self._on_error(exc)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.error = exc
+        if self.relay.closed:
+            return
+        self._notify_error(str(exc))
+        self.status.value = "failed: see notification"
+
+    def _on_done(self) -> None:
+        self._set_running(False)

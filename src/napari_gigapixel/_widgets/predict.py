@@ -24,11 +24,10 @@ from magicgui.widgets import (
 )
 from napari.layers import Image
 from napari.utils.colormaps import DirectLabelColormap
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 
-from ..core.errors import GigapixelError
-from ..core.events import Finished, Message, Progress
-from ._jobs import JobRelay, stop_on_close
+from ..core.events import Finished, Progress
+from ._jobs import JobWidgetMixin, set_progress
 from ._layers import LayerError, overlay_kwargs, probability_colormap, slide_path
 from .train import LAST_MODEL
 
@@ -41,7 +40,7 @@ def _empty(value: Any) -> bool:
     return value is None or str(value) in ("", ".")
 
 
-class PredictWidget(Container):
+class PredictWidget(JobWidgetMixin, Container):
     """Run a trained model on a slide layer and show the predicted mask.
 
     Parameters
@@ -49,6 +48,8 @@ class PredictWidget(Container):
     napari_viewer
         The viewer whose slide layers are predicted on.
     """
+
+    job_target = PREDICT_TARGET
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(labels=True)
@@ -80,24 +81,16 @@ class PredictWidget(Container):
                 self.status,
             ]
         )
-        self._inputs = [
-            self.model,
-            self.slide,
-            self.out,
-            self.overwrite,
-            self.probability,
+        # Late-bound: show_error is looked up here at call time (tests replace it).
+        self._setup_job(
             self.run_button,
-        ]
-        self.relay = JobRelay(self._on_event, self._on_error, self._on_done)
-        self._close_filter = stop_on_close(self.relay, self.native)
-        self.run_button.changed.connect(self.start)
-        self.stop_button.changed.connect(self.stop)
+            self.stop_button,
+            [self.model, self.slide, self.out, self.overwrite, self.probability],
+            lambda text: show_error(text),
+        )
         self.slide.changed.connect(self._suggest_out)
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
-        self.config: Any = None
-        self.result: Finished | None = None
-        self.error: BaseException | None = None
         self.layers: list[Any] = []
         self._slide_layer: Any = None
         self._suggest_out(self.slide.value)
@@ -143,58 +136,14 @@ class PredictWidget(Container):
             write_probability=bool(self.probability.value),
         )
 
-    def start(self, *_: Any) -> None:
-        """Start inference in a worker process (the Predict button)."""
-        if self.relay.running:
-            return
-        try:
-            cfg = self.make_config()
-        except GigapixelError as exc:
-            show_error(str(exc))
-            self.status.value = "not started: see notification"
-            return
-        self.config = cfg
-        self.result = None
-        self.error = None
+    def _prepare_run(self, cfg: Any) -> None:
         self.bar.value = 0
-        self.status.value = "starting worker (loading TensorFlow)..."
-        self._set_running(True)
-        self.relay.start(PREDICT_TARGET, cfg)
-
-    def stop(self, *_: Any) -> None:
-        """Stop inference; nothing half-written is left behind (the Stop button)."""
-        if self.relay.running:
-            self.status.value = "stopping..."
-            self.stop_button.enabled = False
-            self.relay.stop()
-
-    def _set_running(self, running: bool) -> None:
-        try:
-            for w in self._inputs:
-                w.enabled = not running
-            self.stop_button.enabled = running
-        except RuntimeError:  # the viewer closed and Qt deleted the widgets
-            pass
-
-    def _on_event(self, ev: Any) -> None:
-        if self.relay.closed:  # widget or viewer closed: leave the layers alone
-            return
-        try:
-            self._handle(ev)
-        except GigapixelError as exc:  # e.g. an output that cannot be opened
-            self._on_error(exc)
 
     def _handle(self, ev: Any) -> None:
         if isinstance(ev, Progress):
-            self.bar.max = max(int(ev.total), 1)
-            self.bar.value = min(int(ev.done), self.bar.max)
+            set_progress(self.bar, ev.done, ev.total)
             self.status.value = ev.message or f"{ev.stage}: {ev.done}/{ev.total}"
-        elif isinstance(ev, Message):
-            if ev.level in ("warning", "error"):
-                show_warning(ev.text)
-            self.status.value = ev.text
         elif isinstance(ev, Finished):
-            self.result = ev
             if ev.stopped:
                 self.status.value = "stopped; no output written"
                 return
@@ -249,16 +198,6 @@ class PredictWidget(Container):
             )
         self.layers = layers
         return layers
-
-    def _on_error(self, exc: BaseException) -> None:
-        self.error = exc
-        if self.relay.closed:
-            return
-        show_error(str(exc))
-        self.status.value = "failed: see notification"
-
-    def _on_done(self) -> None:
-        self._set_running(False)
 
 
 __all__ = ["PredictWidget", "PREDICT_TARGET"]

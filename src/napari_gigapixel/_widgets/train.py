@@ -27,18 +27,16 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 
-from ..core.errors import GigapixelError
 from ..core.events import (
     CheckpointEvent,
     Finished,
-    Message,
     PreviewEvent,
     Progress,
     StepEvent,
 )
-from ._jobs import JobRelay, stop_on_close
+from ._jobs import JobWidgetMixin, set_progress
 from ._layers import (
     LayerError,
     level0_shape,
@@ -106,7 +104,7 @@ def _fmt_seconds(s: float) -> str:
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
-class TrainWidget(Container):
+class TrainWidget(JobWidgetMixin, Container):
     """Train a whole-slide U-Net on slide layers and their mask layers.
 
     Parameters
@@ -114,6 +112,9 @@ class TrainWidget(Container):
     napari_viewer
         The viewer whose slide and mask layers are trained on.
     """
+
+    job_target = TRAIN_TARGET
+    stopping_text = "stopping after this tile..."
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(labels=True)
@@ -132,9 +133,14 @@ class TrainWidget(Container):
         self.resume = FileEdit(
             label="or continue", mode="r", filter="Keras model (*.keras)", value=""
         )
-        self.loss = ComboBox(label="loss", choices=list(LOSSES), value="dice+bce")
-        self.steps = SpinBox(label="steps", min=1, max=1_000_000, value=50)
-        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
+        # The engine's defaults are the measured recipe (bce, cosine-decayed lr).
+        from ..core.training import TrainConfig as _Defaults
+
+        self.loss = ComboBox(label="loss", choices=list(LOSSES), value=_Defaults.loss)
+        self.steps = SpinBox(label="steps", min=1, max=1_000_000, value=_Defaults.steps)
+        self.lr = FloatSpinBox(
+            label="learning rate", min=1e-6, max=1.0, step=1e-4, value=_Defaults.lr
+        )
         self.lr.native.setDecimals(6)
         self.memory_gb = FloatSpinBox(
             label="memory (GiB)",
@@ -162,18 +168,21 @@ class TrainWidget(Container):
         self.tile_bar = ProgressBar(label="tiles", min=0, max=1, value=0)
         self.status = Label(label="status", value="idle")
         self.plot = CurvesPlot()
+        inputs = [
+            self.slides,
+            self.masks,
+            self.model,
+            self.resume,
+            self.loss,
+            self.steps,
+            self.lr,
+            self.memory_gb,
+            self.tile,
+            self.out,
+        ]
         self.extend(
             [
-                self.slides,
-                self.masks,
-                self.model,
-                self.resume,
-                self.loss,
-                self.steps,
-                self.lr,
-                self.memory_gb,
-                self.tile,
-                self.out,
+                *inputs,
                 self.start_button,
                 self.stop_button,
                 self.step_bar,
@@ -185,30 +194,12 @@ class TrainWidget(Container):
         # A few rows are enough for the layer lists; the plot gets the room.
         for sel in (self.slides, self.masks):
             sel.native.setMaximumHeight(72)
-        self._inputs = [
-            self.slides,
-            self.masks,
-            self.model,
-            self.resume,
-            self.loss,
-            self.steps,
-            self.lr,
-            self.memory_gb,
-            self.tile,
-            self.out,
-            self.start_button,
-        ]
-        self.relay = JobRelay(self._on_event, self._on_error, self._on_done)
-        self._close_filter = stop_on_close(self.relay, self.native)
-        self.start_button.changed.connect(self.start)
-        self.stop_button.changed.connect(self.stop)
+        # Late-bound: show_error is looked up here at call time (tests replace it).
+        self._setup_job(self.start_button, self.stop_button, inputs, lambda text: show_error(text))
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
         self._slide_layers: list[Any] = []
-        self.config: Any = None
         self.events: list[Any] = []
-        self.result: Finished | None = None
-        self.error: BaseException | None = None
         self.checkpoint: str | None = None
         self._t0 = 0.0
 
@@ -268,67 +259,32 @@ class TrainWidget(Container):
 
     # -- actions -----------------------------------------------------------
 
-    def start(self, *_: Any) -> None:
-        """Start training in a worker process (the Start button)."""
-        if self.relay.running:
-            return
-        try:
-            cfg = self.make_config()
-        except GigapixelError as exc:
-            show_error(str(exc))
-            self.status.value = "not started: see notification"
-            return
-        self.config = cfg
+    def _prepare_run(self, cfg: Any) -> None:
         self.events = []
-        self.result = None
-        self.error = None
         self.checkpoint = None
         self.plot.clear()
         self.step_bar.max = cfg.steps
         self.step_bar.value = 0
         self.tile_bar.value = 0
-        self.status.value = "starting worker (loading TensorFlow)..."
-        self._set_running(True)
         self._t0 = time.monotonic()
-        self.relay.start(TRAIN_TARGET, cfg)
-
-    def stop(self, *_: Any) -> None:
-        """Stop after the current tile; the last checkpoint stays (the Stop button)."""
-        if self.relay.running:
-            self.status.value = "stopping after this tile..."
-            self.stop_button.enabled = False
-            self.relay.stop()
-
-    def _set_running(self, running: bool) -> None:
-        try:
-            for w in self._inputs:
-                w.enabled = not running
-            self.stop_button.enabled = running
-        except RuntimeError:  # the viewer closed and Qt deleted the widgets
-            pass
 
     # -- events (main thread) ----------------------------------------------
 
     def _on_event(self, ev: Any) -> None:
-        self.events.append(ev)
-        if self.relay.closed:  # widget or viewer closed: leave the layers alone
-            return
+        self.events.append(ev)  # the whole run, also what arrives after a close
+        super()._on_event(ev)
+
+    def _handle(self, ev: Any) -> None:
         if isinstance(ev, StepEvent):
             self._on_step(ev)
         elif isinstance(ev, Progress):
-            self.tile_bar.max = max(int(ev.total), 1)
-            self.tile_bar.value = min(int(ev.done), self.tile_bar.max)
+            set_progress(self.tile_bar, ev.done, ev.total)
         elif isinstance(ev, PreviewEvent):
             self._on_preview(ev)
         elif isinstance(ev, CheckpointEvent):
             self.checkpoint = ev.path
             LAST_MODEL["path"] = ev.path
-        elif isinstance(ev, Message):
-            if ev.level in ("warning", "error"):
-                show_warning(ev.text)
-            self.status.value = ev.text
         elif isinstance(ev, Finished):
-            self.result = ev
             model = self.checkpoint or (self.config.out if self.config else None)
             if model and os.path.exists(model):
                 LAST_MODEL["path"] = model
@@ -342,8 +298,7 @@ class TrainWidget(Container):
 
     def _on_step(self, ev: StepEvent) -> None:
         self.plot.add_point(ev.step, ev.loss, ev.dice)
-        self.step_bar.max = max(int(ev.total_steps), 1)
-        self.step_bar.value = min(int(ev.step), self.step_bar.max)
+        set_progress(self.step_bar, ev.step, ev.total_steps)
         left = ev.seconds * max(ev.total_steps - ev.step, 0)
         self.status.value = (
             f"step {ev.step}/{ev.total_steps}: {ev.seconds:.2f} s/step, "
@@ -377,15 +332,8 @@ class TrainWidget(Container):
                 blending="translucent",
             )
 
-    def _on_error(self, exc: BaseException) -> None:
-        self.error = exc
-        if self.relay.closed:
-            return
-        show_error(str(exc))
-        self.status.value = "failed: see notification"
-
     def _on_done(self) -> None:
-        self._set_running(False)
+        super()._on_done()
         self.tile_bar.value = self.tile_bar.max if self.result else self.tile_bar.value
 
 

@@ -34,6 +34,28 @@ from .slide import (
 _SVS_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
 
 
+def _make_slide(
+    path: str,
+    levels: list[da.Array],
+    downsamples: list[float],
+    mpp: tuple[float, float] | None,
+    meta: dict[str, Any],
+    *closers: Any,
+) -> Slide:
+    """The :class:`Slide` every back-end returns: stored levels finished
+    (:func:`finish_levels`), named after the file, ``closers`` run on close."""
+    levels, downsamples = finish_levels(levels, downsamples, meta)
+    return Slide(
+        path=path,
+        name=slide_name(path),
+        levels=levels,
+        downsamples=downsamples,
+        mpp=mpp,
+        metadata=meta,
+        _closers=list(closers),
+    )
+
+
 def _ratio_downsamples(levels: list[da.Array]) -> list[float]:
     h0, w0 = levels[0].shape[:2]
     return [snap_downsample((h0 / lvl.shape[0] + w0 / lvl.shape[1]) / 2) for lvl in levels]
@@ -96,16 +118,8 @@ def _tiff_slide(tif: Any, path: str) -> Slide:
     for k, lvl in enumerate(series.levels):
         raw, axes = _tiff_level(path, series, idx, k, lvl)
         levels.append(to_yxc(raw, axes, path, meta))
-    levels, downsamples = finish_levels(levels, _ratio_downsamples(levels), meta)
-    return Slide(
-        path=path,
-        name=slide_name(path),
-        levels=levels,
-        downsamples=downsamples,
-        mpp=_tiff_mpp(tif, page, idx),
-        metadata=meta,
-        _closers=[tif.close],
-    )
+    mpp = _tiff_mpp(tif, page, idx)
+    return _make_slide(path, levels, _ratio_downsamples(levels), mpp, meta, tif.close)
 
 
 def _tiff_level(path: str, series: Any, idx: int, k: int, lvl: Any) -> tuple[da.Array, str]:
@@ -238,15 +252,7 @@ def open_zarr(path: str) -> Slide:
     levels = [levels[i] for i in order]
     meta["datasets"] = [labels[i] for i in order]
     mpp = _ngff_mpp(axes_meta, transforms[order[0]] if transforms else [], axes)
-    levels, downsamples = finish_levels(levels, _ratio_downsamples(levels), meta)
-    return Slide(
-        path=path,
-        name=slide_name(path),
-        levels=levels,
-        downsamples=downsamples,
-        mpp=mpp,
-        metadata=meta,
-    )
+    return _make_slide(path, levels, _ratio_downsamples(levels), mpp, meta)
 
 
 def _zarr_axes(axes_meta: list[Any] | None, shape: tuple[int, ...], path: str) -> str:
@@ -348,17 +354,8 @@ def _openslide_slide(osr: Any, path: str) -> Slide:
     th0 = int(props.get("openslide.level[0].tile-height", 0) or 0)
     tw0 = int(props.get("openslide.level[0].tile-width", 0) or 0)
     meta["tile"] = [th0, tw0] if th0 and tw0 else None
-    levels, downsamples = finish_levels(levels, downsamples, meta)
     mpp = mpp_or_none(props.get("openslide.mpp-y"), props.get("openslide.mpp-x"))
-    return Slide(
-        path=path,
-        name=slide_name(path),
-        levels=levels,
-        downsamples=downsamples,
-        mpp=mpp,
-        metadata=meta,
-        _closers=[osr.close],
-    )
+    return _make_slide(path, levels, downsamples, mpp, meta, osr.close)
 
 
 def _region_reader(osr: Any, level: int, ds: float):

@@ -190,7 +190,10 @@ def build_unet(cfg: ModelConfig | None = None, seed: int = 0, *, dtype: str = "f
         return keras.initializers.GlorotUniform(seed=seed * 1000 + next(counter))
 
     inp = keras.Input((None, None, 3), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 255.0, dtype=main, name="rescale")(inp)
+    # Centred input ([-1, 1]): on mostly-white slides a [0, 1] input leaves
+    # many first-layer ReLUs always on or always off at initialisation, and
+    # plain BCE then sometimes never escapes (measured: stuck at ln 2).
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, dtype=main, name="rescale")(inp)
     skips = [x]
     for i, (w, k, s) in enumerate(zip(cfg.widths, cfg.kernels, cfg.strides)):
         x = layers.Conv2D(

@@ -142,8 +142,10 @@ def cached_model(path: str, mixed_precision: bool = False) -> tuple[Any, Any]:
     ``mixed_bfloat16`` policy (as training uses; about 15% faster on CPUs with
     AVX512-BF16, probabilities within about 1e-3) and given the file's weights.
     """
+    from ._quiet_tf import load_keras_quietly
     from .unet import build_unet, load_model
 
+    load_keras_quietly()
     key = (os.path.abspath(path), os.path.getmtime(path), bool(mixed_precision))
     with _MODELS_LOCK:
         if key not in _MODELS:

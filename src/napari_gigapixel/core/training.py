@@ -514,7 +514,9 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         Bad configuration, slides or masks (raised before anything is written).
     """
     _validate(cfg)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ._quiet_tf import load_keras_quietly
+
+    load_keras_quietly()
     t_start = time.perf_counter()
     from .unet import model_geometry
 

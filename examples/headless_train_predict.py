@@ -21,16 +21,11 @@ import os
 from napari_gigapixel.core import metrics
 from napari_gigapixel.core.events import Finished, Message, StepEvent
 from napari_gigapixel.core.inference import PredictConfig, open_prediction, predict
+from napari_gigapixel.core.mask_io import load_mask
 from napari_gigapixel.core.masks import AnnotationMask
 from napari_gigapixel.core.slide import open_slide
 from napari_gigapixel.core.synthetic import make_synthetic_slide, parse_shape
 from napari_gigapixel.core.training import TrainConfig, train
-
-
-def ground_truth(mask_path: str) -> AnnotationMask:
-    """The synthetic ground truth (a full-resolution pyramidal TIFF), read lazily."""
-    gt = open_slide(mask_path)  # masks are pyramidal TIFFs the slide reader opens
-    return AnnotationMask(gt.levels[0][..., 0], 1.0, name="ground truth")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="1024x4096", type=parse_shape)
     parser.add_argument("--steps", default=60, type=int)
-    parser.add_argument("--lr", default=0.01, type=float)
+    parser.add_argument("--lr", default=TrainConfig.lr, type=float)
     parser.add_argument("--out", default="gigapixel-example")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -50,9 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
         mask_out=os.path.join(args.out, "mask.tif"),
     )
     model_path = os.path.join(args.out, "model.keras")
-    cfg = TrainConfig(
-        images=[slide], masks=[mask], out=model_path, steps=args.steps, loss="dice+bce", lr=args.lr
-    )
+    cfg = TrainConfig(images=[slide], masks=[mask], out=model_path, steps=args.steps, lr=args.lr)
     for ev in train(cfg):
         if isinstance(ev, StepEvent):
             print(
@@ -69,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
             print("prediction written:", pred_path)
 
     store = open_prediction(pred_path)
-    truth = ground_truth(mask)
+    truth = load_mask(mask, open_slide(slide).shape)  # lazy; level inferred
     shape = truth.shape
     pred = AnnotationMask(store.mask[0], store.downsample, name="prediction")
     figures = {

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     """Drive the four widgets on the sample slide and grab the window after each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/images")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--lr", type=float, default=0.01)
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)

@@ -27,25 +27,17 @@ def _mask_levels(path: str) -> list[Any]:
     return [da.from_zarr(group[k]) for k in keys]
 
 
-def make_sample_slide() -> list[LayerData]:
-    """The sample slide (RGB multiscale image) and its mask (multiscale Labels).
+def slide_and_truth_layers(slide_path: str, mask_path: str, name: str) -> list[LayerData]:
+    """A slide (RGB multiscale image) and its full-resolution mask (multiscale Labels).
 
-    Returns
-    -------
-    list of LayerData
-        ``(levels, kwargs, "image")`` then ``(levels, kwargs, "labels")``; the
-        labels' ``metadata["downsample"]`` is 1 (the mask is full resolution)
-        and their scale matches the slide layer's.
+    The labels' ``metadata["downsample"]`` is 1 (the mask is full resolution)
+    and their scale and units match the slide layer's, so they overlay it.
     """
     from ._reader import layer_data
     from .core.slide import open_slide
 
-    env = os.environ.get("NAPARI_GIGAPIXEL_SAMPLE_SHAPE")
-    shape = parse_shape(env) if env else SAMPLE_SHAPE
-    slide_path, mask_path = sample_slide_paths(shape=shape)
-    slide = open_slide(slide_path)
-    image = layer_data(slide)
-    image[1]["name"] = "synthetic slide"
+    image = layer_data(open_slide(slide_path))
+    image[1]["name"] = name
     labels_kwargs: dict[str, Any] = {
         "name": "ground truth",
         "multiscale": True,
@@ -56,3 +48,18 @@ def make_sample_slide() -> list[LayerData]:
         if key in image[1]:
             labels_kwargs[key] = image[1][key]
     return [image, (_mask_levels(mask_path), labels_kwargs, "labels")]
+
+
+def make_sample_slide() -> list[LayerData]:
+    """The sample slide (RGB multiscale image) and its mask (multiscale Labels).
+
+    Returns
+    -------
+    list of LayerData
+        ``(levels, kwargs, "image")`` then ``(levels, kwargs, "labels")``; see
+        :func:`slide_and_truth_layers`.
+    """
+    env = os.environ.get("NAPARI_GIGAPIXEL_SAMPLE_SHAPE")
+    shape = parse_shape(env) if env else SAMPLE_SHAPE
+    slide_path, mask_path = sample_slide_paths(shape=shape)
+    return slide_and_truth_layers(str(slide_path), str(mask_path), "synthetic slide")

@@ -98,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
     from ..core.synthetic import make_synthetic_slide, sample_slide_paths
     from ..core.training import TrainConfig
 
+    shape = _parse_shape(args.shape)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shape = _parse_shape(args.shape)
     t0 = time.perf_counter()
 
     print(f"1/4 sample slide {shape[0]} x {shape[1]} (made once, then cached)")
@@ -212,15 +212,38 @@ def write_overview(slide_path, pred_path, truth_path, png_path) -> None:
     os.replace(tmp, png_path)
 
 
+def build_viewer(slide_path, pred_path, truth_path, *, show: bool = True):
+    """A napari viewer with the held-out slide, its ground truth and the prediction.
+
+    The Predict and Review widgets are docked; the prediction is added by the
+    Predict widget (so it overlays the slide whatever the slide's micron scale)
+    and the Review widget has compared it with the ground truth.
+
+    Returns
+    -------
+    (napari.Viewer, ReviewWidget)
+    """
+    import napari
+
+    from .._sample_data import slide_and_truth_layers
+
+    viewer = napari.Viewer(title="napari-gigapixel demo: held-out slide", show=show)
+    layers = [
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+        for data, kwargs, kind in slide_and_truth_layers(
+            str(slide_path), str(truth_path), "held-out slide"
+        )
+    ]
+    _, predict = viewer.window.add_plugin_dock_widget("napari-gigapixel", "Predict tissue mask")
+    predict.show_prediction(str(pred_path), layers[0])
+    _, review = viewer.window.add_plugin_dock_widget("napari-gigapixel", "Review prediction")
+    review.mask.value = layers[1]
+    review.compare()
+    return viewer, review
+
+
 def _show(slide_path, pred_path, truth_path) -> None:  # pragma: no cover - needs a display
     import napari
 
-    viewer = napari.Viewer(title="napari-gigapixel demo: held-out slide")
-    viewer.open(str(slide_path), plugin="napari-gigapixel")
-    from ..core.inference import open_prediction
-
-    pred = open_prediction(pred_path)
-    d = pred.downsample
-    viewer.add_labels(pred.mask, name="prediction", scale=(d, d), opacity=0.4)
-    viewer.window.add_plugin_dock_widget("napari-gigapixel", "Review prediction")
+    build_viewer(slide_path, pred_path, truth_path)
     napari.run()

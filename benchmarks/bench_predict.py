@@ -65,6 +65,8 @@ def scenario(name: str, args: argparse.Namespace) -> dict:
 
     h, w = args.shape
     mpx = h * w / 1e6
+    if args.work:
+        os.makedirs(args.work, exist_ok=True)
     out_dir = Path(tempfile.mkdtemp(prefix="bench-predict-", dir=args.work))
     out = str(out_dir / "pred.zarr")
     t0 = time.perf_counter()

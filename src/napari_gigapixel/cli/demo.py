@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import events as ev
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -66,37 +64,13 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def _relay(job, label: str, total: int | None, unit: str):
-    """Relay a job's events to a tqdm bar; return the ``Finished`` event."""
-    from tqdm import tqdm
-
-    finished = None
-    with tqdm(total=total, desc=label, unit=unit, dynamic_ncols=True) as bar:
-        try:
-            for event in job.events():
-                if isinstance(event, ev.StepEvent):
-                    bar.total = event.total_steps
-                    bar.set_postfix(
-                        loss=f"{event.loss:.4f}", dice=f"{event.dice:.4f}", refresh=False
-                    )
-                    bar.update(event.step - bar.n)
-                elif isinstance(event, ev.Progress) and unit != "step":
-                    bar.total = event.total
-                    bar.update(event.done - bar.n)
-                elif isinstance(event, ev.Finished):
-                    finished = event
-        except KeyboardInterrupt:
-            job.stop()
-            raise
-    return finished
-
-
 def run(args: argparse.Namespace) -> int:
     from ..core.inference import PredictConfig
     from ..core.metrics import evaluate
     from ..core.runner import run_job
     from ..core.synthetic import make_synthetic_slide, sample_slide_paths
     from ..core.training import TrainConfig
+    from ._progress import follow
 
     shape = _parse_shape(args.shape)
     out = Path(args.out_dir)
@@ -120,9 +94,8 @@ def run(args: argparse.Namespace) -> int:
     tcfg = TrainConfig(
         images=[str(slide)], masks=[str(mask)], out=str(model_path), steps=args.steps, **extra
     )
-    train_done = _relay(
-        run_job("napari_gigapixel.core.training:train", tcfg), "train", args.steps, "step"
-    )
+    job = run_job("napari_gigapixel.core.training:train", tcfg)
+    train_done = follow(job.events(), unit="step", counts="steps", desc="train")
     t_train = time.perf_counter() - t0
 
     print("3/4 predicting the held-out slide (tiled, to OME-Zarr)")
@@ -130,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     pcfg = PredictConfig(
         model=str(model_path), image=str(held), out=str(pred_path), overwrite=True
     )
-    _relay(run_job("napari_gigapixel.core.inference:predict", pcfg), "predict", None, "chunk")
+    job = run_job("napari_gigapixel.core.inference:predict", pcfg)
+    follow(job.events(), unit="chunk", desc="predict")
 
     print("4/4 evaluating against the held-out ground truth")
     figures = evaluate(str(pred_path), str(held_mask), slide=str(held))
@@ -177,6 +151,7 @@ def write_overview(slide_path, pred_path, truth_path, png_path) -> None:
 
     from ..core.inference import open_prediction
     from ..core.mask_io import load_mask
+    from ..core.masks import AnnotationMask
     from ..core.slide import open_slide
 
     slide = open_slide(slide_path)
@@ -184,28 +159,23 @@ def write_overview(slide_path, pred_path, truth_path, png_path) -> None:
     rgb = np.asarray(slide.levels[li]).astype(np.float32)
     h, w = rgb.shape[:2]
     d = slide.shape[0] / h
+    stride = int(round(d))
     pred = open_prediction(pred_path)
+    # Both masks read through the same nearest-neighbour window view, at the
+    # overview's pixel size: nothing at full resolution.
+    p = (
+        AnnotationMask(pred.mask[0], downsample=pred.downsample).read_window(
+            0, slide.shape[0], 0, slide.shape[1], stride=stride
+        )[:h, :w]
+        > 0
+    )
     truth = load_mask(str(truth_path), slide.shape)
-
-    def sample(read, downsample):
-        ys = ((np.arange(h) + 0.5) * d / downsample).astype(int)
-        xs = ((np.arange(w) + 0.5) * (slide.shape[1] / w) / downsample).astype(int)
-        return read(ys, xs)
-
-    plevel = pred.mask[0]
-
-    def read_pred(ys, xs):
-        ys = np.clip(ys, 0, plevel.shape[0] - 1)
-        xs = np.clip(xs, 0, plevel.shape[1] - 1)
-        return np.asarray(plevel[ys][:, xs]) > 0
-
-    p = sample(read_pred, pred.downsample)
-    t = truth.read_window(0, slide.shape[0], 0, slide.shape[1], stride=int(round(d)))[:h, :w] > 0
+    t = truth.read_window(0, slide.shape[0], 0, slide.shape[1], stride=stride)[:h, :w] > 0
     out = rgb.copy()
     green = np.array([0, 200, 0], np.float32)
     magenta = np.array([230, 0, 200], np.float32)
     out[p] = 0.55 * out[p] + 0.45 * green
-    miss = p != t[: p.shape[0], : p.shape[1]]
+    miss = p != t
     out[miss] = 0.3 * out[miss] + 0.7 * magenta
     tmp = Path(str(png_path) + ".partial")
     tmp.write_bytes(imagecodecs.png_encode(np.clip(out, 0, 255).astype(np.uint8)))

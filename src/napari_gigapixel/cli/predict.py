@@ -12,8 +12,6 @@ import argparse
 import json
 import os
 
-from ..core import events as ev
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``predict`` sub-command."""
@@ -75,10 +73,9 @@ def _parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict with a tqdm progress bar; 0 on success, 1 when stopped."""
-    from tqdm import tqdm
-
     from ..core.inference import PredictConfig, predict
     from . import UserError
+    from ._progress import follow
 
     if not os.path.exists(args.image):
         raise UserError(f"{args.image}: no such slide. Check the path.")
@@ -96,23 +93,7 @@ def run(args: argparse.Namespace) -> int:
         write_probability=not args.no_probability,
         mixed_precision=args.mixed_precision,
     )
-    finished: ev.Finished | None = None
-    bar = None
-    try:
-        for event in predict(cfg):
-            if isinstance(event, ev.Progress) and not args.quiet:
-                if bar is None:
-                    bar = tqdm(total=event.total, desc="predict", unit="chunk", dynamic_ncols=True)
-                bar.total = event.total
-                bar.n = event.done
-                bar.refresh()
-            elif isinstance(event, ev.Message) and not args.quiet and not args.json:
-                (bar.write if bar is not None else print)(event.text)
-            elif isinstance(event, ev.Finished):
-                finished = event
-    finally:
-        if bar is not None:
-            bar.close()
+    finished = follow(predict(cfg), unit="chunk", desc="predict", quiet=args.quiet)
     if finished is None or finished.stopped:
         print("napari-gigapixel predict: stopped; nothing was written.")
         return 1

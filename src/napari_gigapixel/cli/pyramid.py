@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..core import events as ev
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``pyramid`` sub-command."""
@@ -41,9 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the pyramid with a tqdm progress bar; 0 on success, 1 when interrupted."""
-    from tqdm import tqdm
-
     from ..core.pyramid import build_pyramid
+    from ._progress import follow
 
     events = build_pyramid(
         args.slide,
@@ -53,23 +50,10 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         workers=args.workers,
     )
-    bar = None
-    result: dict = {}
-    try:
-        for event in events:
-            if isinstance(event, ev.Progress):
-                if bar is None:
-                    bar = tqdm(total=event.total, unit="tile", disable=args.quiet)
-                bar.set_postfix_str(event.message, refresh=False)
-                bar.update(event.done - bar.n)
-            elif isinstance(event, ev.Finished):
-                result = event.result
-                if event.stopped:
-                    return 1
-    finally:
-        if bar is not None:
-            bar.close()
-        events.close()  # an interrupted run removes its temporary store now
+    finished = follow(events, unit="tile", desc="pyramid", quiet=args.quiet)
+    if finished is None or finished.stopped:
+        return 1
+    result = finished.result
     if args.json:
         print(json.dumps(result))
     elif not args.quiet:

@@ -42,15 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the pair with a tqdm progress bar; print both paths; 0 on success."""
-    from tqdm import tqdm
-
-    from ..core.events import Finished, Progress
     from ..core.synthetic import (
         SyntheticError,
         default_mask_path,
         iter_make_synthetic_slide,
         parse_shape,
     )
+    from ._progress import follow
 
     try:
         shape = parse_shape(args.shape)
@@ -61,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
     for path in (out, mask):
         if path.exists() and not args.overwrite:
             raise UserError(f"{path} already exists; pass --overwrite to replace it.")
-    bar = None
-    result: dict = {}
     events = iter_make_synthetic_slide(
         os.fspath(out),
         shape=shape,
@@ -70,19 +66,10 @@ def run(args: argparse.Namespace) -> int:
         mask_out=os.fspath(mask),
         compression=args.compression,
     )
-    try:
-        for event in events:
-            if isinstance(event, Progress):
-                if bar is None:
-                    bar = tqdm(total=event.total, unit="tile", disable=args.quiet)
-                bar.set_description(event.stage, refresh=False)
-                bar.update(event.done - bar.n)
-            elif isinstance(event, Finished):
-                result = event.result
-    finally:
-        if bar is not None:
-            bar.close()
-        events.close()  # an interrupted run removes its temporary files now
+    finished = follow(events, unit="tile", quiet=args.quiet)
+    if finished is None or finished.stopped:
+        return 1
+    result = finished.result
     print(result["slide"])
     print(result["mask"])
     return 0

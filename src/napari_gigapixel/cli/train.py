@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from typing import Any
 
 from . import UserError
@@ -191,36 +190,13 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run the training; print progress (tqdm on stderr) and, with ``--json``, the figures."""
-    from ..core.events import Finished, Message, StepEvent
     from ..core.training import train
+    from ._progress import follow
 
     cfg = build_config(args)
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is a dependency; degrade to plain lines if absent
-        tqdm = None
-    bar = tqdm(total=cfg.steps, unit="step", file=sys.stderr, disable=None) if tqdm else None
-    result: dict[str, Any] = {}
-    stopped = False
-    try:
-        for ev in train(cfg):
-            if isinstance(ev, StepEvent):
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{ev.loss:.4f}", dice=f"{ev.dice:.3f}", s=f"{ev.seconds:.2f}"
-                    )
-                    bar.update(1)
-                else:
-                    print(
-                        f"step {ev.step}: loss {ev.loss:.4f} dice {ev.dice:.3f}", file=sys.stderr
-                    )
-            elif isinstance(ev, Message) and bar is not None:
-                bar.write(ev.text, file=sys.stderr)
-            elif isinstance(ev, Finished):
-                result, stopped = ev.result, ev.stopped
-    finally:
-        if bar is not None:
-            bar.close()
+    finished = follow(train(cfg), unit="step", counts="steps")
+    result = finished.result if finished is not None else {}
+    stopped = finished is None or finished.stopped
     figures = {
         "steps": result.get("steps"),
         "loss": result.get("loss"),

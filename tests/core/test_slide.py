@@ -12,7 +12,7 @@ import pytest
 import tifffile
 import zarr
 
-from napari_gigapixel.core import slide as slide_mod
+from napari_gigapixel.core import slide_base as slide_mod
 from napari_gigapixel.core.slide import (
     NotASlideError,
     SlideError,

@@ -16,7 +16,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .slide import (
+from .slide_base import (
     TARGET_CHUNK,
     NotASlideError,
     Slide,

@@ -1,12 +1,9 @@
 """Tiled inference of a whole slide into an OME-Zarr prediction.
 
-The slide (a dask array) is padded bottom/right to a multiple of the model's
-total stride ``S``, exactly as training pads it, cut into chunks whose sizes
-are multiples of ``S`` and run through ``dask.array`` overlap with the model's
-asymmetric halo (``boundary="none"``: windows are clipped at the padded border,
-never zero-padded past it). Every window's origin and size are then multiples
-of ``S``, so the outputs over a chunk's core equal those of one whole-image run
-(the tests check it to 1e-5).
+The model runs over the slide as an aligned dask graph (:mod:`.tiled_model`),
+whose outputs over a chunk's core equal those of one whole-image run (the
+tests check it to 1e-5); this module reads the slide, writes the stores and
+relays progress.
 
 The output stays at the model's output stride (1/4 of the slide by default);
 see :mod:`.prediction_store` for the layout. The same graph runs on dask's
@@ -43,6 +40,15 @@ from .prediction_store import (
     open_prediction,
     remove_tree,
 )
+from .tiled_model import (
+    _MODELS_LOCK,
+    ModelRef,
+    _warm_worker,
+    default_chunk,
+    predict_array,
+    predict_dask,
+    predict_whole,
+)
 
 __all__ = [
     "PredictConfig",
@@ -54,13 +60,6 @@ __all__ = [
     "predict_dask",
     "predict_whole",
 ]
-
-#: Value of the pixels padded bottom/right to a multiple of S (as in training).
-PAD_VALUE = 0
-#: Default level-0 chunk side (rounded to S). Measured on 2 CPU cores for a 1 Gpx
-#: slide (benchmarks/bench_predict.py): 2048 was as fast as 4096 (the halo adds
-#: 16%, but two threads keep busier) at 2.1 instead of 3.7 GiB peak RSS.
-DEFAULT_CHUNK = 2048
 
 
 @dataclass
@@ -105,218 +104,6 @@ class PredictConfig:
     roi: tuple[int, int, int, int] | None = None
     write_probability: bool = True
     mixed_precision: bool = False
-
-
-# --------------------------------------------------------------------------- model cache
-
-_MODELS: dict[tuple[str, float], Any] = {}
-_MODELS_LOCK = threading.RLock()
-
-
-def _compiled(model: Any) -> Any:
-    """A graph function of ``model`` for any tile size (traced once)."""
-    fn = getattr(model, "_gigapixel_infer", None)
-    if fn is not None:
-        return fn
-    with _MODELS_LOCK:  # dask threads race here on the first chunks
-        fn = getattr(model, "_gigapixel_infer", None)
-        if fn is not None:
-            return fn
-        import tensorflow as tf
-
-        @tf.function(
-            input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)], reduce_retracing=True
-        )
-        def fn(x):
-            return model(x, training=False)
-
-        fn.get_concrete_function()  # trace now, under the lock
-        model._gigapixel_infer = fn
-    return fn
-
-
-def cached_model(path: str, mixed_precision: bool = False) -> tuple[Any, Any]:
-    """Load ``path`` once per process (keyed by path and mtime): ``(model, meta)``.
-
-    With ``mixed_precision``, the same architecture is rebuilt with the
-    ``mixed_bfloat16`` policy (as training uses; about 15% faster on CPUs with
-    AVX512-BF16, probabilities within about 1e-3) and given the file's weights.
-    """
-    from ._quiet_tf import load_keras_quietly
-    from .unet import build_unet, load_model
-
-    load_keras_quietly()
-    key = (os.path.abspath(path), os.path.getmtime(path), bool(mixed_precision))
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            if not mixed_precision:
-                _MODELS[key] = load_model(path)
-            else:
-                base, meta = cached_model(path)
-                if meta.get("model_config") is None:
-                    raise GigapixelError(
-                        f"{path}: the file records no model configuration, which mixed "
-                        "precision needs to rebuild the model; predict without it."
-                    )
-                mixed = build_unet(meta["model_config"], dtype="mixed_bfloat16")
-                mixed.set_weights(base.get_weights())
-                _MODELS[key] = (mixed, meta)
-        return _MODELS[key]
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model by path: what a distributed task carries (a Keras model does not pickle)."""
-
-    path: str
-    mixed_precision: bool = False
-
-    def load(self) -> Any:
-        return cached_model(self.path, self.mixed_precision)[0]
-
-
-def _warm_worker(ref: ModelRef) -> None:
-    """Load the model into a worker's cache (returns nothing: models do not pickle)."""
-    _compiled(ref.load())
-
-
-def _run_model(model: Any, window: np.ndarray) -> np.ndarray:
-    """Probability (float32, 2-D, at the output stride) of one uint8 window."""
-    if isinstance(model, ModelRef):
-        model = model.load()
-    elif isinstance(model, str):
-        model = cached_model(model)[0]
-    x = np.ascontiguousarray(window[None, ..., :3], dtype=np.uint8)
-    out = _compiled(model)(x)
-    return np.asarray(out, dtype=np.float32)[0, ..., 0]
-
-
-# --------------------------------------------------------------------------- the graph
-
-
-def _aligned_chunks(n: int, chunk: int, halo: int) -> tuple[int, ...]:
-    """Chunk sizes of a padded axis: ``chunk`` each, the remainder merged if < halo.
-
-    dask needs every chunk at least as large as the overlap it lends its
-    neighbours; merging (rather than letting dask rechunk) keeps sizes
-    multiples of S.
-    """
-    sizes = [chunk] * (n // chunk)
-    rest = n - chunk * len(sizes)
-    if rest:
-        if sizes and rest < halo:
-            sizes[-1] += rest
-        else:
-            sizes.append(rest)
-    return tuple(sizes)
-
-
-def default_chunk(geometry: Any) -> int:
-    """Default level-0 chunk side for a model's output stride."""
-    return DEFAULT_CHUNK
-
-
-def _core_of_window(block, block_id, *, model, ychunks, xchunks, hb, ha, os_):
-    """Run the model on one overlapped window and keep its core's outputs."""
-    i, j = block_id[0], block_id[1]
-    by = hb if i > 0 else 0
-    bx = hb if j > 0 else 0
-    ay = ha if i < len(ychunks) - 1 else 0
-    ax = ha if j < len(xchunks) - 1 else 0
-    cy, cx = ychunks[i], xchunks[j]
-    if block.shape[:2] != (by + cy + ay, bx + cx + ax):  # the overlap contract
-        raise GigapixelError(
-            f"inference: window {block_id} has shape {block.shape[:2]}, expected "
-            f"{(by + cy + ay, bx + cx + ax)}; the tile geometry is broken."
-        )
-    prob = _run_model(model, block)
-    return prob[by // os_ : (by + cy) // os_, bx // os_ : (bx + cx) // os_]
-
-
-def predict_dask(model: Any, image: Any, geometry: Any, chunk: int | None = None) -> Any:
-    """The lazy probability of ``image``: a float32 dask array at the output stride.
-
-    Parameters
-    ----------
-    model
-        A Keras model, or the path of a saved one (loaded once per process,
-        which is what a distributed worker needs).
-    image
-        ``(H, W, 3)`` uint8 numpy or dask array.
-    geometry
-        The model's :class:`~napari_gigapixel.core.unet.Geometry`.
-    chunk
-        Level-0 chunk side; rounded down to a multiple of S, at least the halo.
-
-    Returns
-    -------
-    dask.array.Array
-        ``(ceil(H / os), ceil(W / os))`` float32 in [0, 1], chunks
-        ``chunk / os`` square.
-    """
-    import dask.array as da
-
-    s, os_ = int(geometry.stride), int(geometry.output_stride)
-    hb, ha = int(geometry.halo_before), int(geometry.halo_after)
-    halo = max(hb, ha, s)
-    chunk = int(chunk or default_chunk(geometry))
-    chunk = max(halo, chunk // s * s)
-    img = image if isinstance(image, da.Array) else da.from_array(image, chunks=(chunk, chunk, -1))
-    if img.ndim != 3 or img.shape[2] < 3:
-        raise GigapixelError(f"inference: the image must be (H, W, 3) RGB, got {img.shape}.")
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        raise GigapixelError(f"inference: the image must be uint8 RGB, got {img.dtype}.")
-    h, w = int(img.shape[0]), int(img.shape[1])
-    hp, wp = -(-h // s) * s, -(-w // s) * s
-    if (hp, wp) != (h, w):
-        img = da.pad(img, ((0, hp - h), (0, wp - w), (0, 0)), constant_values=PAD_VALUE)
-    ych, xch = _aligned_chunks(hp, chunk, halo), _aligned_chunks(wp, chunk, halo)
-    img = img.rechunk((ych, xch, 3))
-    if len(ych) == 1 and len(xch) == 1:
-        windows = img  # one window: the whole-image run
-    else:
-        depth = {0: (hb, ha), 1: (hb, ha), 2: (0, 0)}
-        windows = da.overlap.overlap(img, depth=depth, boundary="none")
-    prob = da.map_blocks(
-        _core_of_window,
-        windows,
-        model=model,
-        ychunks=ych,
-        xchunks=xch,
-        hb=hb,
-        ha=ha,
-        os_=os_,
-        chunks=(tuple(c // os_ for c in ych), tuple(c // os_ for c in xch)),
-        drop_axis=2,
-        dtype=np.float32,
-        name=f"gigapixel-infer-{uuid.uuid4().hex}",
-    )
-    return prob[: -(-h // os_), : -(-w // os_)]
-
-
-def predict_array(
-    model: Any,
-    image: Any,
-    geometry: Any = None,
-    chunk: int | None = None,
-    scheduler: str = "threads",
-) -> np.ndarray:
-    """Tiled inference of an in-memory image (tests, small images): float32 numpy."""
-    if geometry is None:
-        from .unet import model_geometry
-
-        geometry = model_geometry(model)
-    return predict_dask(model, image, geometry, chunk).compute(scheduler=scheduler)
-
-
-def predict_whole(model: Any, image: np.ndarray, geometry: Any) -> np.ndarray:
-    """One whole-image run on the padded image (the reference tiled runs must match)."""
-    s, os_ = int(geometry.stride), int(geometry.output_stride)
-    h, w = image.shape[:2]
-    hp, wp = -(-h // s) * s, -(-w // s) * s
-    padded = np.pad(image[..., :3], ((0, hp - h), (0, wp - w), (0, 0)), constant_values=PAD_VALUE)
-    return _run_model(model, padded)[: -(-h // os_), : -(-w // os_)]
 
 
 # --------------------------------------------------------------------------- writing

@@ -15,21 +15,26 @@ a spawned worker, never in napari's process).
 
 from __future__ import annotations
 
-import math
 import os
-import resource
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ._resources import (
+    ACTIVATION_FACTOR,
+    BASELINE_BYTES,
+    auto_core,
+    bytes_per_pixel,
+    cpu_has_bf16,
+    current_rss_bytes,
+    peak_rss_bytes,
+    use_mixed_precision,
+)
 from ._train_augment import SlideView as _View
 from ._train_augment import augment_params as _augment_params
-from .errors import GigapixelError
 from .events import (
     CheckpointEvent,
     Finished,
@@ -41,440 +46,39 @@ from .events import (
     StopFlag,
     stop_requested,
 )
-from .losses import dice_grad_coefficients, dice_loss_from_sums, hard_dice
+from .image_step import ImageStep, image_step, iter_image_step, preview_factor
 from .tiling import Tile, padded_shape, round_up, tile_grid
-from .unet import Geometry, ModelConfig
+from .train_config import (
+    LR_FLOOR,
+    LR_SCHEDULES,
+    TrainConfig,
+    TrainConfigError,
+    _describe,
+    _validate,
+    learning_rate,
+)
 
-#: Resident memory of the worker before any tile (interpreter + TensorFlow).
-BASELINE_BYTES = int(0.8 * 2**30)
-#: Compute working set per window pixel per byte of layer outputs: forward
-#: activations kept for the backward pass, their gradients and the kernels'
-#: temporaries. Calibrated with ``benchmarks/bench_train.py`` on TF 2.21 CPU:
-#: the default model measured ~45 B/px (float32) and ~27 B/px (bf16) against
-#: 71 and 55 B/px of layer outputs, so 2.0 keeps a margin of about 10%.
-ACTIVATION_FACTOR = 2.0
-#: Learning-rate schedules, and the fraction of ``lr`` the cosine ends at.
-LR_SCHEDULES = ("cosine", "constant")
-LR_FLOOR = 0.05
-
-
-class TrainConfigError(GigapixelError):
-    """A training configuration that cannot run (the message says which field)."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; a plain, picklable dataclass.
-
-    Parameters
-    ----------
-    images
-        Slides: paths (any format :func:`.slide.open_slide` reads) or
-        ``(H, W, 3)`` uint8 numpy arrays.
-    masks
-        One per image: a path (raster at any level, zarr, GeoJSON), an
-        :class:`.masks.AnnotationMask`, or a 2-D numpy array at any level of
-        the slide (the level is inferred from the shape ratio).
-    out
-        Model file (``.keras``) written at every checkpoint, atomically.
-    steps
-        Optimizer steps to run (each sees every pixel of every image).
-    loss
-        ``"dice+bce"`` (default), ``"bce"`` or ``"dice"``. The defaults
-        (``dice+bce``, ``lr`` 1e-2, cosine schedule, 100 steps) are the recipe
-        measured by ``benchmarks/bench_quality.py``: held-out Dice >= 0.98 on
-        synthetic slides. ``"dice"`` alone is not a good start from random
-        weights: for a near-uniform prediction, raising every probability
-        always raises soft Dice, so it runs to "everything is tissue", the
-        sigmoid saturates and its gradient vanishes (stuck at Dice
-        ``2f / (1 + f)`` for a tissue fraction ``f``). ``"bce"`` alone can let
-        the last decoder layer's few ReLUs die on a slide that is half tissue
-        (the prediction then stays at the base rate). Use ``"dice"`` to
-        fine-tune (``resume``) a model that already separates tissue.
-    lr
-        Adam learning rate (the peak of the schedule).
-    lr_schedule
-        ``"cosine"`` (default): the rate falls from ``lr`` along half a cosine
-        to ``lr * LR_FLOOR`` at the last step, so the model written at the end
-        sits in a minimum instead of wherever the last large step threw it;
-        ``"constant"``: ``lr`` throughout. Steps count from the first run: a
-        run resumed for ``steps`` more follows one curve over all its steps
-        (stop + resume gives the uninterrupted run's weights).
-    tile
-        Core size in level-0 pixels (rounded to the model's stride), or
-        ``"auto"``: the largest that fits ``memory_gb``; the whole image in one
-        tile when it fits.
-    memory_gb
-        Memory budget of the run (peak resident set), used by ``tile="auto"``
-        and to decide whether the decoded-pixel cache lives in memory or in a
-        temporary file.
-    mode
-        ``"stream"`` (tiles) or ``"whole"`` (one tile per image, for comparison).
-    rois
-        Per image, ``None`` or a rectangle ``(y0, x0, y1, x1)`` in level-0
-        pixels to train on part of the slide.
-    seed
-        Seeds the initial weights: the same seed gives the same model.
-    model
-        Architecture (:class:`.unet.ModelConfig`).
-    resume
-        A checkpoint to continue from (its weights, optimizer state, model
-        config and history); ``steps`` more steps are run.
-    augment
-        Whole-slide augmentations, exact under tiling: a random flip / 90-degree
-        turn and a brightness/contrast jitter of the whole slide, drawn per step
-        from ``seed``.
-    mixed_precision
-        bfloat16 compute (float32 weights; transposed convolutions and the
-        head stay float32). ``"auto"`` (default): on when the CPU has native
-        bfloat16 instructions (AVX512-BF16 or AMX), where it measured 1.3-1.5x
-        faster; off elsewhere (emulated bf16 is slower than float32).
-    dtype
-        ``"float32"`` or ``"float64"`` when ``mixed_precision`` is off.
-    checkpoint_every
-        Write ``out`` every this many steps (and at the end and on stop).
-    preview_downsample
-        Pixel size (level-0 pixels) of the live preview.
-    mask_kind
-        ``"dense"`` or ``"scribble"`` for masks given as paths or arrays.
-    cache_dir
-        Folder for the decoded-pixel cache file (default: the system's temp).
-    """
-
-    images: list[Any] = field(default_factory=list)
-    masks: list[Any] = field(default_factory=list)
-    out: str = "model.keras"
-    steps: int = 100
-    loss: str = "dice+bce"
-    lr: float = 1e-2
-    lr_schedule: str = "cosine"
-    tile: int | str = "auto"
-    memory_gb: float = 3.5
-    mode: str = "stream"
-    rois: list[Any] | None = None
-    seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
-    resume: str | None = None
-    augment: bool = False
-    mixed_precision: bool | str = "auto"
-    dtype: str = "float32"
-    checkpoint_every: int = 10
-    preview_downsample: int = 32
-    mask_kind: str = "dense"
-    cache_dir: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (arrays are described, not stored)."""
-        d = asdict(self) if not self._has_arrays() else dict(self.__dict__)
-        d["images"] = [_describe(v) for v in self.images]
-        d["masks"] = [_describe(v) for v in self.masks]
-        d["model"] = self.model.to_dict()
-        return d
-
-    def _has_arrays(self) -> bool:
-        return any(not isinstance(v, (str, os.PathLike)) for v in [*self.images, *self.masks])
-
-
-def _describe(v: Any) -> str:
-    if isinstance(v, (str, os.PathLike)):
-        return os.fspath(v)
-    name = getattr(v, "name", None)
-    shape = getattr(v, "shape", None)
-    return f"<{type(v).__name__} {name or ''} {tuple(shape) if shape is not None else ''}>"
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this (Linux) CPU has native bfloat16 instructions."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read(1 << 16)
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_mixed_precision(setting: bool | str) -> bool:
-    """Resolve ``TrainConfig.mixed_precision`` (True, False or ``"auto"``)."""
-    if setting == "auto":
-        return cpu_has_bf16()
-    return bool(setting)
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r if sys.platform == "darwin" else r * 1024)
-
-
-def current_rss_bytes() -> int:
-    """Current resident set size (psutil), or the peak when unavailable."""
-    try:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-    except Exception:  # psutil missing or restricted: be conservative
-        return peak_rss_bytes()
-
-
-def bytes_per_pixel(model: Any) -> float:
-    """Working set of one training tile per window pixel, from the model's layers.
-
-    Sums every layer output's bytes per level-0 pixel (channels over stride
-    squared, times the item size) and scales by :data:`ACTIVATION_FACTOR`.
-    """
-    total = 3.0  # the uint8 window itself
-    for layer in model.layers:
-        out = getattr(layer, "output", None)
-        if out is None or len(out.shape) != 4:
-            continue
-        tensor_stride = _tensor_stride(model, layer)
-        item = np.dtype(str(out.dtype)).itemsize if str(out.dtype) != "bfloat16" else 2
-        total += ACTIVATION_FACTOR * item * int(out.shape[-1]) / tensor_stride**2
-    return total
-
-
-def _tensor_stride(model: Any, layer: Any) -> int:
-    # Cumulative stride of a layer's output, from the builder's naming scheme
-    # and layer types (model_geometry walks the same graph).
-    from .unet import _layer_geometry
-
-    memo: dict[int, tuple[int, int, int]] = {}
-
-    def visit(tensor):
-        key = id(tensor)
-        if key not in memo:
-            op, ni, _ = tensor._keras_history
-            parents = list(op._inbound_nodes[ni].input_tensors)
-            memo[key] = (
-                (1, 0, 0) if not parents else _layer_geometry(op, [visit(p) for p in parents])
-            )
-        return memo[key]
-
-    return visit(layer.output)[0]
-
-
-def auto_core(shape: tuple[int, int], geometry: Geometry, bpp: float, budget_bytes: float) -> int:
-    """Largest aligned core whose window fits ``budget_bytes`` (whole image if it fits)."""
-    s, h = geometry.stride, geometry.halo
-    hp, wp = padded_shape(shape, s)
-    if hp * wp * bpp <= budget_bytes:
-        return max(hp, wp)
-    side = math.sqrt(max(budget_bytes, 0) / bpp)
-    core = int(side - 2 * h) // s * s
-    return max(s, core)
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-@dataclass
-class ImageStep:
-    """What one image contributed to a step."""
-
-    grads: list[np.ndarray]
-    loss: float
-    dice: float
-    soft_dice: float
-    preview: np.ndarray
-
-
-def _tile_inputs(view: _View, tile: Tile, os_: int):
-    """Window pixels, core labels and the core's offset in the window's output."""
-    h, w = view.shape
-    vy0, vy1, vx0, vx1 = tile.valid_core((h, w))
-    oy0, ox0 = vy0 // os_, vx0 // os_
-    oy1, ox1 = -(-vy1 // os_), -(-vx1 // os_)
-    x = view.window(tile.window)
-    if oy1 <= oy0 or ox1 <= ox0:
-        return None
-    y, wgt = view.labels(oy0, oy1, ox0, ox1)
-    return (
-        x,
-        y,
-        wgt,
-        (tile.core[0] - tile.window[0]) // os_,
-        (tile.core[2] - tile.window[2]) // os_,
-    )
-
-
-def iter_image_step(
-    step_fn: Any,
-    view: _View,
-    tiles: list[Tile],
-    geometry: Geometry,
-    loss: str,
-    n_labelled: float,
-    preview_factor: int,
-    *,
-    stop: StopFlag | None = None,
-    pool: ThreadPoolExecutor | None = None,
-    label: str = "",
-) -> Iterator[Progress]:
-    """Exact whole-image loss gradient of one image, computed tile by tile.
-
-    A generator: yields ``Progress("tiles", done, total)`` after every tile
-    and returns the :class:`ImageStep` (``result = yield from ...``).
-
-    Parameters
-    ----------
-    step_fn
-        A :class:`._backend.TileStep` of the model.
-    view
-        The (augmented) image and labels.
-    tiles
-        :func:`.tiling.tile_grid` of the image with the model's halo and stride.
-    loss
-        ``"bce"``, ``"dice"`` or ``"dice+bce"``.
-    n_labelled
-        Number of labelled output pixels of the image (BCE is their mean).
-    label
-        Message of the progress events.
-
-    Raises
-    ------
-    JobStopped
-        When ``stop`` is set between two tiles (nothing was applied).
-    """
-    os_ = geometry.output_stride
-    h, w = view.shape
-    ho, wo = -(-h // os_), -(-w // os_)
-    f = preview_factor
-    preview = np.zeros((-(-ho // f), -(-wo // f)), np.float32)
-    use_dice = loss in ("dice", "dice+bce")
-    c_bce = 1.0 / n_labelled if loss in ("bce", "dice+bce") else 0.0
-    one_tile = len(tiles) == 1
-    passes = ["grad"] if one_tile or not use_dice else ["forward", "grad"]
-    total = len(tiles) * len(passes)
-    done = 0
-    grads: list[np.ndarray] | None = None
-    stats_f = np.zeros(8)
-    stats_g = np.zeros(8)
-    coeff = (0.0, 0.0)
-    own_pool = pool is None
-    pool = pool or ThreadPoolExecutor(1)
-    try:
-        for which in passes:
-            if which == "grad" and use_dice and not one_tile:
-                coeff = dice_grad_coefficients(stats_f[1], stats_f[2], stats_f[3])
-            # Read the next tile while the current one computes (TF drops the GIL).
-            pending = pool.submit(_tile_inputs, view, tiles[0], os_)
-            for i, tile in enumerate(tiles):
-                if stop_requested(stop):
-                    raise JobStopped()
-                inputs = pending.result()
-                if i + 1 < len(tiles):
-                    pending = pool.submit(_tile_inputs, view, tiles[i + 1], os_)
-                if inputs is not None:
-                    x, y, wgt, oy, ox = inputs
-                    if which == "forward":
-                        r = step_fn.forward(x, y, wgt, oy, ox)
-                        stats_f += r.stats
-                    else:
-                        r = step_fn.gradient(
-                            x,
-                            y,
-                            wgt,
-                            oy,
-                            ox,
-                            c_bce=c_bce,
-                            c_da=coeff[0],
-                            c_db=coeff[1],
-                            c_dice=1.0 if (use_dice and one_tile) else 0.0,
-                        )
-                        stats_g += r.stats
-                        if grads is None:
-                            grads = [g.astype(np.float64) for g in r.grads]
-                        else:
-                            for acc, g in zip(grads, r.grads):
-                                acc += g
-                    if which == passes[0]:
-                        py, px = tile.core[0] // os_ // f, tile.core[2] // os_ // f
-                        pv = r.preview
-                        preview[py : py + pv.shape[0], px : px + pv.shape[1]] = pv
-                done += 1
-                yield Progress("tiles", done, total, label)
-    finally:
-        if own_pool:
-            pool.shutdown(wait=True)
-    stats = stats_f if passes[0] == "forward" else stats_g
-    value = 0.0
-    if c_bce:
-        value += stats_g[0] / n_labelled
-    soft = 1.0 - dice_loss_from_sums(stats[1], stats[2], stats[3])
-    if use_dice:
-        value += 1.0 - soft
-    return ImageStep(
-        grads=grads or [],
-        loss=float(value),
-        dice=hard_dice(stats[4], stats[5], stats[6]),
-        soft_dice=float(soft),
-        preview=preview,
-    )
-
-
-def image_step(*args: Any, **kwargs: Any) -> ImageStep:
-    """:func:`iter_image_step` run to the end (its progress events dropped)."""
-    gen = iter_image_step(*args, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
-
-
-def preview_factor(geometry: Geometry, preview_downsample: int) -> int:
-    """Output pixels per preview pixel: divides ``S / output_stride`` so cores align."""
-    per_core = geometry.stride // geometry.output_stride
-    want = max(1, int(preview_downsample) // geometry.output_stride)
-    return math.gcd(want, per_core) if want <= per_core else per_core
-
-
-# --------------------------------------------------------------------------- the run
-
-
-def _validate(cfg: TrainConfig) -> None:
-    from .losses import check_loss
-
-    check_loss(cfg.loss)
-    if not cfg.images:
-        raise TrainConfigError("training needs at least one image (TrainConfig.images).")
-    if len(cfg.masks) != len(cfg.images):
-        raise TrainConfigError(
-            f"training needs one mask per image: got {len(cfg.images)} images and "
-            f"{len(cfg.masks)} masks."
-        )
-    if cfg.rois is not None and len(cfg.rois) != len(cfg.images):
-        raise TrainConfigError("rois: give one entry (or None) per image.")
-    if int(cfg.steps) < 0:
-        raise TrainConfigError(f"steps must be >= 0, got {cfg.steps}.")
-    if cfg.mode not in ("stream", "whole"):
-        raise TrainConfigError(f"mode must be 'stream' or 'whole', not {cfg.mode!r}.")
-    if not (cfg.tile == "auto" or (isinstance(cfg.tile, int) and cfg.tile > 0)):
-        raise TrainConfigError(
-            f"tile must be 'auto' or a positive number of pixels, not {cfg.tile!r}."
-        )
-    if not str(cfg.out).endswith(".keras"):
-        raise TrainConfigError(f"{cfg.out}: the output model file name must end with '.keras'.")
-    if cfg.mask_kind not in ("dense", "scribble"):
-        raise TrainConfigError(f"mask_kind must be 'dense' or 'scribble', not {cfg.mask_kind!r}.")
-    if not cfg.lr > 0:
-        raise TrainConfigError(f"lr must be positive, got {cfg.lr}.")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise TrainConfigError(
-            f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {cfg.lr_schedule!r}."
-        )
-
-
-def learning_rate(lr: float, schedule: str, k: int, steps: int) -> float:
-    """Learning rate of step ``k`` (0-based) of a run of ``steps`` steps.
-
-    ``"cosine"`` goes from ``lr`` at the first step to ``lr * LR_FLOOR`` at the
-    last; ``"constant"`` is ``lr``.
-    """
-    if schedule == "constant" or steps <= 1:
-        return float(lr)
-    t = k / (steps - 1)
-    return float(lr) * (LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t)))
+# Re-exported: callers import these from ``training`` (the public face of training).
+__all__ = [
+    "ACTIVATION_FACTOR",
+    "BASELINE_BYTES",
+    "LR_FLOOR",
+    "LR_SCHEDULES",
+    "ImageStep",
+    "TrainConfig",
+    "TrainConfigError",
+    "auto_core",
+    "bytes_per_pixel",
+    "cpu_has_bf16",
+    "current_rss_bytes",
+    "image_step",
+    "iter_image_step",
+    "learning_rate",
+    "peak_rss_bytes",
+    "preview_factor",
+    "train",
+    "use_mixed_precision",
+]
 
 
 def _make_model(cfg: TrainConfig):

@@ -1,0 +1,156 @@
+"""Model files: ``.keras`` archives with napari-gigapixel metadata, written atomically.
+
+The metadata (geometry, model config, training config, history) lives as a
+JSON entry inside the zip, so one file is the whole model; it can be read
+without Keras (:func:`read_model_meta`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import TYPE_CHECKING, Any
+
+from .errors import GigapixelError
+from .geometry import Geometry
+
+if TYPE_CHECKING:
+    from .unet import ModelConfig
+
+#: Name of the metadata entry added to the ``.keras`` zip.
+META_ENTRY = "napari_gigapixel.json"
+#: Format tag of that entry; a ``.keras`` file without it is foreign.
+META_FORMAT = "napari-gigapixel-model"
+META_VERSION = 1
+
+
+class ModelFileError(GigapixelError):
+    """A model file that cannot be used: missing, corrupt or not made by napari-gigapixel."""
+
+
+def save_model(
+    model,
+    path: str | os.PathLike,
+    *,
+    geometry: Geometry,
+    model_config: ModelConfig | None = None,
+    train_config: dict[str, Any] | None = None,
+    history: list[dict[str, Any]] | None = None,
+) -> str:
+    """Write ``model`` to a self-contained ``.keras`` file, atomically.
+
+    Keras writes the zip (weights, and the optimizer state when the model was
+    compiled with one, so training resumes exactly); the geometry, model
+    config, training config and history are added as a JSON entry
+    (:data:`META_ENTRY`) inside the same zip. The file appears under its name
+    only once complete (temporary file in the same folder, then rename).
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ModelFileError(f"{path}: a model file name must end with '.keras'.")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    meta = {
+        "format": META_FORMAT,
+        "version": META_VERSION,
+        "geometry": geometry.to_dict(),
+        "model_config": model_config.to_dict() if model_config else None,
+        "train_config": train_config or {},
+        "history": history or [],
+    }
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as zf:
+            zf.writestr(META_ENTRY, json.dumps(meta, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the napari-gigapixel metadata of a model file without loading Keras.
+
+    Raises
+    ------
+    ModelFileError
+        Missing, not a zip (corrupt or truncated), or a ``.keras`` file that
+        napari-gigapixel did not write.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"{path}: no such model file. Check the path.")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if META_ENTRY not in names:
+                raise ModelFileError(
+                    f"{path}: a Keras file without napari-gigapixel metadata (a model "
+                    "from another project?). Train one with 'napari-gigapixel train'."
+                )
+            meta = json.loads(zf.read(META_ENTRY))
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(
+            f"{path}: not a readable .keras model file (corrupt or truncated: {exc}). "
+            "Use another checkpoint or retrain."
+        ) from exc
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise ModelFileError(
+            f"{path}: its metadata is not napari-gigapixel's; use a model trained "
+            "with napari-gigapixel."
+        )
+    return meta
+
+
+def load_model(path: str | os.PathLike):
+    """Load a model saved by :func:`save_model`.
+
+    Returns
+    -------
+    (keras.Model, dict)
+        The model (with its optimizer state when it had one) and the metadata:
+        ``geometry`` (a :class:`Geometry`), ``model_config`` (a
+        :class:`ModelConfig` or None), ``train_config`` (dict) and ``history``.
+
+    Raises
+    ------
+    ModelFileError
+        For a missing, corrupt, truncated or foreign file; the message names it.
+    """
+    path = os.fspath(path)
+    meta = read_model_meta(path)
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=True)
+    except Exception as exc:  # Keras raises many types for a damaged archive
+        raise ModelFileError(
+            f"{path}: Keras could not load this model ({type(exc).__name__}: {exc}). "
+            "The file may be damaged; use another checkpoint or retrain."
+        ) from exc
+    g = meta["geometry"]
+    meta = dict(meta)
+    meta["geometry"] = Geometry(
+        stride=int(g["stride"]),
+        output_stride=int(g["output_stride"]),
+        rf_before=int(g["rf_before"]),
+        rf_after=int(g["rf_after"]),
+    )
+    if meta.get("model_config"):
+        from .unet import ModelConfig  # here: unet re-exports this module
+
+        meta["model_config"] = ModelConfig.from_dict(meta["model_config"])
+    return model, meta

@@ -1,0 +1,189 @@
+"""Training parameters: :class:`TrainConfig`, its validation and the learning-rate schedule.
+
+Shared by the trainer, the CLI (``train``) and the Train widget: the dataclass's
+defaults are the measured recipe, so there is one place to change it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import GigapixelError
+from .unet import ModelConfig
+
+#: Learning-rate schedules, and the fraction of ``lr`` the cosine ends at.
+LR_SCHEDULES = ("cosine", "constant")
+LR_FLOOR = 0.05
+
+
+class TrainConfigError(GigapixelError):
+    """A training configuration that cannot run (the message says which field)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; a plain, picklable dataclass.
+
+    Parameters
+    ----------
+    images
+        Slides: paths (any format :func:`.slide.open_slide` reads) or
+        ``(H, W, 3)`` uint8 numpy arrays.
+    masks
+        One per image: a path (raster at any level, zarr, GeoJSON), an
+        :class:`.masks.AnnotationMask`, or a 2-D numpy array at any level of
+        the slide (the level is inferred from the shape ratio).
+    out
+        Model file (``.keras``) written at every checkpoint, atomically.
+    steps
+        Optimizer steps to run (each sees every pixel of every image).
+    loss
+        ``"dice+bce"`` (default), ``"bce"`` or ``"dice"``. The defaults
+        (``dice+bce``, ``lr`` 1e-2, cosine schedule, 100 steps) are the recipe
+        measured by ``benchmarks/bench_quality.py``: held-out Dice >= 0.98 on
+        synthetic slides. ``"dice"`` alone is not a good start from random
+        weights: for a near-uniform prediction, raising every probability
+        always raises soft Dice, so it runs to "everything is tissue", the
+        sigmoid saturates and its gradient vanishes (stuck at Dice
+        ``2f / (1 + f)`` for a tissue fraction ``f``). ``"bce"`` alone can let
+        the last decoder layer's few ReLUs die on a slide that is half tissue
+        (the prediction then stays at the base rate). Use ``"dice"`` to
+        fine-tune (``resume``) a model that already separates tissue.
+    lr
+        Adam learning rate (the peak of the schedule).
+    lr_schedule
+        ``"cosine"`` (default): the rate falls from ``lr`` along half a cosine
+        to ``lr * LR_FLOOR`` at the last step, so the model written at the end
+        sits in a minimum instead of wherever the last large step threw it;
+        ``"constant"``: ``lr`` throughout. Steps count from the first run: a
+        run resumed for ``steps`` more follows one curve over all its steps
+        (stop + resume gives the uninterrupted run's weights).
+    tile
+        Core size in level-0 pixels (rounded to the model's stride), or
+        ``"auto"``: the largest that fits ``memory_gb``; the whole image in one
+        tile when it fits.
+    memory_gb
+        Memory budget of the run (peak resident set), used by ``tile="auto"``
+        and to decide whether the decoded-pixel cache lives in memory or in a
+        temporary file.
+    mode
+        ``"stream"`` (tiles) or ``"whole"`` (one tile per image, for comparison).
+    rois
+        Per image, ``None`` or a rectangle ``(y0, x0, y1, x1)`` in level-0
+        pixels to train on part of the slide.
+    seed
+        Seeds the initial weights: the same seed gives the same model.
+    model
+        Architecture (:class:`.unet.ModelConfig`).
+    resume
+        A checkpoint to continue from (its weights, optimizer state, model
+        config and history); ``steps`` more steps are run.
+    augment
+        Whole-slide augmentations, exact under tiling: a random flip / 90-degree
+        turn and a brightness/contrast jitter of the whole slide, drawn per step
+        from ``seed``.
+    mixed_precision
+        bfloat16 compute (float32 weights; transposed convolutions and the
+        head stay float32). ``"auto"`` (default): on when the CPU has native
+        bfloat16 instructions (AVX512-BF16 or AMX), where it measured 1.3-1.5x
+        faster; off elsewhere (emulated bf16 is slower than float32).
+    dtype
+        ``"float32"`` or ``"float64"`` when ``mixed_precision`` is off.
+    checkpoint_every
+        Write ``out`` every this many steps (and at the end and on stop).
+    preview_downsample
+        Pixel size (level-0 pixels) of the live preview.
+    mask_kind
+        ``"dense"`` or ``"scribble"`` for masks given as paths or arrays.
+    cache_dir
+        Folder for the decoded-pixel cache file (default: the system's temp).
+    """
+
+    images: list[Any] = field(default_factory=list)
+    masks: list[Any] = field(default_factory=list)
+    out: str = "model.keras"
+    steps: int = 100
+    loss: str = "dice+bce"
+    lr: float = 1e-2
+    lr_schedule: str = "cosine"
+    tile: int | str = "auto"
+    memory_gb: float = 3.5
+    mode: str = "stream"
+    rois: list[Any] | None = None
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    resume: str | None = None
+    augment: bool = False
+    mixed_precision: bool | str = "auto"
+    dtype: str = "float32"
+    checkpoint_every: int = 10
+    preview_downsample: int = 32
+    mask_kind: str = "dense"
+    cache_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (arrays are described, not stored)."""
+        d = asdict(self) if not self._has_arrays() else dict(self.__dict__)
+        d["images"] = [_describe(v) for v in self.images]
+        d["masks"] = [_describe(v) for v in self.masks]
+        d["model"] = self.model.to_dict()
+        return d
+
+    def _has_arrays(self) -> bool:
+        return any(not isinstance(v, (str, os.PathLike)) for v in [*self.images, *self.masks])
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, (str, os.PathLike)):
+        return os.fspath(v)
+    name = getattr(v, "name", None)
+    shape = getattr(v, "shape", None)
+    return f"<{type(v).__name__} {name or ''} {tuple(shape) if shape is not None else ''}>"
+
+
+def _validate(cfg: TrainConfig) -> None:
+    from .losses import check_loss
+
+    check_loss(cfg.loss)
+    if not cfg.images:
+        raise TrainConfigError("training needs at least one image (TrainConfig.images).")
+    if len(cfg.masks) != len(cfg.images):
+        raise TrainConfigError(
+            f"training needs one mask per image: got {len(cfg.images)} images and "
+            f"{len(cfg.masks)} masks."
+        )
+    if cfg.rois is not None and len(cfg.rois) != len(cfg.images):
+        raise TrainConfigError("rois: give one entry (or None) per image.")
+    if int(cfg.steps) < 0:
+        raise TrainConfigError(f"steps must be >= 0, got {cfg.steps}.")
+    if cfg.mode not in ("stream", "whole"):
+        raise TrainConfigError(f"mode must be 'stream' or 'whole', not {cfg.mode!r}.")
+    if not (cfg.tile == "auto" or (isinstance(cfg.tile, int) and cfg.tile > 0)):
+        raise TrainConfigError(
+            f"tile must be 'auto' or a positive number of pixels, not {cfg.tile!r}."
+        )
+    if not str(cfg.out).endswith(".keras"):
+        raise TrainConfigError(f"{cfg.out}: the output model file name must end with '.keras'.")
+    if cfg.mask_kind not in ("dense", "scribble"):
+        raise TrainConfigError(f"mask_kind must be 'dense' or 'scribble', not {cfg.mask_kind!r}.")
+    if not cfg.lr > 0:
+        raise TrainConfigError(f"lr must be positive, got {cfg.lr}.")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise TrainConfigError(
+            f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {cfg.lr_schedule!r}."
+        )
+
+
+def learning_rate(lr: float, schedule: str, k: int, steps: int) -> float:
+    """Learning rate of step ``k`` (0-based) of a run of ``steps`` steps.
+
+    ``"cosine"`` goes from ``lr`` at the first step to ``lr * LR_FLOOR`` at the
+    last; ``"constant"`` is ``lr``.
+    """
+    if schedule == "constant" or steps <= 1:
+        return float(lr)
+    t = k / (steps - 1)
+    return float(lr) * (LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t)))

@@ -43,6 +43,7 @@ def train_cli(slide: str, mask: str, model: str, extra: list[str]) -> dict:
         mask,
         "--out",
         model,
+        "--overwrite",
         "--json",
         *extra,
     ]

@@ -6,4 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/napari-gigapixel demo "$@"
+# --overwrite: a second run replaces the first run's results in runs/demo.
+exec .venv/bin/napari-gigapixel demo --overwrite "$@"

@@ -56,7 +56,7 @@ def test_overwrite_semantics(files, tmp_path, capsys):
     assert main([*args, "--threshold", "0.2"]) == 0
     stamp = (out / ".zattrs").stat().st_mtime_ns
     capsys.readouterr()
-    assert main([*args, "--threshold", "0.7"]) == 2
+    assert main([*args, "--threshold", "0.7"]) == 1
     err = capsys.readouterr().err
     assert "already exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert (out / ".zattrs").stat().st_mtime_ns == stamp
@@ -69,14 +69,14 @@ def test_overwrite_semantics(files, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["predict", "--image", "{d}/nope.tif", "--out", "{t}/o.zarr"], "nope.tif: no such slide"),
-        (["predict", "--image", "{slide}", "--out", "{t}/o.zarr", "--roi", "1,2"], "--roi must"),
+        (["predict", "--image", "{d}/nope.tif", "--out", "{t}/o.zarr"], "nope.tif: no such file"),
         (
             ["predict", "--image", "{slide}", "--out", "{t}/o.zarr", "--model", "{mask}"],
             "mask.tif",
         ),
+        (["predict", "--image", "{slide}", "--out", "{t}/no/o.zarr"], "does not exist"),
         (["evaluate", "--pred", "{t}", "--truth", "{mask}"], "not a napari-gigapixel prediction"),
-        (["evaluate", "--pred", "{t}", "--truth", "{d}/none.tif"], "none.tif: no such file"),
+        (["evaluate", "--pred", "{t}", "--truth", "{d}/none.tif"], "none.tif: no such mask"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(files, tmp_path, capsys, argv, message):
@@ -85,9 +85,19 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(files, tmp_path, capsys,
     argv = [a.format(**fill) for a in argv]
     if argv[0] == "predict" and "--model" not in argv:
         argv += ["--model", model]
-    assert main(argv) == 2
+    assert main(argv) == 1  # an error in the input: exit 1, one line
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_malformed_roi_is_a_usage_error(files, tmp_path, capsys):
+    _, slide, _, model = files
+    argv = ["predict", "--model", model, "--image", slide, "--out", str(tmp_path / "o.zarr")]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--roi", "1,2"])
+    assert exc.value.code == 2
+    assert "--roi wants four numbers Y0,X0,Y1,X1" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
 
 

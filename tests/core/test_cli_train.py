@@ -100,10 +100,11 @@ def test_bad_input_one_line_error_nonzero_exit_nothing_written(
             str(out),
             "--steps",
             "1",
+            "--overwrite",  # so that the bad input, not the existing file, is what stops it
         ]
     )
     err = capsys.readouterr().err.strip()
-    assert code != 0
+    assert code == 1
     assert match in err and "Traceback" not in err
     assert out.read_bytes() == b"previous model"
 

@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import pytest
 
+from napari_gigapixel.core.errors import GigapixelError
 from napari_gigapixel.core.events import Finished, Message, Progress
 from napari_gigapixel.core.inference import (
     PredictConfig,
@@ -166,17 +167,17 @@ def test_an_unfinished_store_is_refused(tmp_path):
 def test_region_of_interest_and_probability_off(tmp_path, image, saved_model):
     path, model, geometry = saved_model
     out = tmp_path / "roi.zarr"
-    roi = (64, 300, 100, 777)
+    roi = (64, 100, 300, 777)  # y0, x0, y1, x1
     _run(PredictConfig(model=path, image=image, out=str(out), roi=roi, write_probability=False))
     store = open_prediction(out)
     assert store.offset == (64, 100) and store.region_shape == (236, 677)
     assert len(store.probability) == 1
     ref = predict_whole(model, image[64:300, 100:777], geometry)
     np.testing.assert_array_equal(store.mask[0].compute(), (ref >= 0.5).astype(np.uint8))
-    with pytest.raises(Exception, match="not inside the 517 x 1301"):
+    with pytest.raises(GigapixelError, match="not inside the 517 x 1301"):
         _run(
             PredictConfig(
-                model=path, image=image, out=str(tmp_path / "x.zarr"), roi=(0, 600, 0, 5)
+                model=path, image=image, out=str(tmp_path / "x.zarr"), roi=(0, 0, 600, 5)
             )
         )
 

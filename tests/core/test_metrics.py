@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from napari_gigapixel.core import metrics
+from napari_gigapixel.core.errors import GigapixelError
 from napari_gigapixel.core.masks import AnnotationMask
 from napari_gigapixel.core.metrics import (
     Confusion,
@@ -144,14 +145,14 @@ def _write_prediction(path, mask_level, downsample, slide_shape, slide_path=None
     """A finished prediction store written without a model (the store format only)."""
     from napari_gigapixel.core.prediction_store import build_pyramids, create_store, mark_complete
 
-    region = (roi[1] - roi[0], roi[3] - roi[2]) if roi else slide_shape
+    region = (roi[2] - roi[0], roi[3] - roi[1]) if roi else slide_shape
     meta = {
         "kind": "prediction",
         "downsample": float(downsample),
         "slide_shape": list(slide_shape),
         "slide_path": slide_path,
         "roi": list(roi) if roi else None,
-        "offset": [roi[0], roi[2]] if roi else [0, 0],
+        "offset": [roi[0], roi[1]] if roi else [0, 0],
         "region_shape": list(region),
         "threshold": 0.5,
     }
@@ -179,7 +180,7 @@ def test_evaluate_scores_a_stored_prediction_beside_otsu(tmp_path):
 
 def test_evaluate_a_region_of_interest(tmp_path):
     _, truth = _slide(seed=2)
-    roi = (40, 300, 200, 900)
+    roi = (40, 200, 300, 900)  # y0, x0, y1, x1
     region_truth = truth[40:300, 200:900]
     pred = region_truth[::2, ::2].copy()
     pred[:20] = 1 - pred[:20]  # some errors
@@ -191,5 +192,5 @@ def test_evaluate_a_region_of_interest(tmp_path):
 
 def test_evaluate_rejects_a_truth_of_another_slide(tmp_path):
     _write_prediction(tmp_path / "p.zarr", np.zeros((130, 326), np.uint8), 4, (H, W))
-    with pytest.raises(Exception, match="cannot overlay a 517 x 1301 slide"):
+    with pytest.raises(GigapixelError, match="cannot overlay a 517 x 1301 slide"):
         evaluate(tmp_path / "p.zarr", np.zeros((100, 100), np.uint8))

@@ -181,11 +181,11 @@ def test_corrupt_tile_aborts_cleanly(tmp_path):
 def test_cli_pyramid(source, tmp_path, capsys):
     path, data = source
     out = tmp_path / "cli.ome.zarr"
-    assert main(["pyramid", str(path), str(out), "--tile", "128", "--json", "--quiet"]) == 0
+    assert main(["pyramid", str(path), str(out), "--chunk", "128", "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["path"] == str(out) and result["shape"] == [300, 417]
-    assert main(["pyramid", str(path), str(out)]) == 2
+    assert main(["pyramid", str(path), str(out)]) == 1
     assert "already exists" in capsys.readouterr().err
-    assert main(["pyramid", str(path), str(out), "--overwrite", "--tile", "64"]) == 0
+    assert main(["pyramid", str(path), str(out), "--overwrite", "--chunk", "64"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert zarr.open_group(out, mode="r")["0"].chunks == (3, 64, 64)

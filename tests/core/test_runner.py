@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from napari_gigapixel.core.errors import GigapixelError
 from napari_gigapixel.core.events import Finished, Message, Progress, stop_requested
 from napari_gigapixel.core.masks import MaskError
 from napari_gigapixel.core.runner import JobFailed, run_inline, run_job
@@ -142,8 +143,62 @@ def test_a_worker_killed_mid_run_raises_job_failed():
 
 def test_a_bad_target_is_a_clear_error():
     job = run_job("napari_gigapixel.core.events:no_such_job", {})
-    with pytest.raises(Exception, match="has no 'no_such_job'"):
+    with pytest.raises(GigapixelError, match="has no 'no_such_job'"):
         list(job.events())
+
+
+def test_an_unpicklable_configuration_is_refused_before_a_worker_starts():
+    with pytest.raises(GigapixelError, match="cannot be sent to a worker process"):
+        run_job(target("job_count"), {"n": 1, "callback": lambda: None})
+
+
+def _script(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+    """Run ``body`` as a user's script file (its own ``__main__``), no main guard."""
+    script = tmp_path / "user_script.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(HERE)!r})\n" + textwrap.dedent(body))
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+
+
+def test_a_script_without_a_main_guard_runs_jobs(tmp_path):
+    # spawn re-imports the caller's script in the worker by default; without
+    # the guard that would start the job again, recursively. The runner does
+    # not re-run the script, so this common mistake just works.
+    out = _script(
+        tmp_path,
+        """
+        from napari_gigapixel.core.runner import run_job
+        events = list(run_job("test_runner:job_count", {"n": 3}).events())
+        print("RESULT", events[-1].result)
+        """,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("RESULT {'n': 3}") == 1  # ran once, not once per worker
+
+
+def test_a_worker_that_cannot_start_is_reported_within_seconds_with_the_fix(tmp_path):
+    # A job target inside a guard-less script: the worker must import the
+    # script, which starts a job while bootstrapping, and the worker dies.
+    t0 = time.monotonic()
+    out = _script(
+        tmp_path,
+        """
+        from napari_gigapixel.core.runner import JobFailed, run_job
+
+        def job(config, stop):
+            yield None
+
+        try:
+            list(run_job("__main__:job", {}).events())
+        except JobFailed as exc:
+            print("REPORTED", exc)
+            raise SystemExit(3)
+        """,
+    )
+    assert time.monotonic() - t0 < 60
+    assert "REPORTED" in out.stdout, out.stderr
+    assert "failed to start" in out.stdout and 'if __name__ == "__main__":' in out.stdout
 
 
 @pytest.mark.slow

@@ -218,7 +218,7 @@ def test_cli_sample_writes_refuses_overwrite_and_rejects_bad_shape(tmp_path, cap
     assert cli_main(args) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [out, str(tmp_path / "c_mask.tif")]
-    assert cli_main(args) == 2
+    assert cli_main(args) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert cli_main([*args, "--overwrite", "--compression", "zstd"]) == 0
     assert cli_main(["sample", str(tmp_path / "d.tif"), "--shape", "12by5"]) == 2

@@ -23,9 +23,16 @@ def notes(monkeypatch) -> list[str]:
 
 @pytest.fixture
 def model_file(tmp_path, monkeypatch) -> str:
-    """A file standing for a trained model; the fake job never opens it."""
+    """A file standing for a trained model: its metadata only (the fake job never
+    loads it; the widget's preflight reads the metadata, without Keras)."""
+    import json
+    import zipfile
+
+    from napari_gigapixel.core.model_io import META_ENTRY, META_FORMAT
+
     path = tmp_path / "trained.keras"
-    path.write_bytes(b"not opened by the fake job")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(META_ENTRY, json.dumps({"format": META_FORMAT, "version": 1}))
     monkeypatch.setitem(LAST_MODEL, "path", str(path))
     return str(path)
 

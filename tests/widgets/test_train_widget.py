@@ -228,3 +228,30 @@ def test_real_training_keeps_napari_responsive_and_stop_keeps_a_checkpoint(
     assert LAST_MODEL["path"] == model
     assert _load_in_subprocess(model)["params"] > 1000
     assert "tensorflow" not in sys.modules
+
+
+def test_an_existing_model_is_not_replaced_without_overwrite(
+    slide_viewer, fake_jobs, notes, qtbot, tmp_path
+):
+    viewer, slide = slide_viewer
+    w = _setup(viewer, slide, tmp_path)
+    (tmp_path / "model.keras").write_bytes(b"yesterday's model")
+    assert w.memory_gb.value == pytest.approx(3.5)  # the CLI's --memory-gb default
+    w.start_button.clicked.emit()
+    assert len(fake_jobs) == 0  # refused before a worker started
+    assert notes and "already exists; pass --overwrite" in notes[-1]
+    assert (tmp_path / "model.keras").read_bytes() == b"yesterday's model"
+    w.overwrite.value = True
+    fake_jobs.script = training_events(steps=3, n_tiles=2)
+    w.start_button.clicked.emit()
+    _wait_done(qtbot, w)
+    assert len(fake_jobs) == 1 and fake_jobs[0][1].overwrite is True
+
+
+def test_an_output_folder_that_does_not_exist_is_refused(slide_viewer, fake_jobs, notes, tmp_path):
+    viewer, slide = slide_viewer
+    w = _setup(viewer, slide, tmp_path)
+    w.out.value = str(tmp_path / "nowhere" / "model.keras")
+    w.start_button.clicked.emit()
+    assert len(fake_jobs) == 0
+    assert "does not exist; create it first" in notes[-1]

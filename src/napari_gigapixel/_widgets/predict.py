@@ -128,6 +128,13 @@ class PredictWidget(JobWidgetMixin, Container):
         if _empty(out):
             raise LayerError("Choose an output path for the prediction (.ome.zarr).")
         self._slide_layer = layer
+        from ..core.model_io import read_model_meta
+        from ..core.preflight import check_output
+
+        # Checked here, before a worker starts: a foreign model file, an
+        # existing output without "overwrite output", a folder we cannot write.
+        read_model_meta(model)
+        check_output(out, overwrite=bool(self.overwrite.value), folder=True, what="prediction")
         return PredictConfig(
             model=model,
             image=slide_path(layer),

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -147,8 +148,9 @@ class TrainWidget(JobWidgetMixin, Container):
             min=0.25,
             max=1024,
             step=0.25,
-            value=2.0,
-            tooltip="Budget for one tile's forward and backward pass; sets the tile size.",
+            value=_Defaults.memory_gb,
+            tooltip="Peak memory budget of the training process (as train --memory-gb); "
+            "sets the tile size.",
         )
         self.tile = ComboBox(
             label="tile (px)",
@@ -161,6 +163,12 @@ class TrainWidget(JobWidgetMixin, Container):
             mode="w",
             filter="Keras model (*.keras)",
             value=os.path.join(os.path.expanduser("~"), "tissue_unet.keras"),
+        )
+        self.overwrite = CheckBox(
+            text="overwrite output",
+            value=False,
+            tooltip="Replace the model file if it exists (as train --overwrite); "
+            "continuing a model into its own file needs no tick.",
         )
         self.start_button = PushButton(text="Start")
         self.stop_button = PushButton(text="Stop", enabled=False)
@@ -179,6 +187,7 @@ class TrainWidget(JobWidgetMixin, Container):
             self.memory_gb,
             self.tile,
             self.out,
+            self.overwrite,
         ]
         self.extend(
             [
@@ -219,7 +228,7 @@ class TrainWidget(JobWidgetMixin, Container):
 
     def make_config(self) -> Any:
         """Build the engine's ``TrainConfig`` from the fields (raises ``GigapixelError``)."""
-        from ..core.training import TrainConfig
+        from ..core.training import TrainConfig, preflight
 
         slides = list(self.slides.value)
         masks = list(self.masks.value)
@@ -243,7 +252,7 @@ class TrainWidget(JobWidgetMixin, Container):
         if resume is not None and not os.path.isfile(resume):
             raise LayerError(f"{resume}: no such model file to continue from.")
         self._slide_layers = slides
-        return TrainConfig(
+        cfg = TrainConfig(
             images=images,
             masks=ann,
             out=out,
@@ -255,7 +264,12 @@ class TrainWidget(JobWidgetMixin, Container):
             model=model_config(self.model.value),
             resume=resume,
             preview_downsample=preview_downsample(level0_shape(slides[0])),
+            overwrite=bool(self.overwrite.value),
         )
+        # Every file and the output location checked here, in napari's process
+        # (no TensorFlow needed): a bad path is reported before a worker starts.
+        preflight(cfg)
+        return cfg
 
     # -- actions -----------------------------------------------------------
 

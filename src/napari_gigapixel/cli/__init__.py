@@ -1,9 +1,11 @@
 """Command line: ``napari-gigapixel sample|pyramid|train|predict|evaluate|demo``.
 
 Each sub-command lives in its own module under ``cli/`` exposing
-``add_parser(subparsers)`` and ``run(args) -> int``. Errors that a user can
-fix (:class:`UserError` and the core's ``*Error`` value errors) print one clear
-line and exit non-zero; nothing else is printed as a traceback wall.
+``add_parser(subparsers)`` and ``run(args) -> int``, and takes its shared flags
+from :mod:`._common` (the contract: ``docs/cli.md``). Exit codes: 0 done,
+1 error (the core's ``GigapixelError`` and OS errors: one line naming the file
+and the cause, no traceback), 2 usage (argparse, :class:`UserError`), 130
+stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ COMMANDS = ("sample", "pyramid", "train", "predict", "evaluate", "demo")
 
 
 class UserError(Exception):
-    """A problem with the user's input; printed as one line, exit status 2."""
+    """Flags that cannot go together or are malformed; one line, exit status 2 (usage)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,17 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``napari-gigapixel`` console script."""
+    from ..core.preflight import os_error_message
+    from ._common import EXIT_ERROR, EXIT_STOPPED, EXIT_USAGE
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors exit 2 here (argparse)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("napari-gigapixel: interrupted.", file=sys.stderr)
-        return 130
-    except (UserError, GigapixelError, FileNotFoundError, FileExistsError) as exc:
+        print(f"napari-gigapixel {args.command}: stopped.", file=sys.stderr)
+        return EXIT_STOPPED
+    except UserError as exc:
+        print(f"napari-gigapixel {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except GigapixelError as exc:
         # Core errors carry messages written for users: one line, no traceback.
         print(f"napari-gigapixel {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    except OSError as exc:  # permission, no space, is-a-directory ... at any moment
+        print(f"napari-gigapixel {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,13 +13,22 @@ must never share a process.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ._common import (
+    EXIT_OK,
+    EXIT_STOPPED,
+    add_overwrite,
+    add_report,
+    positive_float,
+    positive_int,
+    print_json,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,18 +40,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out-dir", default="runs/demo", help="where results go (default: %(default)s)"
     )
-    p.add_argument("--steps", type=int, default=100, help="training steps (default: %(default)s)")
+    p.add_argument(
+        "--steps",
+        type=positive_int("--steps"),
+        default=100,
+        help="training steps (default: %(default)s)",
+    )
     p.add_argument(
         "--shape", default="4096x16384", help="sample slide shape HxW (default: %(default)s)"
     )
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the trainer's)")
-    p.add_argument("--memory-gb", type=float, default=None, help="training memory budget")
+    p.add_argument(
+        "--lr",
+        type=positive_float("--lr"),
+        default=None,
+        help="learning rate (default: the trainer's)",
+    )
+    p.add_argument(
+        "--memory-gb",
+        type=positive_float("--memory-gb"),
+        default=None,
+        help="training memory budget, GiB of peak memory (default: the trainer's)",
+    )
     p.add_argument(
         "--no-viewer", action="store_true", help="never open napari; write the PNG overview"
     )
-    p.add_argument(
-        "--json", action="store_true", help="print the figures as one JSON line at the end"
-    )
+    add_overwrite(p, "the results of an earlier demo in --out-dir (model, prediction)")
+    add_report(p)
     p.set_defaults(func=run)
 
 
@@ -67,6 +90,7 @@ def _has_display() -> bool:
 def run(args: argparse.Namespace) -> int:
     from ..core.inference import PredictConfig
     from ..core.metrics import evaluate
+    from ..core.preflight import check_output
     from ..core.runner import run_job
     from ..core.synthetic import make_synthetic_slide, sample_slide_paths
     from ..core.training import TrainConfig
@@ -75,40 +99,55 @@ def run(args: argparse.Namespace) -> int:
     shape = _parse_shape(args.shape)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    model_path = out / "model.keras"
+    pred_path = out / "heldout_prediction.zarr"
+    # Before any compute: an earlier demo's results are replaced only on request.
+    check_output(model_path, overwrite=args.overwrite, what="model file")
+    check_output(pred_path, overwrite=args.overwrite, folder=True, what="prediction")
+    say = (lambda *a, **k: None) if args.quiet else print
     t0 = time.perf_counter()
 
-    print(f"1/4 sample slide {shape[0]} x {shape[1]} (made once, then cached)")
+    say(f"1/4 sample slide {shape[0]} x {shape[1]} (made once, then cached)")
     slide, mask = sample_slide_paths(shape=shape)
     held = out / f"heldout_{shape[0]}x{shape[1]}_seed1.tif"
     held_mask = held.with_name(held.stem + "_mask.tif")
     if not (held.exists() and held_mask.exists()):
         make_synthetic_slide(held, shape=shape, seed=1, mask_out=held_mask)
 
-    print(f"2/4 training on the whole slide, {args.steps} steps (every pixel, every step)")
-    model_path = out / "model.keras"
+    say(f"2/4 training on the whole slide, {args.steps} steps (every pixel, every step)")
     extra = {}
     if args.lr is not None:
         extra["lr"] = args.lr
     if args.memory_gb is not None:
         extra["memory_gb"] = args.memory_gb
     tcfg = TrainConfig(
-        images=[str(slide)], masks=[str(mask)], out=str(model_path), steps=args.steps, **extra
+        images=[str(slide)],
+        masks=[str(mask)],
+        out=str(model_path),
+        steps=args.steps,
+        overwrite=True,  # checked above
+        **extra,
     )
-    job = run_job("napari_gigapixel.core.training:train", tcfg)
-    train_done = follow(job.events(), unit="step", counts="steps", desc="train")
+    with run_job("napari_gigapixel.core.training:train", tcfg) as job:
+        train_done = follow(
+            job.events(), unit="step", counts="steps", desc="train", quiet=args.quiet
+        )
+    if train_done is None or train_done.stopped:
+        return EXIT_STOPPED
     t_train = time.perf_counter() - t0
 
-    print("3/4 predicting the held-out slide (tiled, to OME-Zarr)")
-    pred_path = out / "heldout_prediction.zarr"
+    say("3/4 predicting the held-out slide (tiled, to OME-Zarr)")
     pcfg = PredictConfig(
         model=str(model_path), image=str(held), out=str(pred_path), overwrite=True
     )
-    job = run_job("napari_gigapixel.core.inference:predict", pcfg)
-    follow(job.events(), unit="chunk", desc="predict")
+    with run_job("napari_gigapixel.core.inference:predict", pcfg) as job:
+        done = follow(job.events(), unit="chunk", desc="predict", quiet=args.quiet)
+    if done is None or done.stopped:
+        return EXIT_STOPPED
 
-    print("4/4 evaluating against the held-out ground truth")
+    say("4/4 evaluating against the held-out ground truth")
     figures = evaluate(str(pred_path), str(held_mask), slide=str(held))
-    tr = train_done.result if train_done is not None else {}
+    tr = train_done.result
     summary = {
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()},
         "train_slide": str(slide),
@@ -121,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         "final_train_dice": tr.get("final_dice", tr.get("dice")),
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
-    print(
+    say(
         f"\nHeld-out Dice {figures['dice']:.4f} (IoU {figures['iou']:.4f}, precision "
         f"{figures['precision']:.4f}, recall {figures['recall']:.4f}); Otsu baseline Dice "
         f"{figures['otsu_dice']:.4f}."
@@ -130,12 +169,12 @@ def run(args: argparse.Namespace) -> int:
         png = out / "overview.png"
         write_overview(held, pred_path, held_mask, png)
         summary["overview_png"] = str(png)
-        print(f"No display: wrote an overview of the held-out slide to {png}")
+        say(f"No display: wrote an overview of the held-out slide to {png}")
     else:
         _show(held, pred_path, held_mask)
     if args.json:
-        print(json.dumps(summary))
-    return 0
+        print_json(summary)
+    return EXIT_OK
 
 
 def _overview_level(levels, max_side: int = 2048) -> int:

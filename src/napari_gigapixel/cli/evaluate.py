@@ -10,8 +10,8 @@ from the prediction's metadata, or given with --image.
 from __future__ import annotations
 
 import argparse
-import json
-import os
+
+from ._common import EXIT_OK, add_report, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,22 +26,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--image", default=None, help="the slide, for the Otsu baseline (default: from --pred)"
     )
-    p.add_argument("--json", action="store_true", help="print the figures as one JSON line")
+    add_report(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the figures; 0 on success."""
     from ..core.metrics import evaluate
-    from . import UserError
+    from ..core.preflight import check_input
 
-    for flag, path in (("--pred", args.pred), ("--truth", args.truth), ("--image", args.image)):
-        if path is not None and not os.path.exists(path):
-            raise UserError(f"{flag} {path}: no such file or folder. Check the path.")
+    for what, path in (("prediction", args.pred), ("mask", args.truth), ("slide", args.image)):
+        if path is not None:
+            check_input(path, what)
     res = evaluate(args.pred, args.truth, slide=args.image)
     if args.json:
-        print(json.dumps(res))
-        return 0
+        print_json(res)
+        return EXIT_OK
     print(f"prediction {args.pred} against {args.truth} ({res['pixels']:,} level-0 pixels)")
     for key in ("dice", "iou", "precision", "recall"):
         print(f"  {key:<10} {res[key]:.4f}")
@@ -52,4 +52,4 @@ def run(args: argparse.Namespace) -> int:
             f"  Otsu Dice  {res['otsu_dice']:.4f}  (threshold {res['otsu_threshold']:.0f} "
             f"at 1/{res['otsu_downsample']:g})"
         )
-    return 0
+    return EXIT_OK

@@ -9,8 +9,18 @@ appears only when complete; an existing one is replaced only with --overwrite.
 from __future__ import annotations
 
 import argparse
-import json
-import os
+
+from ._common import (
+    EXIT_OK,
+    PRECISIONS,
+    add_overwrite,
+    add_precision,
+    add_report,
+    add_roi,
+    positive_int,
+    print_json,
+    stopped_exit,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="dask.distributed scheduler address (tcp://host:port); default: local threads",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_overwrite(p, "OUT")
     p.add_argument(
         "--threshold",
         type=float,
@@ -36,51 +46,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="probability at or above which a pixel is tissue (default: %(default)s)",
     )
     p.add_argument(
-        "--chunk", type=int, default=None, help="level-0 chunk side in pixels (memory knob)"
-    )
-    p.add_argument(
-        "--roi",
+        "--chunk",
+        type=positive_int("--chunk"),
         default=None,
-        metavar="Y0,Y1,X0,X1",
-        help="predict only this level-0 region",
+        help="chunk side in level-0 pixels (memory knob; default: the model's)",
     )
+    add_roi(p, "predict only this region")
     p.add_argument(
         "--no-probability", action="store_true", help="keep only level 0 of the probability"
     )
-    p.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="compute in bfloat16 (faster on CPUs with bf16; probabilities within ~1e-3)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    add_precision(p, default="float32")
+    add_report(p)
     p.set_defaults(func=run)
 
 
-def _parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
-    from . import UserError
-
-    if text is None:
-        return None
-    try:
-        y0, y1, x0, x1 = (int(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(
-            f"--roi must look like Y0,Y1,X0,X1 (level-0 pixels), not {text!r}"
-        ) from None
-    return y0, y1, x0, x1
-
-
 def run(args: argparse.Namespace) -> int:
-    """Predict with a tqdm progress bar; 0 on success, 1 when stopped."""
+    """Predict with a tqdm progress bar; 0 on success, 130 when stopped."""
     from ..core.inference import PredictConfig, predict
-    from . import UserError
+    from ..core.training import use_mixed_precision
     from ._progress import follow
 
-    if not os.path.exists(args.image):
-        raise UserError(f"{args.image}: no such slide. Check the path.")
-    if args.chunk is not None and args.chunk < 1:
-        raise UserError(f"--chunk must be a positive number of pixels, not {args.chunk}.")
     cfg = PredictConfig(
         model=args.model,
         image=args.image,
@@ -89,21 +74,20 @@ def run(args: argparse.Namespace) -> int:
         chunk=args.chunk,
         scheduler=args.scheduler,
         threshold=args.threshold,
-        roi=_parse_roi(args.roi),
+        roi=args.roi,
         write_probability=not args.no_probability,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=use_mixed_precision(PRECISIONS[args.precision]),
     )
     finished = follow(predict(cfg), unit="chunk", desc="predict", quiet=args.quiet)
     if finished is None or finished.stopped:
-        print("napari-gigapixel predict: stopped; nothing was written.")
-        return 1
+        return stopped_exit("predict (nothing was written)", args.quiet)
     res = finished.result
     if args.json:
-        print(json.dumps(res))
-    else:
+        print_json(res)
+    elif not args.quiet:
         print(
             f"wrote {res['out']}: {res['shape'][0]} x {res['shape'][1]} px at 1/"
             f"{res['downsample']:g}, {res['levels']} levels, {res['mpx_per_s']:.1f} Mpx/s, "
             f"tissue {100 * res['tissue_fraction']:.1f}%"
         )
-    return 0
+    return EXIT_OK

@@ -9,7 +9,8 @@ existing output unless --overwrite is given.
 from __future__ import annotations
 
 import argparse
-import json
+
+from ._common import EXIT_OK, add_overwrite, add_report, positive_int, print_json, stopped_exit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,44 +22,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("slide", help="slide to convert (file or zarr directory)")
     p.add_argument("out", help="output OME-Zarr directory, e.g. slide.ome.zarr")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_overwrite(p, "OUT")
     p.add_argument(
-        "--tile", type=int, default=1024, help="chunk side in pixels (default: %(default)s)"
+        "--chunk",
+        type=positive_int("--chunk"),
+        default=1024,
+        help="chunk side of the output store in pixels (default: %(default)s)",
     )
     p.add_argument(
         "--min-size",
-        type=int,
+        type=positive_int("--min-size"),
         default=1024,
         help="stop adding levels at this short side (default: %(default)s)",
     )
-    p.add_argument("--workers", type=int, default=None, help="threads (default: CPU count)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument(
+        "--workers",
+        type=positive_int("--workers"),
+        default=None,
+        help="threads (default: CPU count)",
+    )
+    add_report(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the pyramid with a tqdm progress bar; 0 on success, 1 when interrupted."""
+    """Build the pyramid with a tqdm progress bar; 0 on success, 130 when stopped."""
+    from ..core.preflight import check_input, check_output
     from ..core.pyramid import build_pyramid
     from ._progress import follow
+
+    check_input(args.slide, "slide")
+    check_output(args.out, overwrite=args.overwrite, folder=True, what="pyramid")
 
     events = build_pyramid(
         args.slide,
         args.out,
-        tile=args.tile,
+        tile=args.chunk,
         min_size=args.min_size,
         overwrite=args.overwrite,
         workers=args.workers,
     )
     finished = follow(events, unit="tile", desc="pyramid", quiet=args.quiet)
     if finished is None or finished.stopped:
-        return 1
+        return stopped_exit("pyramid", args.quiet)
     result = finished.result
     if args.json:
-        print(json.dumps(result))
+        print_json(result)
     elif not args.quiet:
         print(
             f"wrote {result['path']}: {result['levels']} levels, level 0 "
             f"{result['shape'][0]} x {result['shape'][1]}, {result['seconds']:.1f} s"
         )
-    return 0
+    return EXIT_OK

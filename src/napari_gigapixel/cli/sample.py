@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from . import UserError
+from ._common import EXIT_OK, add_overwrite, add_report, print_json, stopped_exit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="jpeg",
         help="slide compression (default: %(default)s); the mask is always lossless",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing files")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite(p, "the slide and mask files")
+    add_report(p)
     p.set_defaults(func=run)
 
 
@@ -56,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--shape: {exc}") from exc
     out = Path(args.out)
     mask = Path(args.mask_out) if args.mask_out else default_mask_path(out)
+    from ..core.preflight import check_output
+
     for path in (out, mask):
-        if path.exists() and not args.overwrite:
-            raise UserError(f"{path} already exists; pass --overwrite to replace it.")
+        check_output(path, overwrite=args.overwrite, what="slide")
     events = iter_make_synthetic_slide(
         os.fspath(out),
         shape=shape,
@@ -68,8 +70,11 @@ def run(args: argparse.Namespace) -> int:
     )
     finished = follow(events, unit="tile", quiet=args.quiet)
     if finished is None or finished.stopped:
-        return 1
+        return stopped_exit("sample", args.quiet)
     result = finished.result
-    print(result["slide"])
-    print(result["mask"])
-    return 0
+    if args.json:
+        print_json(result)
+    else:
+        print(result["slide"])
+        print(result["mask"])
+    return EXIT_OK

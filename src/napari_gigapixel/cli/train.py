@@ -12,23 +12,21 @@ The defaults (loss, learning rate and its schedule, steps) are
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from typing import Any
 
 from . import UserError
-
-
-def _roi(text: str) -> tuple[int, int, int, int]:
-    try:
-        parts = tuple(int(v) for v in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"--roi wants Y0,X0,Y1,X1 integers, got {text!r}"
-        ) from exc
-    if len(parts) != 4:
-        raise argparse.ArgumentTypeError(f"--roi wants four numbers Y0,X0,Y1,X1, got {text!r}")
-    return parts  # type: ignore[return-value]
+from ._common import (
+    EXIT_OK,
+    PRECISIONS,
+    add_overwrite,
+    add_precision,
+    add_report,
+    add_roi,
+    positive_float,
+    positive_int,
+    print_json,
+    stopped_exit,
+)
 
 
 def _tile(text: str) -> int | str:
@@ -71,8 +69,12 @@ def add_parser(subparsers: Any) -> None:
         help="mask of the preceding slide, at any level (raster, zarr, GeoJSON)",
     )
     p.add_argument("--out", required=True, metavar="MODEL.keras", help="model file to write")
+    add_overwrite(p, "the model file (a run resumed from --out itself continues that file)")
     p.add_argument(
-        "--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)"
+        "--steps",
+        type=positive_int("--steps"),
+        default=d.steps,
+        help="optimizer steps (default %(default)s)",
     )
     p.add_argument(
         "--loss",
@@ -81,7 +83,10 @@ def add_parser(subparsers: Any) -> None:
         help="default %(default)s; 'dice' alone can collapse to all-tissue from scratch",
     )
     p.add_argument(
-        "--lr", type=float, default=d.lr, help="Adam (peak) learning rate (default %(default)s)"
+        "--lr",
+        type=positive_float("--lr"),
+        default=d.lr,
+        help="Adam (peak) learning rate (default %(default)s)",
     )
     p.add_argument(
         "--lr-schedule",
@@ -98,16 +103,14 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--memory-gb",
-        type=float,
-        default=3.5,
-        help="memory budget of the run in GiB (default 3.5)",
+        type=positive_float("--memory-gb"),
+        default=d.memory_gb,
+        help="memory budget of the run: peak resident memory in GiB (default %(default)s)",
     )
-    p.add_argument(
-        "--roi",
-        type=_roi,
-        action="append",
-        metavar="Y0,X0,Y1,X1",
-        help="train on a rectangle of the slide (once for all slides, or once per slide)",
+    add_roi(
+        p,
+        "train on a rectangle of the slide (once for all slides, or once per slide)",
+        repeat=True,
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     p.add_argument("--mask-kind", choices=("dense", "scribble"), default="dense")
@@ -118,12 +121,7 @@ def add_parser(subparsers: Any) -> None:
         default=4,
         help="4: logits at 1/4 resolution (fast); 1: full-resolution head",
     )
-    p.add_argument(
-        "--precision",
-        choices=("auto", "mixed", "float32"),
-        default="auto",
-        help="'mixed': bfloat16 compute; 'auto' (default): mixed where the CPU has bf16",
-    )
+    add_precision(p, default="auto")
     p.add_argument(
         "--augment",
         action="store_true",
@@ -136,12 +134,14 @@ def add_parser(subparsers: Any) -> None:
         help="'whole' forces one tile per slide (for comparison)",
     )
     p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=10, metavar="N")
     p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the figures as one JSON object on the last line of stdout",
+        "--checkpoint-every",
+        type=positive_int("--checkpoint-every"),
+        default=d.checkpoint_every,
+        metavar="N",
+        help="write --out every N steps, at the end and when stopped (default %(default)s)",
     )
+    add_report(p)
     p.set_defaults(func=run)
 
 
@@ -162,10 +162,8 @@ def build_config(args: argparse.Namespace):
             rois = list(args.roi)
         else:
             raise UserError("give one --roi for all slides or one per --image.")
-    if args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}.")
     if not args.out.endswith(".keras"):
-        raise UserError(f"{args.out}: the model file name must end with '.keras'.")
+        raise UserError(f"--out {args.out}: the model file name must end with '.keras'.")
     return TrainConfig(
         images=list(args.image),
         masks=list(args.mask),
@@ -182,9 +180,10 @@ def build_config(args: argparse.Namespace):
         model=ModelConfig(output_stride=args.output_stride),
         resume=args.resume,
         augment=args.augment,
-        mixed_precision={"auto": "auto", "mixed": True, "float32": False}[args.precision],
+        mixed_precision=PRECISIONS[args.precision],
         checkpoint_every=args.checkpoint_every,
         mask_kind=args.mask_kind,
+        overwrite=args.overwrite,
     )
 
 
@@ -194,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     from ._progress import follow
 
     cfg = build_config(args)
-    finished = follow(train(cfg), unit="step", counts="steps")
+    finished = follow(train(cfg), unit="step", counts="steps", quiet=args.quiet)
     result = finished.result if finished is not None else {}
     stopped = finished is None or finished.stopped
     figures = {
@@ -211,14 +210,10 @@ def run(args: argparse.Namespace) -> int:
         "stopped": stopped,
     }
     if args.json:
-        clean = {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in figures.items()
-        }
-        print(json.dumps(clean))
-    elif figures["steps"]:
+        print_json(figures)
+    elif figures["steps"] and not args.quiet:
         print(
             f"wrote {cfg.out}: {figures['steps']} steps, loss {figures['loss']:.4f}, "
             f"dice {figures['dice']:.3f}, {figures['seconds_per_step']:.2f} s/step"
         )
-    return 130 if stopped else 0
+    return stopped_exit("train", args.quiet) if stopped else EXIT_OK

@@ -86,7 +86,9 @@ class PredictConfig:
     threshold
         Probability at or above which a pixel is tissue in the mask.
     roi
-        Level-0 ``(y0, y1, x0, x1)`` to predict instead of the whole slide.
+        Level-0 ``(y0, x0, y1, x1)`` (top-left, then bottom-right corner,
+        half-open; the project's one ROI form) to predict instead of the whole
+        slide. Stored in the prediction's metadata in the same order.
     write_probability
         Keep the probability pyramid (else level 0 only, for the mask's sake).
     mixed_precision
@@ -175,17 +177,14 @@ def _open_image(
     h, w = int(arr.shape[0]), int(arr.shape[1])
     info["slide_shape"] = [h, w]
     if roi is not None:
-        y0, y1, x0, x1 = (int(v) for v in roi)
-        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-            raise GigapixelError(
-                f"{info['slide_path'] or 'image'}: the region {roi} is not inside the "
-                f"{h} x {w} slide. Give (y0, y1, x0, x1) within it."
-            )
+        from ._train_data import check_roi  # one ROI form and check for training and predict
+
+        y0, x0, y1, x1 = check_roi(roi, (h, w), info["slide_path"] or "image")
         arr = arr[y0:y1, x0:x1]
-        info["roi"] = [y0, y1, x0, x1]
+        info["roi"] = [y0, x0, y1, x1]
     else:
         info["roi"] = None
-    info["offset"] = [info["roi"][0], info["roi"][2]] if roi is not None else [0, 0]
+    info["offset"] = [info["roi"][0], info["roi"][1]] if roi is not None else [0, 0]
     info["region_shape"] = [int(arr.shape[0]), int(arr.shape[1])]
     return arr, info
 
@@ -293,6 +292,18 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     distributed = bool(cfg.scheduler) and "://" in str(cfg.scheduler)
     # The slide opens before the model loads: a bad path fails in a second.
     image, info = _open_image(cfg.image, cfg.roi, by_path_chunk=chunk if distributed else None)
+    # Writable, and room for the stores (uncompressed upper bound: probability
+    # and mask, uint8, at the output stride, plus a third for their pyramids).
+    from .preflight import check_output
+
+    rh, rw = info["region_shape"]
+    check_output(
+        out,
+        overwrite=cfg.overwrite,
+        folder=True,
+        expected_bytes=int(2 * 1.34 * -(-rh // os_) * -(-rw // os_)),
+        what="prediction",
+    )
     ref = ModelRef(model_path, bool(cfg.mixed_precision))
     if distributed:
         model: Any = ref  # each worker process loads it once

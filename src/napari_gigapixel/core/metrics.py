@@ -362,7 +362,7 @@ def evaluate(
     store = open_prediction(pred_path)
     meta = store.metadata
     slide_shape = tuple(int(v) for v in meta["slide_shape"])
-    y0, y1, x0, x1 = meta.get("roi") or (0, slide_shape[0], 0, slide_shape[1])
+    y0, x0, y1, x1 = meta.get("roi") or (0, 0, slide_shape[0], slide_shape[1])
     region = (y1 - y0, x1 - x0)
     truth_m = _load_truth(truth, slide_shape)
     truth_r = _Shifted(truth_m, (y0, x0)) if (y0, x0) != (0, 0) else truth_m

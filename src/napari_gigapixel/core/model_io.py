@@ -56,7 +56,6 @@ def save_model(
     if not path.endswith(".keras"):
         raise ModelFileError(f"{path}: a model file name must end with '.keras'.")
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     meta = {
         "format": META_FORMAT,
         "version": META_VERSION,
@@ -65,16 +64,27 @@ def save_model(
         "train_config": train_config or {},
         "history": history or [],
     }
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
-    os.close(fd)
+    tmp = ""
     try:
+        os.makedirs(folder, exist_ok=True)
+        # A temporary name in the same folder, then one rename: a reader (or a
+        # kill -9 at any moment) sees the old file or the new one, never half.
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
+        os.close(fd)
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as zf:
             zf.writestr(META_ENTRY, json.dumps(meta, default=str))
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # disk full, permissions: one line, the old file kept
+            from .preflight import os_error_message
+
+            raise ModelFileError(
+                os_error_message(exc, path) + f" The previous {os.path.basename(path)} "
+                "(if any) is unchanged."
+            ) from exc
         raise
     return path
 

@@ -18,10 +18,13 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
+import multiprocessing.spawn as mp_spawn
 import os
+import pickle
 import queue
 import threading
 import time
@@ -35,6 +38,17 @@ from .events import Finished, StopFlag
 #: How long ``Job.events()`` blocks on the queue before it checks that the
 #: worker is still alive (seconds).
 POLL_SECONDS = 0.2
+#: A worker that has not said "started" after this many seconds is stuck in its
+#: start-up (an interpreter that cannot import the package, a blocked import):
+#: it is terminated and reported. Start-up before the job's own imports
+#: (TensorFlow comes later) takes about a second.
+START_TIMEOUT = 60.0
+
+_MAIN_GUARD_HINT = (
+    "If you start jobs from your own script, put that code under "
+    "'if __name__ == \"__main__\":' (spawned workers import the script again) and "
+    "give the job a target in an importable module, not in the script."
+)
 
 
 class JobFailed(GigapixelError):
@@ -95,12 +109,27 @@ def _error_message(exc: BaseException) -> tuple[str, str, str]:
     return cls.__module__, cls.__qualname__, str(exc)
 
 
-def _worker_main(target: str, config: Any, events: Any, stop: Any) -> None:
-    """Body of the spawned process: run the generator, relay events and errors."""
+def _worker_main(target: str, payload: bytes, events: Any, stop: Any) -> None:
+    """Body of the spawned process: run the generator, relay events and errors.
+
+    The first message says the process started; the configuration arrives as
+    bytes and is unpickled here, so that an unpicklable or un-importable
+    configuration is reported through the queue like any other error instead
+    of killing the process before it can speak.
+    """
     # Before anything imports TensorFlow: keep its C++ logging off the caller's
     # terminal (the worker shares it) but let warnings and errors through.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    events.put(("started", os.getpid()))
     try:
+        try:
+            config = pickle.loads(payload)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller below
+            raise GigapixelError(
+                f"the worker could not read the job's configuration ({type(exc).__name__}: "
+                f"{exc}). Configurations must hold paths, plain values and numpy arrays, "
+                "not objects defined in your script."
+            ) from exc
         for event in run_inline(target, config, stop):
             events.put(("event", event))
         events.put(("done", None))
@@ -137,6 +166,39 @@ def _rebuild_error(mod: str, name: str, msg: str, tb: str) -> GigapixelError:
     return JobFailed(msg, tb)
 
 
+@contextlib.contextmanager
+def _without_main_reimport(target: str):
+    """Spawn without re-running the caller's ``__main__`` script in the worker.
+
+    ``spawn`` normally imports the parent's main script again in the child, so
+    a script without an ``if __name__ == "__main__":`` guard starts itself
+    recursively (or, with a viewer, blocks the worker forever). Job targets
+    live in importable modules and configurations hold plain data, so the
+    worker never needs the script: the preparation data that tells the child
+    to re-import it is dropped. A target inside ``__main__`` keeps the default.
+    """
+    if target.partition(":")[0] == "__main__":
+        yield
+        return
+    original = mp_spawn.get_preparation_data
+
+    def preparation_data(name: str) -> dict[str, Any]:
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    with _SPAWN_LOCK:
+        mp_spawn.get_preparation_data = preparation_data
+        try:
+            yield
+        finally:
+            mp_spawn.get_preparation_data = original
+
+
+_SPAWN_LOCK = threading.Lock()
+
+
 class Job:
     """A job running in a spawned process. Create it with :func:`run_job`."""
 
@@ -144,18 +206,35 @@ class Job:
         ctx = mp.get_context("spawn")
         self.target = target
         self.grace = float(grace)
+        try:
+            payload = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure is the caller's input
+            raise GigapixelError(
+                f"the job {target}: its configuration cannot be sent to a worker process "
+                f"({type(exc).__name__}: {exc}). Give paths, plain values and numpy arrays."
+            ) from None
         self._queue = ctx.Queue()
         self._stop = ctx.Event()
         self._stop_requested_at: float | None = None
         self._terminated = False
         self._finished = False
+        self._started = False
+        self._spawned_at = time.monotonic()
         self._process = ctx.Process(
             target=_worker_main,
-            args=(target, config, self._queue, self._stop),
+            args=(target, payload, self._queue, self._stop),
             name=f"napari-gigapixel job {target}",
             daemon=True,
         )
-        self._process.start()
+        try:
+            with _without_main_reimport(target):
+                self._process.start()
+        except Exception as exc:  # noqa: BLE001 - e.g. no more processes, bootstrapping
+            first = " ".join(str(exc).split())  # one line
+            raise JobFailed(
+                f"could not start a worker process for {target} ({type(exc).__name__}: "
+                f"{first}). {_MAIN_GUARD_HINT}"
+            ) from exc
         self._killer: threading.Thread | None = None
 
     # -- state ---------------------------------------------------------------
@@ -235,6 +314,14 @@ class Job:
                 kind, payload = self._queue.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 if self._process.is_alive():
+                    if not self._started and time.monotonic() - self._spawned_at > START_TIMEOUT:
+                        self._finished = True
+                        self._process.kill()
+                        self._process.join(5.0)
+                        raise JobFailed(
+                            f"the worker process of {self.target} did not start within "
+                            f"{START_TIMEOUT:g} s and was stopped. {_MAIN_GUARD_HINT}"
+                        ) from None
                     continue
                 # Dead: drain what the pipe may still hold, then report.
                 try:
@@ -243,7 +330,9 @@ class Job:
                     self._finished = True
                     yield from self._dead_worker()
                     return
-            if kind == "event":
+            if kind == "started":
+                self._started = True
+            elif kind == "event":
                 yield payload
             elif kind == "done":
                 self._finished = True
@@ -259,6 +348,11 @@ class Job:
     def _dead_worker(self) -> Iterator[Any]:
         self._process.join(1.0)
         code = self._process.exitcode
+        if not self._started and not self._stop.is_set():
+            raise JobFailed(
+                f"the worker process of {self.target} failed to start (exit code {code}); "
+                f"its error is printed above on standard error. {_MAIN_GUARD_HINT}"
+            )
         if self._stop.is_set() and (self._terminated or code in (0, None) or (code or 0) < 0):
             # We asked it to stop and it ended (or we terminated it after grace).
             yield Finished(result={"terminated": self._terminated}, stopped=True)

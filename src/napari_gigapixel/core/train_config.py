@@ -100,6 +100,10 @@ class TrainConfig:
         ``"dense"`` or ``"scribble"`` for masks given as paths or arrays.
     cache_dir
         Folder for the decoded-pixel cache file (default: the system's temp).
+    overwrite
+        Replace an existing ``out``. Without it a run refuses to start when
+        ``out`` exists (checked before any compute), unless ``out`` is the
+        ``resume`` checkpoint itself (the run continues that file).
     """
 
     images: list[Any] = field(default_factory=list)
@@ -123,6 +127,7 @@ class TrainConfig:
     preview_downsample: int = 32
     mask_kind: str = "dense"
     cache_dir: str | None = None
+    overwrite: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (arrays are described, not stored)."""
@@ -144,7 +149,12 @@ def _describe(v: Any) -> str:
     return f"<{type(v).__name__} {name or ''} {tuple(shape) if shape is not None else ''}>"
 
 
+def _positive(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v) and v > 0
+
+
 def _validate(cfg: TrainConfig) -> None:
+    """Check the plain fields of ``cfg`` (no file is opened here; see ``training.preflight``)."""
     from .losses import check_loss
 
     check_loss(cfg.loss)
@@ -169,8 +179,14 @@ def _validate(cfg: TrainConfig) -> None:
         raise TrainConfigError(f"{cfg.out}: the output model file name must end with '.keras'.")
     if cfg.mask_kind not in ("dense", "scribble"):
         raise TrainConfigError(f"mask_kind must be 'dense' or 'scribble', not {cfg.mask_kind!r}.")
-    if not cfg.lr > 0:
-        raise TrainConfigError(f"lr must be positive, got {cfg.lr}.")
+    if not _positive(cfg.lr):
+        raise TrainConfigError(f"lr must be a finite number > 0, got {cfg.lr}.")
+    if not _positive(cfg.memory_gb):
+        raise TrainConfigError(
+            f"memory_gb must be a finite number of GiB > 0, got {cfg.memory_gb}."
+        )
+    if int(cfg.checkpoint_every) < 0:
+        raise TrainConfigError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}.")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise TrainConfigError(
             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {cfg.lr_schedule!r}."

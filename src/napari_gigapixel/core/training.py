@@ -75,6 +75,7 @@ __all__ = [
     "iter_image_step",
     "learning_rate",
     "peak_rss_bytes",
+    "preflight",
     "preview_factor",
     "train",
     "use_mixed_precision",
@@ -99,6 +100,50 @@ def _make_model(cfg: TrainConfig):
     return model, cfg.model, []
 
 
+def preflight(cfg: TrainConfig) -> None:
+    """Validate ``cfg`` and every file it names, before TensorFlow loads or anything runs.
+
+    Opens each slide (metadata and one small tile) and closes it, loads each
+    mask (its level must fit the slide), checks each ROI, reads the resume
+    checkpoint's metadata, and checks that ``out`` (and ``cache_dir``) can be
+    written. The Train widget calls it in napari's process, so a bad path is
+    reported at once, not by the worker minutes later.
+
+    Raises
+    ------
+    GigapixelError
+        The first problem found, naming the file and what to do.
+    """
+    from ._train_data import check_roi, open_mask_source
+    from .model_io import read_model_meta
+    from .preflight import check_input, check_output
+    from .slide import open_slide
+
+    _validate(cfg)
+    if cfg.resume:
+        read_model_meta(check_input(cfg.resume, "checkpoint"))
+    same_as_resume = bool(cfg.resume) and os.path.abspath(os.fspath(cfg.resume)) == (
+        os.path.abspath(os.fspath(cfg.out))
+    )
+    check_output(cfg.out, overwrite=cfg.overwrite or same_as_resume, what="model file")
+    if cfg.cache_dir is not None and not os.path.isdir(cfg.cache_dir):
+        raise TrainConfigError(f"cache_dir {cfg.cache_dir}: no such folder; create it first.")
+    rois = cfg.rois or [None] * len(cfg.images)
+    for img, msk, roi in zip(cfg.images, cfg.masks, rois):
+        if isinstance(img, (str, os.PathLike)):
+            with open_slide(check_input(img, "slide")) as slide:
+                shape, name = slide.shape, os.fspath(img)
+        else:
+            from ._train_data import open_image_source
+
+            arr, name = open_image_source(img)
+            shape = (int(arr.shape[0]), int(arr.shape[1]))
+        if isinstance(msk, (str, os.PathLike)):
+            check_input(msk, "mask")
+        open_mask_source(msk, shape, cfg.mask_kind)
+        check_roi(roi, shape, name)
+
+
 def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     """Train a U-Net on whole slides; a generator of :mod:`.events`.
 
@@ -115,9 +160,10 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     Raises
     ------
     GigapixelError
-        Bad configuration, slides or masks (raised before anything is written).
+        Bad configuration, slides, masks or output location (raised by
+        :func:`preflight`, before TensorFlow loads and before anything is written).
     """
-    _validate(cfg)
+    preflight(cfg)
     from ._quiet_tf import load_keras_quietly
 
     load_keras_quietly()

@@ -1,0 +1,154 @@
+"""The command-line contract, in one place: shared flags, ROI form, exit codes.
+
+Every sub-command builds its common flags here, so one concept has one form
+in every command (``docs/cli.md`` is the user-facing statement):
+
+* ``--roi Y0,X0,Y1,X1``: top-left then bottom-right corner, level-0 pixels,
+  half-open (:func:`roi`);
+* ``--overwrite``: without it no command replaces an existing output
+  (:func:`add_overwrite`);
+* ``--json`` (the last line of standard output is one JSON object) and
+  ``--quiet`` (no progress bar, no messages on standard error) on every
+  command (:func:`add_report`);
+* ``--precision auto|mixed|float32`` wherever the model runs
+  (:func:`add_precision`);
+* exit codes (:data:`EXIT_OK` ...): 0 done, 1 error (bad input, a failed
+  job, an OS error), 2 usage (argparse, or flags that contradict each other),
+  130 stopped (Ctrl-C or a stopped job; nothing half-written is left).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+#: Exit codes of every command.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_STOPPED = 130
+
+#: ``--precision`` choices and what they mean for ``mixed_precision`` configs.
+PRECISIONS = {"auto": "auto", "mixed": True, "float32": False}
+
+
+def roi(text: str) -> tuple[int, int, int, int]:
+    """Parse ``Y0,X0,Y1,X1`` (level-0 pixels, top-left then bottom-right corner).
+
+    An argparse ``type``: a malformed value is a usage error (exit 2) that
+    shows the expected form.
+    """
+    try:
+        parts = tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--roi wants Y0,X0,Y1,X1 integers (level-0 pixels), got {text!r}"
+        ) from exc
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"--roi wants four numbers Y0,X0,Y1,X1, got {text!r}")
+    y0, x0, y1, x1 = parts
+    if y0 < 0 or x0 < 0 or y1 <= y0 or x1 <= x0:
+        raise argparse.ArgumentTypeError(
+            f"--roi {text}: wants 0 <= Y0 < Y1 and 0 <= X0 < X1 (top-left, then bottom-right)"
+        )
+    return parts  # type: ignore[return-value]
+
+
+def positive_float(name: str):
+    """An argparse ``type`` for a finite number > 0 (NaN, inf and negatives refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{name} wants a number, got {text!r}") from exc
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {text}")
+        return value
+
+    return parse
+
+
+def positive_int(name: str):
+    """An argparse ``type`` for an integer >= 1."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{name} wants an integer, got {text!r}") from exc
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {value}")
+        return value
+
+    return parse
+
+
+def add_overwrite(p: argparse.ArgumentParser, what: str = "the output") -> None:
+    """``--overwrite``: the only way any command replaces an existing output."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} if it exists (otherwise the command refuses, exit 1)",
+    )
+
+
+def add_report(p: argparse.ArgumentParser) -> None:
+    """``--json`` and ``--quiet``, on every command."""
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object on the last line of standard output",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bar and no messages on standard error"
+    )
+
+
+def add_precision(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--precision auto|mixed|float32`` (bfloat16 compute where 'mixed')."""
+    p.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default=default,
+        help="'mixed': bfloat16 compute; 'auto': mixed where the CPU has native bf16; "
+        "'float32' (default: %(default)s)",
+    )
+
+
+def add_roi(p: argparse.ArgumentParser, help_text: str, *, repeat: bool = False) -> None:
+    """``--roi Y0,X0,Y1,X1`` (once, or repeated per slide)."""
+    p.add_argument(
+        "--roi",
+        type=roi,
+        action="append" if repeat else "store",
+        default=None,
+        metavar="Y0,X0,Y1,X1",
+        help=help_text + " (level-0 pixels: top-left, then bottom-right corner)",
+    )
+
+
+def print_json(result: dict[str, Any]) -> None:
+    """Print ``result`` as one JSON line (NaN and inf become null: strict JSON)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    print(json.dumps(clean(result), default=str))
+
+
+def stopped_exit(what: str, quiet: bool = False) -> int:
+    """Say a job was stopped (standard error) and return :data:`EXIT_STOPPED`."""
+    import sys
+
+    if not quiet:
+        print(f"napari-gigapixel {what}: stopped.", file=sys.stderr)
+    return EXIT_STOPPED

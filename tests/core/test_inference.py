@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import pytest
 
+from napari_gigapixel.core.errors import GigapixelError
 from napari_gigapixel.core.events import Finished, Message, Progress
 from napari_gigapixel.core.inference import (
     PredictConfig,
@@ -173,7 +174,7 @@ def test_region_of_interest_and_probability_off(tmp_path, image, saved_model):
     assert len(store.probability) == 1
     ref = predict_whole(model, image[64:300, 100:777], geometry)
     np.testing.assert_array_equal(store.mask[0].compute(), (ref >= 0.5).astype(np.uint8))
-    with pytest.raises(Exception, match="not inside the 517 x 1301"):
+    with pytest.raises(GigapixelError, match="not inside the 517 x 1301"):
         _run(
             PredictConfig(
                 model=path, image=image, out=str(tmp_path / "x.zarr"), roi=(0, 600, 0, 5)
@@ -244,6 +245,6 @@ def test_mixed_precision_needs_the_model_config(tmp_path, image):
     save_model(model, bare, geometry=geometry)  # no model_config recorded
     cfg = PredictConfig(model=str(bare), image=image, out=str(tmp_path / "o.zarr"))
     cfg.mixed_precision = True
-    with pytest.raises(Exception, match="bare.keras: the file records no model configuration"):
+    with pytest.raises(GigapixelError, match="bare.keras: the file records no model config"):
         _run(cfg)
     assert not (tmp_path / "o.zarr").exists()

@@ -18,8 +18,7 @@ from napari_gigapixel.core.pyramid import PyramidError, build_pyramid, pyramid_s
 from napari_gigapixel.core.slide import SlideError, open_slide
 
 ROOT = Path(__file__).resolve().parents[2]
-_FIXTURE_DIRS = [ROOT.parent / "shared" / "fixtures", ROOT / "shared" / "fixtures"]
-BOXES = next((d / "boxes.tiff" for d in _FIXTURE_DIRS if (d / "boxes.tiff").is_file()), None)
+BOXES = ROOT / "tests" / "data" / "boxes.tiff"
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -101,7 +100,6 @@ def test_round_trip_is_exact_and_valid_ome_ngff_v04(source, tmp_path):
         np.testing.assert_array_equal(s.levels[2].compute(), _mean2(lvl1))
 
 
-@pytest.mark.skipif(BOXES is None, reason="boxes.tiff fixture not found in ../shared/fixtures")
 def test_pyramid_of_a_real_pyramidal_tiff(tmp_path):
     out = tmp_path / "boxes.ome.zarr"
     *_, fin = build_pyramid(BOXES, out, tile=128, min_size=130)

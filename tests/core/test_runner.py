@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from napari_gigapixel.core.errors import GigapixelError
 from napari_gigapixel.core.events import Finished, Message, Progress, stop_requested
 from napari_gigapixel.core.masks import MaskError
 from napari_gigapixel.core.runner import JobFailed, run_inline, run_job
@@ -142,7 +143,7 @@ def test_a_worker_killed_mid_run_raises_job_failed():
 
 def test_a_bad_target_is_a_clear_error():
     job = run_job("napari_gigapixel.core.events:no_such_job", {})
-    with pytest.raises(Exception, match="has no 'no_such_job'"):
+    with pytest.raises(GigapixelError, match="has no 'no_such_job'"):
         list(job.events())
 
 

@@ -99,7 +99,6 @@ def test_svs_picks_the_baseline_series_and_reads_mpp(slide_fixtures):
 
 @pytest.mark.parametrize("name", ["boxes.tiff", "small.svs"])
 def test_openslide_backend_matches_tifffile(name, slide_fixtures):
-    pytest.importorskip("openslide")
     from napari_gigapixel.core._slide_formats import open_openslide
 
     path = str(slide_fixtures / name)

@@ -110,7 +110,7 @@ def add_parser(subparsers: Any) -> None:
         help="train on a rectangle of the slide (once for all slides, or once per slide)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
-    p.add_argument("--mask-kind", choices=("dense", "scribble"), default="dense")
+    p.add_argument("--mask-kind", choices=("dense", "scribble"), default=None)
     p.add_argument(
         "--output-stride",
         type=int,

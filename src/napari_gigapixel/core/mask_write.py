@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .masks import MaskError, MaskKind
+from .masks import MaskError, MaskKind, check_label_values
 
 # --------------------------------------------------------------------------
 # Writing
@@ -192,7 +192,11 @@ def write_mask(
         )
     if not p.parent.is_dir():
         raise MaskError(f"{p}: the folder {p.parent} does not exist; create it first.")
-    levels = _max_pyramid(_to_dask(array, str(p)))
+    if kind not in ("dense", "scribble"):
+        raise MaskError(f"{p}: kind must be 'dense' or 'scribble', not {kind!r}.")
+    level0 = _to_dask(array, str(p))
+    check_label_values(level0, kind, str(p))  # a scribble 258 is refused, never wrapped
+    levels = _max_pyramid(level0)
     tmp = _partial_path(p)
     try:
         if suffix == ".zarr":

@@ -205,12 +205,25 @@ def lazy_array(
     )
 
 
-def to_yxc(arr: da.Array, axes: str, path: str, meta: dict[str, Any]) -> da.Array:
+def to_yxc(
+    arr: da.Array,
+    axes: str,
+    path: str,
+    meta: dict[str, Any],
+    *,
+    alpha: bool = False,
+    channels_are: str = "the file does not say that the fourth channel is alpha",
+) -> da.Array:
     """Lazily bring an array with named ``axes`` to ``(y, x, 3)`` uint8.
 
     ``axes`` uses ``Y``, ``X``, ``C`` for the channel (tifffile's ``S`` too)
     and any other letter for axes that must have length 1. Records
     ``grayscale`` / ``alpha_dropped`` in ``meta``.
+
+    Four channels are RGBA only when the file says so (``alpha=True``: TIFF
+    ExtraSamples alpha, OME channel names); otherwise (CMYK, 4-channel
+    fluorescence) they are a :class:`NotASlideError` whose message includes
+    ``channels_are`` (what the file says instead).
     """
     axes = axes.upper()
     if "S" in axes:  # tifffile: S = samples per pixel, C = separate channel pages
@@ -250,6 +263,12 @@ def to_yxc(arr: da.Array, axes: str, path: str, meta: dict[str, Any]) -> da.Arra
         kept += "C"
     arr = arr.transpose([kept.index(a) for a in "YXC"])
     n_c = arr.shape[2]
+    if n_c == 4 and not alpha:
+        raise NotASlideError(
+            f"{path}: the image has 4 channels and {channels_are}, so they are not RGB plus "
+            "alpha (CMYK or 4-channel fluorescence would get wrong colours). Export an RGB "
+            "(or RGBA with ExtraSamples alpha) rendering."
+        )
     meta["grayscale"] = n_c == 1
     meta["alpha_dropped"] = n_c == 4
     if n_c == 1:

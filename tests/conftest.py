@@ -6,46 +6,22 @@ Kept free of TensorFlow and Qt: it is loaded by both pytest invocations
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Why the tests that read real slide files are skipped when those are absent.
-NO_FIXTURES = (
-    "real slide fixtures not found: expected ../shared/fixtures beside the repository "
-    "(or set NAPARI_GIGAPIXEL_FIXTURES)"
-)
-
-
-def find_slide_fixtures() -> Path | None:
-    """``shared/fixtures`` beside the repository (CI) or inside it; env var overrides.
-
-    Returns
-    -------
-    Path or None
-        The folder holding ``boxes.tiff`` and the other real slide files, or
-        None when it cannot be found.
-    """
-    env = os.environ.get("NAPARI_GIGAPIXEL_FIXTURES")
-    for cand in ([Path(env)] if env else []) + [
-        ROOT.parent / "shared" / "fixtures",
-        ROOT / "shared" / "fixtures",
-    ]:
-        if (cand / "boxes.tiff").is_file():
-            return cand
-    return None
+#: Real slide files shipped with the tests (origin and licence: ``tests/data/README.md``).
+DATA = ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
 def slide_fixtures() -> Path:
-    """The folder of real slide files (``boxes.tiff``, ``small.svs``, ...).
+    """The folder of real slide files (``boxes.tiff``, ``small.svs``): ``tests/data``.
 
-    The test that asks for it is skipped, with the reason, when the folder is
-    not found.
+    They are part of the repository, so a fresh clone runs every test that
+    reads them; a missing file is a failure, not a skip.
     """
-    found = find_slide_fixtures()
-    if found is None:
-        pytest.skip(NO_FIXTURES)
-    return found
+    for name in ("boxes.tiff", "small.svs"):
+        assert (DATA / name).is_file(), f"{DATA / name} is missing from the repository"
+    return DATA

@@ -6,9 +6,7 @@ import json
 
 import numpy as np
 import pytest
-
-tifffile = pytest.importorskip("tifffile")
-pytest.importorskip("tensorflow")
+import tifffile
 
 from napari_gigapixel.cli import main  # noqa: E402
 from napari_gigapixel.core.unet import load_model  # noqa: E402

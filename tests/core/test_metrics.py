@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from napari_gigapixel.core import metrics
-from napari_gigapixel.core.errors import GigapixelError
-from napari_gigapixel.core.masks import AnnotationMask
+from napari_gigapixel.core.masks import AnnotationMask, MaskError
 from napari_gigapixel.core.metrics import (
     Confusion,
     confusion,
@@ -192,5 +191,5 @@ def test_evaluate_a_region_of_interest(tmp_path):
 
 def test_evaluate_rejects_a_truth_of_another_slide(tmp_path):
     _write_prediction(tmp_path / "p.zarr", np.zeros((130, 326), np.uint8), 4, (H, W))
-    with pytest.raises(GigapixelError, match="cannot overlay a 517 x 1301 slide"):
+    with pytest.raises(MaskError, match="cannot overlay a 517 x 1301 slide"):
         evaluate(tmp_path / "p.zarr", np.zeros((100, 100), np.uint8))

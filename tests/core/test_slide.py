@@ -99,7 +99,6 @@ def test_svs_picks_the_baseline_series_and_reads_mpp(slide_fixtures):
 
 @pytest.mark.parametrize("name", ["boxes.tiff", "small.svs"])
 def test_openslide_backend_matches_tifffile(name, slide_fixtures):
-    pytest.importorskip("openslide")
     from napari_gigapixel.core._slide_formats import open_openslide
 
     path = str(slide_fixtures / name)
@@ -254,8 +253,12 @@ def test_single_level_tiff_gets_a_lazy_pyramid(big_tiff):
     path, data = big_tiff
     with open_slide(path) as s:
         assert s.metadata["stored_levels"] == 1
-        assert [lvl.shape for lvl in s.levels] == [(2000, 3000, 3), (1000, 1500, 3)]
-        assert s.downsamples == [1.0, 2.0]
+        assert [lvl.shape for lvl in s.levels] == [
+            (2000, 3000, 3),
+            (1000, 1500, 3),
+            (500, 750, 3),
+        ]
+        assert s.downsamples == [1.0, 2.0, 4.0]
         expected = data[600:800, 1000:1400].reshape(100, 2, 200, 2, 3).astype(np.float64)
         expected = np.floor(expected.mean(axis=(1, 3)) + 0.5).astype(np.uint8)
         np.testing.assert_array_equal(s.levels[1][300:400, 500:700].compute(), expected)
@@ -266,9 +269,17 @@ def test_pyramid_extension_stops_below_min_side(tmp_path, monkeypatch):
     path = tmp_path / "odd_size.tif"
     tifffile.imwrite(path, _rgb(401, 503), tile=(64, 64), photometric="rgb")
     with open_slide(path) as s:
-        assert [lvl.shape[:2] for lvl in s.levels] == [(401, 503), (200, 251), (100, 125)]
-        assert s.downsamples == [1.0, 2.0, 4.0]
+        # pyramid_levels: ceil-half until the longer side is at most MIN_LEVEL_SIDE.
+        shapes = [lvl.shape[:2] for lvl in s.levels]
+        assert shapes == [(401, 503), (201, 252), (101, 126), (51, 63)]
+        assert s.downsamples == [1.0, 2.0, 4.0, 8.0]
         assert s.levels[2].compute().dtype == np.uint8
+        # The odd border row and column are the mean of the pixels that exist.
+        data = _rgb(401, 503).astype(np.float64)
+        last = s.levels[1][200, 251].compute()
+        np.testing.assert_array_equal(last, np.floor(data[400, 502] + 0.5))
+        edge = s.levels[1][200, 10].compute()
+        np.testing.assert_array_equal(edge, np.floor(data[400, 20:22].mean(axis=0) + 0.5))
 
 
 def test_lazy_open_reads_only_touched_tiles(big_tiff, monkeypatch):

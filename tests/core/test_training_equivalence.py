@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-tf = pytest.importorskip("tensorflow")
+import tensorflow as tf
 
 from napari_gigapixel.core import _backend  # noqa: E402
 from napari_gigapixel.core._train_augment import SlideView  # noqa: E402

@@ -45,7 +45,6 @@ def test_unknown_schedule_is_refused_before_anything_runs(tmp_path):
 
 
 def test_steps_follow_the_schedule_and_record_it(tmp_path):
-    pytest.importorskip("tensorflow")
     from napari_gigapixel.core.events import StepEvent
     from napari_gigapixel.core.unet import ModelConfig, load_model
 

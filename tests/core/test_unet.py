@@ -8,8 +8,6 @@ import zipfile
 import numpy as np
 import pytest
 
-pytest.importorskip("keras")
-
 from napari_gigapixel.core.unet import (  # noqa: E402
     ModelConfig,
     ModelFileError,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_gigapixel._widgets._layers import LayerError
 from napari_gigapixel._widgets.review import FALSE_NEGATIVE, FALSE_POSITIVE, ReviewWidget
 
 
@@ -77,7 +78,7 @@ def test_review_refuses_same_layer_twice(review_viewer):
     w.prediction.value = viewer.layers["truth"]
     w.mask.value = viewer.layers["truth"]
     w.slide.value = slide
-    with pytest.raises(ValueError, match="two different layers"):
+    with pytest.raises(LayerError, match="two different layers"):
         w.compare()
     # Through the button the error becomes a notification, not a crash.
     w.compare_button.clicked.emit()

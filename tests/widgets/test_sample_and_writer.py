@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_gigapixel.core.mask_io import load_mask
+from napari_gigapixel.core.masks import MaskError
 from napari_gigapixel.core.synthetic import synthetic_region
 
 SAMPLE = (512, 2048)
@@ -67,5 +68,5 @@ def test_metadata_downsample_wins_over_a_micron_scale(tmp_path):
     (path,) = write_labels(str(tmp_path / "m.tif"), data, meta)
     mask = load_mask(path, (128, 256), kind="scribble")
     assert mask.downsample == 4 and mask.shape == (32, 64)
-    with pytest.raises(ValueError, match="scales differ"):
+    with pytest.raises(MaskError, match="scales differ"):
         write_labels(str(tmp_path / "n.tif"), data[0], {"scale": (2.0, 3.0), "metadata": {}})

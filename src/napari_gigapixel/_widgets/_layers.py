@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import GigapixelError
-from ..core.masks import AnnotationMask, infer_downsample
+from ..core.masks import AnnotationMask, infer_downsample, labels_to_uint8
 
 #: Annotation levels a user may pick (level-0 pixels per mask pixel).
 ANNOTATION_LEVELS = (4, 8, 16, 32)
@@ -179,7 +179,10 @@ def mask_from_labels(
             f"Labels layer '{labels_layer.name}' is {data.ndim}-D; a tissue mask is 2-D."
         )
     return AnnotationMask(
-        data.astype(np.uint8, copy=False), float(d), kind=kind, name=labels_layer.name
+        labels_to_uint8(data, kind, f"Labels layer '{labels_layer.name}'"),
+        float(d),
+        kind=kind,
+        name=labels_layer.name,
     )
 
 

@@ -18,7 +18,7 @@ from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
 from ..core.errors import GigapixelError
-from ..core.masks import AnnotationMask
+from ..core.masks import AnnotationMask, labels_to_uint8
 from ._layers import (
     ANNOTATION_LEVELS,
     LayerError,
@@ -141,7 +141,7 @@ class AnnotateWidget(Container):
         slide = self._slide_layer()
         layer = add_mask_layer(
             self.viewer,
-            np.ascontiguousarray(array, dtype=np.uint8),
+            np.ascontiguousarray(labels_to_uint8(array, self.kind_value)),
             slide,
             downsample,
             name=self.mask_name.value or "tissue mask",
@@ -191,7 +191,13 @@ class AnnotateWidget(Container):
         if not path or path == "." or not os.path.exists(path):
             raise LayerError(f"{path or 'mask file'}: no such file; choose a mask file first.")
         sshape = level0_shape(slide_layer)
-        mask: AnnotationMask = load_mask(path, sshape, kind=self.kind_value)
+        # A raster mask keeps the kind its file records (the combo follows it);
+        # GeoJSON classes are read as the kind chosen here.
+        is_geojson = path.lower().endswith((".geojson", ".json"))
+        kind = self.kind_value if is_geojson else None
+        mask: AnnotationMask = load_mask(path, sshape, kind=kind)
+        if mask.kind != self.kind_value:
+            self.kind.value = mask.kind
         # Keep the file's own level when it is small enough to paint on;
         # otherwise bring it to the chosen annotation level.
         if mask.downsample >= 1 and mask.shape[0] * mask.shape[1] <= _MAX_PIXELS:

@@ -193,23 +193,24 @@ def write_overview(slide_path, pred_path, truth_path, png_path) -> None:
     from ..core.masks import AnnotationMask
     from ..core.slide import open_slide
 
-    slide = open_slide(slide_path)
-    li = _overview_level(slide.levels)
-    rgb = np.asarray(slide.levels[li]).astype(np.float32)
+    with open_slide(slide_path) as slide:
+        li = _overview_level(slide.levels)
+        rgb = np.asarray(slide.levels[li]).astype(np.float32)
+        shape = slide.shape
     h, w = rgb.shape[:2]
-    d = slide.shape[0] / h
+    d = shape[0] / h
     stride = int(round(d))
     pred = open_prediction(pred_path)
     # Both masks read through the same nearest-neighbour window view, at the
     # overview's pixel size: nothing at full resolution.
     p = (
         AnnotationMask(pred.mask[0], downsample=pred.downsample).read_window(
-            0, slide.shape[0], 0, slide.shape[1], stride=stride
+            0, shape[0], 0, shape[1], stride=stride
         )[:h, :w]
         > 0
     )
-    truth = load_mask(str(truth_path), slide.shape)
-    t = truth.read_window(0, slide.shape[0], 0, slide.shape[1], stride=stride)[:h, :w] > 0
+    truth = load_mask(str(truth_path), shape)
+    t = truth.read_window(0, shape[0], 0, shape[1], stride=stride)[:h, :w] > 0
     out = rgb.copy()
     green = np.array([0, 200, 0], np.float32)
     magenta = np.array([230, 0, 200], np.float32)

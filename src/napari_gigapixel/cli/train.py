@@ -113,7 +113,7 @@ def add_parser(subparsers: Any) -> None:
         repeat=True,
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
-    p.add_argument("--mask-kind", choices=("dense", "scribble"), default="dense")
+    p.add_argument("--mask-kind", choices=("dense", "scribble"), default=None)
     p.add_argument(
         "--output-stride",
         type=int,

@@ -114,12 +114,58 @@ def _tiff_slide(tif: Any, path: str) -> Slide:
         "photometric": getattr(page.photometric, "name", str(page.photometric)),
         "tile": [int(page.tilelength), int(page.tilewidth)] if page.is_tiled else None,
     }
+    alpha, channels_are = _tiff_alpha(tif, page, idx)
     levels = []
     for k, lvl in enumerate(series.levels):
         raw, axes = _tiff_level(path, series, idx, k, lvl)
-        levels.append(to_yxc(raw, axes, path, meta))
+        levels.append(to_yxc(raw, axes, path, meta, alpha=alpha, channels_are=channels_are))
     mpp = _tiff_mpp(tif, page, idx)
     return _make_slide(path, levels, _ratio_downsamples(levels), mpp, meta, tif.close)
+
+
+def _tiff_alpha(tif: Any, page: Any, idx: int) -> tuple[bool, str]:
+    """Whether a 4th channel is alpha, by the file's own word, and what it says otherwise."""
+    import tifffile
+
+    photometric = int(page.photometric)
+    extras = [int(e) for e in (page.extrasamples or ())]
+    if photometric == int(tifffile.PHOTOMETRIC.RGB):
+        if extras and extras[0] in (1, 2):  # associated / unassociated alpha
+            return True, ""
+        said = f"ExtraSamples {extras[0]} (unspecified)" if extras else "no ExtraSamples tag"
+        return False, f"the TIFF says RGB with {said}"
+    if photometric == int(tifffile.PHOTOMETRIC.SEPARATED):
+        return False, "the TIFF says photometric SEPARATED (CMYK)"
+    if tif.is_ome and tif.ome_metadata:
+        names = _ome_channel_names(tif.ome_metadata, idx)
+        if channel_names_are_rgba(names):
+            return True, ""
+        return False, f"the OME channels are named {names}"
+    name = getattr(page.photometric, "name", str(photometric))
+    return False, f"the TIFF says photometric {name}"
+
+
+def _ome_channel_names(xml: str, idx: int) -> list[str]:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return []
+    images = [el for el in root if el.tag.endswith("Image")]
+    if not images:
+        return []
+    image = images[idx] if idx < len(images) else images[0]
+    pixels = next((el for el in image if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return []
+    return [str(c.get("Name", "")) for c in pixels if c.tag.endswith("Channel")]
+
+
+def channel_names_are_rgba(names: list[Any]) -> bool:
+    """True for four channel names that spell red, green, blue, alpha (R/G/B/A too)."""
+    want = (("r", "red"), ("g", "green"), ("b", "blue"), ("a", "alpha"))
+    if len(names) != 4:
+        return False
+    return all(str(n).strip().lower() in ok for n, ok in zip(names, want))
 
 
 def _tiff_level(path: str, series: Any, idx: int, k: int, lvl: Any) -> tuple[da.Array, str]:
@@ -206,24 +252,45 @@ def open_zarr(path: str) -> Slide:
             f"{path}: cannot open as zarr ({type(exc).__name__}: {exc}). "
             "The store may be incomplete; write it again."
         ) from exc
+    try:
+        return _zarr_slide(node, path)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        if isinstance(exc, SlideError):
+            raise
+        raise SlideError(
+            f"{path}: malformed zarr/OME-Zarr metadata ({type(exc).__name__}: {exc}). "
+            "Write the image again with an OME-Zarr writer."
+        ) from exc
+
+
+def _zarr_slide(node: Any, path: str) -> Slide:
+    import zarr
+
     meta: dict[str, Any] = {"format": "zarr"}
     axes_meta: list[Any] | None = None
     transforms: list[Any] = []
+    alpha, channels_are = False, "a plain zarr array does not name its channels"
     if isinstance(node, zarr.Array):
         arrays = [node]
         labels = [""]
     else:
         attrs = node.attrs.asdict()
-        ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+        ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else {}
+        ms = attrs.get("multiscales") or ome.get("multiscales")
         if not ms:
             raise NotASlideError(
                 f"{path}: a zarr group without 'multiscales' metadata, so not an "
                 "(OME-Zarr) image. Open the image array or an OME-Zarr image group."
             )
+        if not isinstance(ms, list) or not isinstance(ms[0], dict):
+            raise SlideError(f"{path}: 'multiscales' must be a list of objects.")
         m = ms[0]
         meta["format"] = "ome-zarr"
-        meta["ngff_version"] = str(m.get("version") or (attrs.get("ome") or {}).get("version"))
-        labels = [str(d["path"]) for d in m.get("datasets", [])]
+        meta["ngff_version"] = str(m.get("version") or ome.get("version"))
+        datasets = m.get("datasets") or []
+        if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
+            raise SlideError(f"{path}: multiscales 'datasets' must be a list of objects.")
+        labels = [str(d["path"]) for d in datasets]
         try:
             arrays = [node[p] for p in labels]
         except KeyError as exc:
@@ -233,8 +300,23 @@ def open_zarr(path: str) -> Slide:
             ) from exc
         if not arrays:
             raise NotASlideError(f"{path}: the multiscales metadata lists no datasets.")
+        if not all(isinstance(a, zarr.Array) for a in arrays):
+            raise SlideError(f"{path}: a multiscales dataset is a group, not an array.")
         axes_meta = m.get("axes")
-        transforms = [d.get("coordinateTransformations") or [] for d in m["datasets"]]
+        if axes_meta is not None and not isinstance(axes_meta, list):
+            raise SlideError(f"{path}: multiscales 'axes' must be a list, not {axes_meta!r}.")
+        transforms = [d.get("coordinateTransformations") or [] for d in datasets]
+        omero = attrs.get("omero") or ome.get("omero")
+        channels = omero.get("channels") if isinstance(omero, dict) else None
+        names = (
+            [c.get("label", "") for c in channels if isinstance(c, dict)]
+            if isinstance(channels, list)
+            else []
+        )
+        alpha = channel_names_are_rgba(names)
+        channels_are = (
+            f"the omero channels are labelled {names}" if names else "omero names no channels"
+        )
     axes = _zarr_axes(axes_meta, arrays[0].shape, path)
     spatial = (axes.index("Y"), axes.index("X"))
     levels = []
@@ -246,7 +328,7 @@ def open_zarr(path: str) -> Slide:
         chunks = chunk_plan(za.chunks, za.shape, spatial, za.dtype.itemsize)
         what = f"dataset {label!r}" if label else "array"
         raw = lazy_array(za.__getitem__, za.shape, za.dtype, chunks, path, what)
-        levels.append(to_yxc(raw, axes, path, meta))
+        levels.append(to_yxc(raw, axes, path, meta, alpha=alpha, channels_are=channels_are))
     # Multiscales must shrink; sort defensively by size (some writers list levels oddly).
     order = sorted(range(len(levels)), key=lambda i: -levels[i].shape[0] * levels[i].shape[1])
     levels = [levels[i] for i in order]
@@ -260,7 +342,7 @@ def _zarr_axes(axes_meta: list[Any] | None, shape: tuple[int, ...], path: str) -
     if axes_meta:
         letters = ""
         for ax in axes_meta:
-            name = (ax.get("name") if isinstance(ax, dict) else str(ax)).lower()
+            name = str(ax.get("name") if isinstance(ax, dict) else ax).lower()
             kind = ax.get("type") if isinstance(ax, dict) else None
             if name in ("y", "x"):
                 letters += name.upper()
@@ -270,6 +352,14 @@ def _zarr_axes(axes_meta: list[Any] | None, shape: tuple[int, ...], path: str) -
                 letters += "T" if kind == "time" or name == "t" else "Z"
         if len(letters) != len(shape):
             raise SlideError(f"{path}: multiscales axes {axes_meta} do not match shape {shape}.")
+        if "Y" not in letters or "X" not in letters or len(set(letters) & set("YX")) != 2:
+            raise SlideError(
+                f"{path}: the multiscales axes {[a for a in axes_meta]} do not name both a "
+                "'y' and an 'x' axis, so the image plane is unknown. Write the OME-Zarr "
+                "with axes named y and x."
+            )
+        if letters.count("Y") > 1 or letters.count("X") > 1 or letters.count("C") > 1:
+            raise SlideError(f"{path}: the multiscales axes {axes_meta} repeat an axis.")
         return letters
     n = len(shape)
     if n == 2:

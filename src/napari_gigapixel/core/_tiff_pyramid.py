@@ -1,8 +1,9 @@
 """Pyramidal TIFF writing, tile by tile, with bounded memory (used by :mod:`.synthetic`).
 
 Level 0 comes from a tile function; each lower level is the 2x2 reduction of
-the level above, spooled to a raw temporary file while that level is
-written (TIFF needs level 0 first), never regenerated and never held whole.
+the level above (the package's one rule, :mod:`.pyramid_levels`), spooled to a
+raw temporary file while that level is written (TIFF needs level 0 first),
+never regenerated and never held whole.
 """
 
 from __future__ import annotations
@@ -15,46 +16,27 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .pyramid_levels import level_shapes as _level_shapes
+from .pyramid_levels import reduce2
+
 # --------------------------------------------------------------------------
 # Pyramidal TIFF writing, tile by tile
 # --------------------------------------------------------------------------
 
 
 def level_shapes(shape: tuple[int, int], tile: int) -> list[tuple[int, int]]:
-    shapes = [shape]
-    while max(shapes[-1]) > tile:
-        h, w = shapes[-1]
-        shapes.append((-(-h // 2), -(-w // 2)))
-    return shapes
-
-
-def _pair_sum(block: np.ndarray) -> np.ndarray:
-    """Sum of each 2x2 block (uint16), padding an odd edge by repetition.
-
-    Plain strided additions: ``reshape(...).sum(axis=(1, 3))`` is ~20x slower.
-    """
-    h, w = block.shape[:2]
-    if h % 2 or w % 2:
-        pad = [(0, h % 2), (0, w % 2)] + [(0, 0)] * (block.ndim - 2)
-        block = np.pad(block, pad, mode="edge")
-    rows = block[0::2].astype(np.uint16)
-    rows += block[1::2]
-    out = rows[:, 0::2].copy()
-    out += rows[:, 1::2]
-    return out
+    """Level shapes down to one tile (:func:`.pyramid_levels.level_shapes`)."""
+    return _level_shapes(shape, tile)
 
 
 def reduce_rgb(block: np.ndarray) -> np.ndarray:
-    """2x2 mean (rounded) of an RGB block."""
-    total = _pair_sum(block)
-    total += 2
-    total >>= 2
-    return total.astype(np.uint8)
+    """2x2 mean (rounded half up) of an RGB block: :func:`.pyramid_levels.reduce2`."""
+    return reduce2(block, "mean")
 
 
 def reduce_mask(block: np.ndarray) -> np.ndarray:
-    """2x2 majority vote of a 0/1 mask (ties count as tissue)."""
-    return (_pair_sum(block) >= 2).astype(np.uint8)
+    """2x2 maximum of a label block (tissue wins): :func:`.pyramid_levels.reduce2`."""
+    return reduce2(block, "max")
 
 
 class _Spool:

@@ -126,8 +126,11 @@ class ImageData:
         self.labels.close()
 
 
-def open_image_source(src: Any) -> tuple[Any, str]:
-    """A (H, W, 3) uint8 array-like (numpy or dask) and a name for messages."""
+def open_image_source(src: Any) -> tuple[Any, str, Callable[[], None]]:
+    """A (H, W, 3) uint8 array-like (numpy or dask), a name for messages, and its closer.
+
+    Call the closer once the pixels are decoded: it releases the slide file.
+    """
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
         if not os.path.exists(path):
@@ -135,7 +138,7 @@ def open_image_source(src: Any) -> tuple[Any, str]:
         from .slide import open_slide
 
         slide = open_slide(path)
-        return slide.levels[0], path
+        return slide.levels[0], path, slide.close
     arr = src
     name = "<array>"
     if getattr(arr, "ndim", 0) != 3 or arr.shape[2] != 3:
@@ -145,11 +148,14 @@ def open_image_source(src: Any) -> tuple[Any, str]:
         )
     if np.dtype(arr.dtype) != np.uint8:
         raise SlideInputError(f"{name}: a training image must be uint8, got {arr.dtype}.")
-    return arr, name
+    return arr, name, lambda: None
 
 
-def open_mask_source(src: Any, slide_shape: tuple[int, int], kind: str) -> AnnotationMask:
-    """An :class:`AnnotationMask` for a slide, from a path, an array or a mask."""
+def open_mask_source(src: Any, slide_shape: tuple[int, int], kind: str | None) -> AnnotationMask:
+    """An :class:`AnnotationMask` for a slide, from a path, an array or a mask.
+
+    ``kind`` None: a file's own kind (dense when it records none), dense for arrays.
+    """
     if isinstance(src, AnnotationMask):
         mask = src
         name = mask.name
@@ -164,7 +170,8 @@ def open_mask_source(src: Any, slide_shape: tuple[int, int], kind: str) -> Annot
         arr = np.asarray(src)
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]
-        mask = AnnotationMask(arr, infer_downsample(arr.shape[:2], slide_shape), kind, "<array>")
+        ds = infer_downsample(arr.shape[:2], slide_shape)
+        mask = AnnotationMask(arr, ds, kind or "dense", "<array>")
         return mask
     lh, lw = mask.level0_shape()
     if (
@@ -202,7 +209,7 @@ def build_image_data(
     mask_src: Any,
     *,
     roi: Any,
-    kind: str,
+    kind: str | None,
     output_stride: int,
     cache_in_memory: Callable[[int], bool],
     cache_dir: str | None = None,
@@ -217,7 +224,36 @@ def build_image_data(
         Non-RGB slide, ROI outside the slide, mask that does not overlay the
         slide, or a mask with no labelled pixel (nothing to learn from).
     """
-    array, name = open_image_source(image_src)
+    array, name, close = open_image_source(image_src)
+    try:
+        return _build_image_data(
+            array,
+            name,
+            mask_src,
+            roi,
+            kind,
+            output_stride,
+            cache_in_memory,
+            cache_dir,
+            band_rows,
+            on_band,
+        )
+    finally:
+        close()  # the pixels are in the caches now: release the slide file
+
+
+def _build_image_data(
+    array: Any,
+    name: str,
+    mask_src: Any,
+    roi: Any,
+    kind: str | None,
+    output_stride: int,
+    cache_in_memory: Callable[[int], bool],
+    cache_dir: str | None,
+    band_rows: int,
+    on_band: Callable[[int, int], None] | None,
+) -> ImageData:
     if len(array.shape) != 3 or array.shape[2] != 3:
         raise SlideInputError(f"{name}: a training image must be RGB; got shape {array.shape}.")
     slide_shape = (int(array.shape[0]), int(array.shape[1]))

@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,7 @@ def _open_image(
 
         slide = open_slide(str(image))
         arr, info = slide.levels[0], {"slide_path": os.path.abspath(slide.path)}
+        closers = list(slide._closers)  # released once the prediction drops its graph
         info["mpp"] = list(slide.mpp) if slide.mpp else None
         if by_path_chunk:
             h, w = slide.shape
@@ -186,7 +188,14 @@ def _open_image(
         info["roi"] = None
     info["offset"] = [info["roi"][0], info["roi"][1]] if roi is not None else [0, 0]
     info["region_shape"] = [int(arr.shape[0]), int(arr.shape[1])]
+    if isinstance(image, str | Path):
+        weakref.finalize(arr, _run_closers, closers)
     return arr, info
+
+
+def _run_closers(closers: list[Any]) -> None:
+    for close in closers:
+        close()
 
 
 def _compute_with_progress(

@@ -27,12 +27,13 @@ from .geojson import (
     _BACKGROUND_CLASSES,
     _GEOJSON_SUFFIXES,
     MAX_POLYGON_PIXELS,
+    check_polygons_overlap,
     polygon_downsample,
     polygons_to_geojson,
     read_geojson,
 )
 from .mask_write import _as_2d, _suffix, write_mask
-from .masks import AnnotationMask, MaskError, MaskKind, infer_downsample
+from .masks import AnnotationMask, MaskError, MaskKind, check_label_values, infer_downsample
 from .rasterize import rasterize_polygons, shapes_to_mask
 
 # Polygons, rasterising and writing live in their own modules (re-exported here:
@@ -45,38 +46,70 @@ _RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
 # --------------------------------------------------------------------------
 
 
-def _open_tiff(path: Path) -> Any:
+def _open_tiff(path: Path) -> tuple[Any, str | None]:
+    """Level 0 of a TIFF mask (lazy) and the kind its metadata records, if any."""
     import dask.array as da
     import tifffile
     import zarr
 
     try:
+        with tifffile.TiffFile(str(path)) as tif:
+            stored = _stored_kind(tif.shaped_metadata[0] if tif.shaped_metadata else None)
+            if not tif.series:
+                raise MaskError(f"{path}: this TIFF holds no image.")
         store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
+        return da.from_zarr(zarr.open_array(store, mode="r")), stored
+    except MaskError:
+        raise
     except Exception as exc:  # tifffile raises many types for a bad file
         raise MaskError(f"{path}: cannot read this TIFF ({exc}). Is it a mask image?") from exc
-    return da.from_zarr(zarr.open_array(store, mode="r"))
 
 
-def _open_zarr(path: Path) -> Any:
+def _stored_kind(meta: object) -> str | None:
+    """``"dense"``/``"scribble"`` from a metadata dict that records it, else None."""
+    if isinstance(meta, dict):
+        kind = meta.get("kind")
+        if kind in ("dense", "scribble"):
+            return kind
+    return None
+
+
+def _open_zarr(path: Path) -> tuple[Any, str | None]:
+    """The first dataset of a zarr mask (lazy) and the kind its attributes record."""
     import dask.array as da
     import zarr
 
     try:
         node = zarr.open(str(path), mode="r")
+        if isinstance(node, zarr.Array):
+            return da.from_zarr(node), None
+        attrs = node.attrs.asdict()
+        ome = attrs.get("ome")
+        multiscales = attrs.get("multiscales") or (
+            ome.get("multiscales") if isinstance(ome, dict) else None
+        )
+        stored = _stored_kind(attrs.get("napari_gigapixel"))
+        if multiscales:
+            try:
+                key = str(multiscales[0]["datasets"][0]["path"])
+            except (KeyError, IndexError, TypeError) as exc:
+                raise MaskError(
+                    f"{path}: the multiscales metadata names no dataset path ({exc!r}); "
+                    "write the mask again."
+                ) from exc
+        else:
+            keys = sorted(k for k, _ in node.arrays())
+            if not keys:
+                raise MaskError(f"{path}: this zarr group holds no array; write the mask into it.")
+            key = keys[0]
+        arr = node[key]
+        if not isinstance(arr, zarr.Array):
+            raise MaskError(f"{path}: {key!r} is a group, not the mask array.")
+        return da.from_zarr(arr), stored
+    except MaskError:
+        raise
     except Exception as exc:
         raise MaskError(f"{path}: cannot open this zarr store ({exc}).") from exc
-    if isinstance(node, zarr.Array):
-        return da.from_zarr(node)
-    attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if multiscales:
-        key = multiscales[0]["datasets"][0]["path"]
-    else:
-        keys = sorted(k for k, _ in node.arrays())
-        if not keys:
-            raise MaskError(f"{path}: this zarr group holds no array; write the mask into it.")
-        key = keys[0]
-    return da.from_zarr(node[key])
 
 
 def _open_png(path: Path) -> np.ndarray:
@@ -88,10 +121,22 @@ def _open_png(path: Path) -> np.ndarray:
         raise MaskError(f"{path}: cannot decode this image ({exc}).") from exc
 
 
+def _resolve_kind(requested: str | None, stored: str | None, path: Path) -> MaskKind:
+    """The kind to load: the file's own unless asked otherwise (a contradiction is an error)."""
+    if requested is not None and requested not in ("dense", "scribble"):
+        raise MaskError(f"{path}: kind must be 'dense' or 'scribble', not {requested!r}.")
+    if requested and stored and requested != stored:
+        raise MaskError(
+            f"{path}: the file was saved as a {stored} mask, but it is being loaded as "
+            f"{requested}. Load it as {stored} (or leave the kind unset)."
+        )
+    return requested or stored or "dense"  # type: ignore[return-value]
+
+
 def load_mask(
     path: str | os.PathLike,
     slide_shape: tuple[int, int],
-    kind: MaskKind = "dense",
+    kind: MaskKind | None = None,
     name: str | None = None,
 ) -> AnnotationMask:
     """Load a tissue mask from a file, at whatever level it was made.
@@ -105,7 +150,9 @@ def load_mask(
     slide_shape
         (height, width) of the slide's level 0.
     kind
-        ``"dense"`` or ``"scribble"`` (see :mod:`.masks`).
+        ``"dense"`` or ``"scribble"`` (see :mod:`.masks`). None (default):
+        the kind the file records (:func:`write_mask` stores it), else dense.
+        A kind that contradicts the file's is an error.
     name
         Name for messages and layers; default the file name.
 
@@ -117,8 +164,9 @@ def load_mask(
     Raises
     ------
     MaskError
-        Missing or unreadable file, a colour image, or a shape that cannot
-        overlay the slide.
+        Missing or unreadable file, a colour or float image, label values the
+        kind does not allow, a shape that cannot overlay the slide or is too
+        small to tell its level, polygons that all lie outside the slide.
     """
     p = Path(path)
     label = name or p.name
@@ -126,18 +174,21 @@ def load_mask(
         raise MaskError(f"{p}: no such mask file. Check the path.")
     suffix = _suffix(p)
     slide_shape = (int(slide_shape[0]), int(slide_shape[1]))
+    stored: str | None = None
     if suffix in _GEOJSON_SUFFIXES:
-        polygons, values = read_geojson(p, kind=kind)
+        use = _resolve_kind(kind, None, p)
+        polygons, values = read_geojson(p, kind=use)
+        check_polygons_overlap(polygons, slide_shape, p)
         downsample = polygon_downsample(slide_shape)
         array = rasterize_polygons(polygons, slide_shape, downsample, value=values)
-        return AnnotationMask(array, downsample, kind, label)
+        return AnnotationMask(array, downsample, use, label)
     if suffix in (".tif", ".tiff"):
-        raw = _open_tiff(p)
+        raw, stored = _open_tiff(p)
     elif suffix == ".zarr" or (
         p.is_dir()
         and any((p / f).exists() for f in (".zattrs", ".zgroup", ".zarray", "zarr.json"))
     ):
-        raw = _open_zarr(p)
+        raw, stored = _open_zarr(p)
     elif suffix == ".npy":
         try:
             raw = np.load(p, mmap_mode="r", allow_pickle=False)
@@ -150,9 +201,11 @@ def load_mask(
             f"{p}: unknown mask format {suffix!r}. Use one of "
             f"{', '.join(_RASTER_SUFFIXES + _GEOJSON_SUFFIXES)}."
         )
+    use = _resolve_kind(kind, stored, p)
     array = _as_2d(raw, str(p))
     downsample = infer_downsample(array.shape, slide_shape, name=str(p))
-    return AnnotationMask(array, downsample, kind, label)
+    check_label_values(array, use, str(p))
+    return AnnotationMask(array, downsample, use, label)
 
 
 # --------------------------------------------------------------------------

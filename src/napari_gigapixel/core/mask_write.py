@@ -1,6 +1,7 @@
 """Write masks atomically: OME-Zarr multiscales or pyramidal TIFF.
 
-Lower levels by 2x2 max so thin scribbles survive; always to a temporary path
+Lower levels by 2x2 max so thin scribbles survive (:mod:`.pyramid_levels`: ceil
+shapes, OME scale and block-centre translation per level); always to a temporary path
 first, then renamed into place (an old mask is removed only once the new one is in).
 """
 
@@ -13,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .masks import MaskError, MaskKind
+from .masks import MaskError, MaskKind, check_label_values
+from .pyramid_levels import level_downsample, level_shapes, level_transform, reduce2_dask
 
 # --------------------------------------------------------------------------
 # Writing
@@ -66,16 +68,11 @@ def _to_dask(array: Any, name: str) -> Any:
 
 
 def _max_pyramid(level0: Any, min_size: int = 256) -> list[Any]:
-    """2x2 max pyramid (lazy) until the longer side is at most ``min_size``."""
-    import dask.array as da
-
+    """2x2 max pyramid (lazy, :mod:`.pyramid_levels`) until the longer side is at most
+    ``min_size``."""
     levels = [level0]
-    while max(levels[-1].shape) > min_size:
-        a = levels[-1]
-        h, w = a.shape
-        if h % 2 or w % 2:
-            a = da.pad(a, ((0, h % 2), (0, w % 2)), mode="constant")
-        levels.append(da.coarsen(np.max, a, {0: 2, 1: 2}).astype(a.dtype))
+    for _ in level_shapes(level0.shape, min_size)[1:]:
+        levels.append(reduce2_dask(levels[-1], "max"))
     return levels
 
 
@@ -95,11 +92,14 @@ def _write_zarr(tmp: Path, levels: list[Any], downsample: float, kind: str, name
         # Strip by strip, so a dask source is never materialised whole.
         for y0 in range(0, level.shape[0], 1024):
             arr[y0 : y0 + 1024] = np.asarray(level[y0 : y0 + 1024])
-        scale = float(downsample) * 2**i
+        scale, shift = level_transform(level_downsample(i, downsample))
         datasets.append(
             {
                 "path": str(i),
-                "coordinateTransformations": [{"type": "scale", "scale": [scale, scale]}],
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": scale},
+                    {"type": "translation", "translation": shift},
+                ],
             }
         )
     root.attrs.update(
@@ -110,7 +110,8 @@ def _write_zarr(tmp: Path, levels: list[Any], downsample: float, kind: str, name
                     "name": name,
                     "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
                     "datasets": datasets,
-                    "metadata": {"method": "2x2 max (labels)"},
+                    "type": "max",
+                    "metadata": {"method": "napari_gigapixel.core.pyramid_levels.reduce2 (max)"},
                 }
             ],
             "napari_gigapixel": {"downsample": float(downsample), "kind": kind},
@@ -192,7 +193,11 @@ def write_mask(
         )
     if not p.parent.is_dir():
         raise MaskError(f"{p}: the folder {p.parent} does not exist; create it first.")
-    levels = _max_pyramid(_to_dask(array, str(p)))
+    if kind not in ("dense", "scribble"):
+        raise MaskError(f"{p}: kind must be 'dense' or 'scribble', not {kind!r}.")
+    level0 = _to_dask(array, str(p))
+    check_label_values(level0, kind, str(p))  # a scribble 258 is refused, never wrapped
+    levels = _max_pyramid(level0)
     tmp = _partial_path(p)
     try:
         if suffix == ".zarr":

@@ -6,8 +6,17 @@ pixels are ``downsample`` level-0 pixels wide. Training reads it through
 :meth:`AnnotationMask.read_window`, a nearest-neighbour view upsampled per
 tile, so no full-resolution mask is ever materialised.
 
-Label values: ``kind="dense"``: 0 = background, nonzero = tissue;
-``kind="scribble"``: 0 = unlabelled (ignored), 1 = background, 2 = tissue.
+Label values (checked, never guessed; see ``docs/architecture.md``, "Mask semantics"):
+
+* ``kind="dense"``: 0 = background, any positive integer = tissue (bool or
+  any integer dtype; a label image with instance ids is tissue wherever it is
+  nonzero). Negative values are an error.
+* ``kind="scribble"``: 0 = unlabelled (ignored by the loss), 1 = background,
+  2 = tissue. Any other value is an error that names the bad values.
+
+Floats are refused (threshold them first). Values are never wrapped into 8
+bits: a napari label 258 is an error in a scribble mask and tissue (clipped to
+255, not 2) in a dense one.
 
 Loading masks from files and writing them lives in :mod:`.mask_io`.
 """
@@ -24,13 +33,23 @@ from .errors import GigapixelError
 
 MaskKind = Literal["dense", "scribble"]
 
+#: A mask whose short side is below this (and is not the slide's own size) is
+#: too small to tell its level: one pixel of rounding is then more than ~6%.
+MIN_MASK_SIDE = 16
+#: At most this many bad values are listed in an error message.
+_MAX_LISTED = 8
+
 
 class MaskError(GigapixelError):
     """A mask that cannot be used with its slide (the message says why and what to do)."""
 
 
 def infer_downsample(
-    mask_shape: tuple[int, int], slide_shape: tuple[int, int], *, name: str = "mask"
+    mask_shape: tuple[int, int],
+    slide_shape: tuple[int, int],
+    *,
+    name: str = "mask",
+    min_side: int = MIN_MASK_SIDE,
 ) -> float:
     """Infer the annotation level of a mask from its shape and the slide's.
 
@@ -40,6 +59,10 @@ def infer_downsample(
         (height, width) of the mask and of the slide's level 0.
     name
         Used in the error message (typically the mask's file name).
+    min_side
+        A mask with a shorter side than this (other than the slide's own
+        size) is too small to tell its level (one pixel of rounding is more
+        than the 2% tolerance), an error.
 
     Returns
     -------
@@ -49,29 +72,121 @@ def infer_downsample(
     Raises
     ------
     MaskError
-        When the two axes disagree, i.e. the mask cannot overlay the slide.
+        When the two axes disagree (the mask cannot overlay the slide), the
+        mask is too small to tell its level, or the ratio is neither a power of
+        two nor one consistent downsample.
     """
     mh, mw = int(mask_shape[0]), int(mask_shape[1])
     sh, sw = int(slide_shape[0]), int(slide_shape[1])
     if mh <= 0 or mw <= 0:
         raise MaskError(f"{name}: the mask is empty (shape {mh} x {mw}).")
+    if (mh, mw) == (sh, sw):
+        return 1.0
     fy, fx = sh / mh, sw / mw
-    # Pyramid levels round their sizes (ceil or floor), so allow one pixel of
-    # slack per axis at the mask's resolution.
     d = (fy + fx) / 2
-    ok_y = abs(math.ceil(sh / d) - mh) <= 1 or abs(math.floor(sh / d) - mh) <= 1
-    ok_x = abs(math.ceil(sw / d) - mw) <= 1 or abs(math.floor(sw / d) - mw) <= 1
-    if d < 1 - 1e-9 or not (ok_y and ok_x):
+    if d < 1 - 1e-9 or not (_fits(sh, mh, d) and _fits(sw, mw, d)):
         raise MaskError(
             f"{name}: a {mh} x {mw} mask cannot overlay a {sh} x {sw} slide "
             f"(height ratio {fy:.3f}, width ratio {fx:.3f}; they must match). "
             "Use a mask made for this slide, at level 0 or any downsampled level."
         )
+    if min(mh, mw) < min_side:
+        raise MaskError(
+            f"{name}: a {mh} x {mw} mask is too small to infer its level on a {sh} x {sw} "
+            f"slide (ratio {d:.1f}, uncertain by one pixel in {min(mh, mw)}). Save the mask "
+            f"at a level at least {MIN_MASK_SIDE} pixels on its short side."
+        )
     # Snap to the nearest power of two when close: pyramid levels are 2^k.
     p2 = 2 ** round(math.log2(d)) if d >= 1 else 1
-    if abs(p2 - d) / d < 0.02:
+    if abs(p2 - d) / d < 0.02 and _fits(sh, mh, p2) and _fits(sw, mw, p2):
         return float(p2)
+    # Any other ratio must be one downsample for both axes (to 2%).
+    if abs(fy - fx) / d > 0.02:
+        raise MaskError(
+            f"{name}: a {mh} x {mw} mask has no consistent downsample on a {sh} x {sw} "
+            f"slide (height ratio {fy:.3f}, width ratio {fx:.3f}, not a power of two). "
+            "Use a mask made for this slide, at level 0 or any downsampled level."
+        )
     return float(d)
+
+
+def _fits(side: int, mask_side: int, d: float) -> bool:
+    """A level of downsample ``d`` may have ``mask_side`` pixels (ceil or floor, 1 px slack)."""
+    return abs(math.ceil(side / d) - mask_side) <= 1 or abs(math.floor(side / d) - mask_side) <= 1
+
+
+def bad_label_values(values: np.ndarray, kind: MaskKind) -> np.ndarray:
+    """The distinct values of ``values`` that a ``kind`` mask may not hold (sorted)."""
+    v = np.asarray(values)
+    if v.dtype == bool or v.size == 0:
+        return np.zeros(0, np.int64)
+    if kind == "scribble":
+        bad = v[(v < 0) | (v > 2)]
+    else:
+        bad = v[v < 0]
+    return np.unique(bad)
+
+
+def label_error(name: str, kind: MaskKind, bad: np.ndarray) -> MaskError:
+    """The :class:`MaskError` for a ``kind`` mask holding the values ``bad``."""
+    listed = ", ".join(str(int(b)) for b in bad[:_MAX_LISTED])
+    more = f" (and {len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED else ""
+    if kind == "scribble":
+        allowed = "0 (unlabelled), 1 (background) and 2 (tissue)"
+    else:
+        allowed = "0 (background) and positive values (tissue)"
+    return MaskError(
+        f"{name}: a {kind} mask holds the values {listed}{more}; it may hold only "
+        f"{allowed}. Relabel the mask (or load it as the other kind)."
+    )
+
+
+def check_label_values(array: Any, kind: MaskKind, name: str = "mask") -> None:
+    """Raise :class:`MaskError` when ``array`` holds values a ``kind`` mask may not.
+
+    Reads the array chunk by chunk (dask/zarr arrays are never materialised
+    whole): first its minimum and maximum, and the offending values only when
+    those are out of range.
+    """
+    import dask.array as da
+
+    dtype = np.dtype(array.dtype)
+    if dtype.kind == "b":
+        return
+    if dtype.kind not in "iu":
+        raise MaskError(
+            f"{name}: mask values must be integers or booleans, not {dtype}. "
+            "Threshold probabilities first (e.g. > 0.5) and save as uint8."
+        )
+    if kind == "dense" and dtype.kind == "u":
+        return  # every unsigned value is background (0) or tissue
+    if isinstance(array, np.ndarray):
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    else:
+        arr = array if isinstance(array, da.Array) else da.from_array(array, chunks="auto")
+        lo, hi = (int(v) for v in da.compute(arr.min(), arr.max())) if arr.size else (0, 0)
+    top = 2 if kind == "scribble" else np.iinfo(dtype).max
+    if lo >= 0 and hi <= top:
+        return
+    if isinstance(array, np.ndarray):
+        bad = bad_label_values(array, kind)
+    else:
+        parts = [
+            bad_label_values(np.asarray(arr.blocks[i]), kind) for i in np.ndindex(arr.numblocks)
+        ]
+        bad = np.unique(np.concatenate(parts))
+    raise label_error(name, kind, bad)
+
+
+def labels_to_uint8(array: Any, kind: MaskKind, name: str = "mask") -> np.ndarray:
+    """Checked 8-bit labels: values beyond 255 clip to 255 (dense tissue), never wrap."""
+    a = np.asarray(array)
+    check_label_values(a, kind, name)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    return np.clip(a, 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -107,6 +222,10 @@ class AnnotationMask:
             raise MaskError(f"{self.name}: kind must be 'dense' or 'scribble', not {self.kind!r}.")
         if not self.downsample > 0:
             raise MaskError(f"{self.name}: downsample must be positive, got {self.downsample}.")
+        if isinstance(self.array, np.ndarray):
+            # In memory: cheap to check now. Lazy arrays are checked by load_mask
+            # (chunk by chunk) and per window by read_window.
+            check_label_values(self.array, self.kind, self.name)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -149,6 +268,11 @@ class AnnotationMask:
         rx0, rx1 = int(ix[vx].min()), int(ix[vx].max()) + 1
         block = np.asarray(self.array[ry0:ry1, rx0:rx1])
         sub = block[np.ix_(iy[vy] - ry0, ix[vx] - rx0)]
+        if sub.dtype != np.uint8 or self.kind == "scribble":
+            bad = bad_label_values(sub, self.kind)
+            if bad.size:
+                raise label_error(self.name, self.kind, bad)
+        # Clip, never wrap: a dense 258 stays tissue (255), it does not become 2.
         out[np.ix_(vy, vx)] = np.clip(sub, 0, 255).astype(np.uint8)
         return out
 

@@ -243,10 +243,6 @@ def otsu_threshold(values: Any, bins: int = 256) -> float:
 
 def _levels_of(slide_or_levels: Any) -> tuple[list[Any], list[float], str]:
     obj = slide_or_levels
-    if isinstance(obj, str | Path):
-        from .slide import open_slide
-
-        obj = open_slide(str(obj))
     if hasattr(obj, "levels"):
         return list(obj.levels), [float(d) for d in obj.downsamples], str(obj.path)
     if isinstance(obj, list | tuple):
@@ -255,7 +251,8 @@ def _levels_of(slide_or_levels: Any) -> tuple[list[Any], list[float], str]:
         levels = [obj]
     base = levels[0].shape[:2]
     downs = [
-        infer_downsample(lv.shape[:2], base, name=f"level {i}") for i, lv in enumerate(levels)
+        infer_downsample(lv.shape[:2], base, name=f"level {i}", min_side=1)
+        for i, lv in enumerate(levels)
     ]
     return levels, downs, "image"
 
@@ -298,6 +295,11 @@ def otsu_tissue_mask(
     AnnotationMask
         uint8 0/1 at that level's downsample.
     """
+    if isinstance(slide_or_levels, str | Path):
+        from .slide import open_slide
+
+        with open_slide(str(slide_or_levels)) as slide:  # closed once thresholded
+            return otsu_tissue_mask(slide, level, channel=channel)
     levels, downs, name = _levels_of(slide_or_levels)
     k = 1
     if level is None:

@@ -22,7 +22,6 @@ without it, so a stopped or crashed run cannot pass for a finished one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GigapixelError
+from .pyramid_levels import level_shapes, level_transform, reduce2_dask
 
 #: Key of this package's metadata in the root ``.zattrs``.
 META_KEY = "napari_gigapixel"
@@ -47,13 +47,13 @@ def _multiscales(name: str, downsamples: list[float], offset: tuple[int, int]) -
     datasets = []
     for i, d in enumerate(downsamples):
         # NGFF places pixel centres: a pixel d level-0 pixels wide is centred
-        # (d - 1) / 2 past the level-0 pixel at its origin.
-        shift = [offset[0] + (d - 1) / 2, offset[1] + (d - 1) / 2]
+        # (d - 1) / 2 past the level-0 pixel at its origin (pyramid_levels).
+        scale, shift = level_transform(d, origin=offset)
         datasets.append(
             {
                 "path": str(i),
                 "coordinateTransformations": [
-                    {"type": "scale", "scale": [float(d), float(d)]},
+                    {"type": "scale", "scale": scale},
                     {"type": "translation", "translation": shift},
                 ],
             }
@@ -67,7 +67,7 @@ def _multiscales(name: str, downsamples: list[float], offset: tuple[int, int]) -
                 {"name": "x", "type": "space", "unit": "pixel"},
             ],
             "datasets": datasets,
-            "type": "mean" if name == "probability" else "nearest",
+            "type": "mean" if name == "probability" else "max",
         }
     ]
 
@@ -75,12 +75,9 @@ def _multiscales(name: str, downsamples: list[float], offset: tuple[int, int]) -
 def pyramid_shapes(
     shape: tuple[int, int], min_side: int = PYRAMID_MIN_SIDE
 ) -> list[tuple[int, int]]:
-    """Shapes of a 2x pyramid from ``shape`` down to ``min_side`` (level 0 first)."""
-    shapes = [(int(shape[0]), int(shape[1]))]
-    while max(shapes[-1]) > min_side:
-        h, w = shapes[-1]
-        shapes.append((math.ceil(h / 2), math.ceil(w / 2)))
-    return shapes
+    """Shapes of a 2x pyramid from ``shape`` down to ``min_side`` (level 0 first;
+    :func:`.pyramid_levels.level_shapes`)."""
+    return level_shapes(shape, min_side)
 
 
 def create_store(
@@ -113,9 +110,10 @@ def create_store(
 def build_pyramids(path: str | os.PathLike, stop: Any = None) -> list[float]:
     """Add 2x levels to both pyramids of a store from its level 0; write OME metadata.
 
-    The probability is averaged over 2x2 blocks, the mask subsampled (nearest,
-    as label images must stay labels). Each level is read back from the one
-    above it, chunk by chunk through dask.
+    The package's one pyramid rule (:mod:`.pyramid_levels`): the probability
+    is the 2x2 mean, the mask the 2x2 maximum (labels stay labels, thin tissue
+    survives). Each level is read back from the one above it, chunk by chunk
+    through dask.
 
     Returns
     -------
@@ -138,13 +136,7 @@ def build_pyramids(path: str | os.PathLike, stop: Any = None) -> list[float]:
             if stop_requested(stop):
                 raise JobStopped()
             src = da.from_zarr(group[str(lev - 1)])
-            h, w = src.shape
-            if name == "probability":
-                padded = da.pad(src, ((0, h % 2), (0, w % 2)), mode="edge").astype(np.float32)
-                small = da.coarsen(np.mean, padded, {0: 2, 1: 2})
-                small = da.round(small).astype(np.uint8)
-            else:
-                small = src[::2, ::2]
+            small = reduce2_dask(src, "mean" if name == "probability" else "max")
             chunk = group["0"].chunks
             small = small.rechunk(chunk)
             dst = group.create_array(

@@ -9,8 +9,10 @@ Format: OME-NGFF **v0.4** metadata on a **zarr format 2** store. The v0.4
 spec is defined on zarr v2 (v0.5 moved to zarr v3), and v0.4 on zarr v2 is
 what most readers in the field open today, so this pairing is the portable
 one. Axes are ``(c, y, x)`` as the spec orders them (channel before space),
-chunks ``(3, tile, tile)``, Blosc-zstd compressed, levels downsampled by 2
-(mean of 2 x 2 pixels) until the short side is at most ``min_size``.
+chunks ``(3, tile, tile)``, Blosc-zstd compressed, levels by the package's one
+pyramid rule (:mod:`.pyramid_levels`: ceil-half shapes, 2 x 2 mean, border
+blocks averaged over the pixels that exist, OME scale and translation of the
+block centres) until the longer side is at most ``min_size``.
 :func:`~.slide.open_slide` reads the result back as ``(y, x, 3)``.
 
 The store is written in a temporary sibling directory and renamed into
@@ -33,6 +35,7 @@ import numpy as np
 
 from .errors import GigapixelError
 from .events import Finished, Message, Progress, StopFlag, stop_requested
+from .pyramid_levels import level_downsample, level_shapes, level_transform, reduce2
 from .slide import Slide, open_slide
 
 #: Key of this package's own attributes in the root ``.zattrs``.
@@ -44,12 +47,9 @@ class PyramidError(GigapixelError):
 
 
 def pyramid_shapes(shape: tuple[int, int], min_size: int = 1024) -> list[tuple[int, int]]:
-    """Shapes of the pyramid levels: halve (floor) while the short side exceeds ``min_size``."""
-    shapes = [(int(shape[0]), int(shape[1]))]
-    while min(shapes[-1]) > min_size and min(shapes[-1]) >= 2:
-        h, w = shapes[-1]
-        shapes.append((h // 2, w // 2))
-    return shapes
+    """Shapes of the pyramid levels (:func:`.pyramid_levels.level_shapes`): ceil-halve
+    while the longer side exceeds ``min_size``."""
+    return level_shapes(shape, min_size)
 
 
 def build_pyramid(
@@ -221,10 +221,8 @@ def _copy_level0(slide: Slide, dst: Any) -> Callable[[tuple[int, int, int, int]]
 def _reduce_level(src: Any, dst: Any) -> Callable[[tuple[int, int, int, int]], None]:
     def work(t: tuple[int, int, int, int]) -> None:
         y0, y1, x0, x1 = t
-        block = src[:, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1]
-        c, h, w = block.shape
-        s = block.reshape(c, h // 2, 2, w // 2, 2).sum(axis=(2, 4), dtype=np.uint16)
-        dst[:, y0:y1, x0:x1] = ((s + 2) // 4).astype(np.uint8)
+        block = np.moveaxis(src[:, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1], 0, 2)
+        dst[:, y0:y1, x0:x1] = np.moveaxis(reduce2(block, "mean"), 2, 0)
 
     return work
 
@@ -263,15 +261,18 @@ def _metadata(slide: Slide, shapes: list[tuple[int, int]], tile: int) -> dict[st
     mpp = slide.mpp
     unit = {"unit": "micrometer"} if mpp else {}
     sy, sx = mpp if mpp else (1.0, 1.0)
-    datasets = [
-        {
-            "path": str(k),
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, sy * 2.0**k, sx * 2.0**k]}
-            ],
-        }
-        for k in range(len(shapes))
-    ]
+    datasets = []
+    for k in range(len(shapes)):
+        scale, shift = level_transform(level_downsample(k), (sy, sx))
+        datasets.append(
+            {
+                "path": str(k),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0, *scale]},
+                    {"type": "translation", "translation": [0.0, *shift]},
+                ],
+            }
+        )
     colors = [("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF")]
     return {
         "multiscales": [
@@ -285,7 +286,11 @@ def _metadata(slide: Slide, shapes: list[tuple[int, int]], tile: int) -> dict[st
                 ],
                 "datasets": datasets,
                 "type": "mean",
-                "metadata": {"description": "2 x 2 mean per level", "method": __name__},
+                "metadata": {
+                    "description": "2 x 2 mean per level (ceil shapes, partial border "
+                    "blocks over the pixels that exist)",
+                    "method": "napari_gigapixel.core.pyramid_levels.reduce2",
+                },
             }
         ],
         "omero": {

@@ -32,7 +32,8 @@ def rasterize_polygons(
     downsample
         Level-0 pixels per mask pixel.
     value
-        Label of every polygon, or one label per polygon; later polygons
+        Label of every polygon, or one label per polygon (integers 0 to 255;
+        anything else is a :class:`MaskError`, never wrapped); later polygons
         overwrite earlier ones where they overlap.
 
     Returns
@@ -57,6 +58,7 @@ def rasterize_polygons(
     values = [value] * len(polygons) if np.isscalar(value) else list(value)
     if len(values) != len(polygons):
         raise MaskError(f"got {len(values)} values for {len(polygons)} polygons.")
+    values = [_label_value(v) for v in values]
     for rings, val in zip(polygons, values):
         if isinstance(rings, np.ndarray) and rings.ndim == 2:
             rings = [rings]
@@ -66,6 +68,8 @@ def rasterize_polygons(
         if not scaled:
             continue
         allp = np.concatenate(scaled)
+        if not np.isfinite(allp).all():
+            raise MaskError("a polygon has coordinates that are not finite (NaN or Infinity).")
         c0 = max(int(np.floor(allp[:, 0].min())), 0)
         r0 = max(int(np.floor(allp[:, 1].min())), 0)
         c1 = min(int(np.ceil(allp[:, 0].max())) + 1, shape[1])
@@ -78,6 +82,21 @@ def rasterize_polygons(
             inside[rr, cc] ^= True  # even-odd: a hole flips its pixels back
         out[r0:r1, c0:c1][inside] = val
     return out
+
+
+def _label_value(v: object) -> int:
+    """A label that fits the uint8 mask exactly: never wrapped (258 is not 2)."""
+    try:
+        iv = int(v)  # type: ignore[call-overload]
+        ok = iv == v and 0 <= iv <= 255
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise MaskError(
+            f"label value {v!r} does not fit a mask: use 0 to 255 (dense: 1 = tissue; "
+            "scribble: 1 = background, 2 = tissue)."
+        )
+    return iv
 
 
 def _ellipse_ring(corners: np.ndarray, n: int = 96) -> np.ndarray:

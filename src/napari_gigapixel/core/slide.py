@@ -18,7 +18,7 @@ repeating its channel, so it can be viewed and fed to the RGB model (the
 fluorescence, z-stacks, time series) is not a slide for this package and
 raises :class:`NotASlideError` with the reason.
 
-A file whose smallest stored level still has both sides above
+A file whose smallest stored level still has a side above
 :data:`MIN_LEVEL_SIDE` pixels gets extra, lazily computed levels (2 x 2 mean
 per level), so a viewer always has a small level to show zoomed out.
 """

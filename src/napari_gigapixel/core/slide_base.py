@@ -19,8 +19,9 @@ import numpy as np
 from dask.base import tokenize
 
 from .errors import GigapixelError
+from .pyramid_levels import reduce2_dask
 
-#: Add lazily downsampled levels while the smallest level's short side exceeds this.
+#: Add lazily downsampled levels while the smallest level's longer side exceeds this.
 MIN_LEVEL_SIDE = 1024
 #: Dask chunks are the file's tiles grouped until a side reaches this many pixels.
 #: Measured on a 1 Gpx JPEG slide (2 cores): 1024 reads large regions 3x faster
@@ -205,12 +206,25 @@ def lazy_array(
     )
 
 
-def to_yxc(arr: da.Array, axes: str, path: str, meta: dict[str, Any]) -> da.Array:
+def to_yxc(
+    arr: da.Array,
+    axes: str,
+    path: str,
+    meta: dict[str, Any],
+    *,
+    alpha: bool = False,
+    channels_are: str = "the file does not say that the fourth channel is alpha",
+) -> da.Array:
     """Lazily bring an array with named ``axes`` to ``(y, x, 3)`` uint8.
 
     ``axes`` uses ``Y``, ``X``, ``C`` for the channel (tifffile's ``S`` too)
     and any other letter for axes that must have length 1. Records
     ``grayscale`` / ``alpha_dropped`` in ``meta``.
+
+    Four channels are RGBA only when the file says so (``alpha=True``: TIFF
+    ExtraSamples alpha, OME channel names); otherwise (CMYK, 4-channel
+    fluorescence) they are a :class:`NotASlideError` whose message includes
+    ``channels_are`` (what the file says instead).
     """
     axes = axes.upper()
     if "S" in axes:  # tifffile: S = samples per pixel, C = separate channel pages
@@ -250,6 +264,12 @@ def to_yxc(arr: da.Array, axes: str, path: str, meta: dict[str, Any]) -> da.Arra
         kept += "C"
     arr = arr.transpose([kept.index(a) for a in "YXC"])
     n_c = arr.shape[2]
+    if n_c == 4 and not alpha:
+        raise NotASlideError(
+            f"{path}: the image has 4 channels and {channels_are}, so they are not RGB plus "
+            "alpha (CMYK or 4-channel fluorescence would get wrong colours). Export an RGB "
+            "(or RGBA with ExtraSamples alpha) rendering."
+        )
     meta["grayscale"] = n_c == 1
     meta["alpha_dropped"] = n_c == 4
     if n_c == 1:
@@ -276,25 +296,20 @@ def snap_downsample(d: float) -> float:
     return p2 if abs(p2 - d) / d < 0.02 else float(d)
 
 
-def _mean2x2(block: np.ndarray) -> np.ndarray:
-    h, w, c = block.shape
-    s = block.reshape(h // 2, 2, w // 2, 2, c).sum(axis=(1, 3), dtype=np.uint16)
-    return ((s + 2) // 4).astype(np.uint8)
-
-
 def halve(level: da.Array) -> da.Array:
-    """Lazily downsample ``(H, W, 3)`` by 2 (mean of 2 x 2 blocks, odd edge trimmed)."""
-    h, w = level.shape[0] // 2 * 2, level.shape[1] // 2 * 2
-    c = 2 * TARGET_CHUNK
-    x = level[:h, :w].rechunk((min(c, h), min(c, w), 3))
-    out_chunks = (tuple(n // 2 for n in x.chunks[0]), tuple(n // 2 for n in x.chunks[1]), (3,))
-    return x.map_blocks(_mean2x2, chunks=out_chunks, dtype=np.uint8)
+    """Lazily downsample ``(H, W, 3)`` by 2: :func:`.pyramid_levels.reduce2_dask` (mean)."""
+    return reduce2_dask(level, "mean", 2 * TARGET_CHUNK)
 
 
 def finish_levels(
     levels: list[da.Array], downsamples: list[float], meta: dict[str, Any]
 ) -> tuple[list[da.Array], list[float]]:
-    """Drop levels that do not shrink, then add lazy levels down to :data:`MIN_LEVEL_SIDE`."""
+    """Drop levels that do not shrink, then add lazy levels down to :data:`MIN_LEVEL_SIDE`.
+
+    The lazy levels follow :mod:`.pyramid_levels` (ceil-half shapes, 2 x 2 mean,
+    partial border blocks averaged over the pixels that exist) until the
+    longer side is at most :data:`MIN_LEVEL_SIDE`.
+    """
     kept, kept_ds = [levels[0]], [1.0]
     for lvl, d in zip(levels[1:], downsamples[1:]):
         prev = kept[-1]
@@ -302,7 +317,7 @@ def finish_levels(
             kept.append(lvl)
             kept_ds.append(d)
     meta["stored_levels"] = len(kept)
-    while min(kept[-1].shape[:2]) > MIN_LEVEL_SIDE:
+    while max(kept[-1].shape[:2]) > MIN_LEVEL_SIDE:
         kept.append(halve(kept[-1]))
         kept_ds.append(kept_ds[-1] * 2)
     return kept, kept_ds

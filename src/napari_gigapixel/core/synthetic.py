@@ -269,10 +269,11 @@ def make_synthetic_slide(
 
     Notes
     -----
-    Levels halve until they fit one tile; level ``k`` is the 2x2 mean
-    (majority vote for the mask) of level ``k-1``, read back from a raw
-    spool file, never regenerated. Both files are OME-TIFF with SubIFD
-    pyramids and 0.5 um/px, which tifffile reads as one series with levels.
+    Levels follow :mod:`.pyramid_levels` (ceil-half shapes until they fit one
+    tile); level ``k`` is the 2x2 mean (maximum for the mask) of level
+    ``k-1``, read back from a raw spool file, never regenerated. Both files
+    are OME-TIFF with SubIFD pyramids and 0.5 um/px, which tifffile reads as
+    one series with levels.
     """
     result: dict = {}
     for event in iter_make_synthetic_slide(out, shape, seed, mask_out, compression, tile, stop):

@@ -125,7 +125,7 @@ class TrainConfig:
     dtype: str = "float32"
     checkpoint_every: int = 10
     preview_downsample: int = 32
-    mask_kind: str = "dense"
+    mask_kind: str | None = None
     cache_dir: str | None = None
     overwrite: bool = False
 
@@ -177,7 +177,7 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if not str(cfg.out).endswith(".keras"):
         raise TrainConfigError(f"{cfg.out}: the output model file name must end with '.keras'.")
-    if cfg.mask_kind not in ("dense", "scribble"):
+    if cfg.mask_kind not in (None, "dense", "scribble"):
         raise TrainConfigError(f"mask_kind must be 'dense' or 'scribble', not {cfg.mask_kind!r}.")
     if not _positive(cfg.lr):
         raise TrainConfigError(f"lr must be a finite number > 0, got {cfg.lr}.")

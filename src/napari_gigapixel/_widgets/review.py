@@ -3,7 +3,8 @@
 Both layers are compared at one common annotation level (the coarser of the
 two, never a full-resolution array): Dice, IoU, precision and recall; an error
 map Labels layer (false positives and false negatives in two colours); and
-the prediction's contour drawn over the slide.
+the prediction's contour drawn over the slide. "Export to QuPath" writes the
+prediction as GeoJSON polygons (:mod:`napari_gigapixel.core.export`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from napari.utils.notifications import show_error
 
 from ..core.errors import GigapixelError
 from ..core.masks import AnnotationMask, infer_downsample
+from ._export import ask_path, export_controls, export_layer, summary
 from ._layers import (
     MAX_MASK_PIXELS,
     LayerError,
@@ -71,10 +73,23 @@ class ReviewWidget(Container):
         self.compare_button = PushButton(text="Compare")
         self.result = Label(label="metrics", value="-")
         self.legend = Label(value="error map: magenta = false positive, gold = false negative")
+        self.export_path, self.export_button = export_controls()
+        self.export_status = Label(value="")
         self.extend(
-            [self.prediction, self.mask, self.slide, self.compare_button, self.result, self.legend]
+            [
+                self.prediction,
+                self.mask,
+                self.slide,
+                self.compare_button,
+                self.result,
+                self.legend,
+                self.export_path,
+                self.export_button,
+                self.export_status,
+            ]
         )
         self.compare_button.changed.connect(self._compare_clicked)
+        self.export_button.changed.connect(self._export_clicked)
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
         self.metrics: dict[str, float] = {}
@@ -106,6 +121,19 @@ class ReviewWidget(Container):
         except GigapixelError as exc:
             show_error(str(exc))
             self.result.value = "error: see notification"
+
+    def _export_clicked(self, *_: Any) -> None:
+        try:
+            self.export(ask_path(self.export_path))
+        except GigapixelError as exc:
+            show_error(str(exc))
+            self.export_status.value = "export failed: see notification"
+
+    def export(self, path: str) -> dict[str, Any]:
+        """Write the prediction being reviewed as QuPath GeoJSON at ``path``."""
+        result = export_layer(self.prediction.value, self.slide.value, path)
+        self.export_status.value = summary(result)
+        return result
 
     def compare(self) -> dict[str, float]:
         """Compute the metrics and add the error map and contour layers."""

@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import GigapixelError
 from .events import Finished, JobStopped, Progress, StopFlag, stop_requested
-from .mask_io import MAX_POLYGON_PIXELS
+from .geojson import MAX_POLYGON_PIXELS
 from .masks import AnnotationMask
 
 #: QuPath classes written per mask kind: (label test, name, RGB colour).
@@ -157,7 +157,8 @@ def _open_mask_file(path: Path, slide_shape: tuple[int, int] | None, kind: str) 
                 "(--slide) so its level-0 size is known."
             )
         # Our own files state their level: level-0 size = mask size x downsample.
-        from .mask_io import _as_2d, _open_tiff, _open_zarr
+        from .mask_io import _open_tiff, _open_zarr
+        from .mask_write import _as_2d
 
         raw = _open_zarr(path) if path.is_dir() else _open_tiff(path)
         h, w = _as_2d(raw, str(path)).shape

@@ -20,7 +20,9 @@ NO_FIXTURES = (
 
 
 def find_slide_fixtures() -> Path | None:
-    """``shared/fixtures`` beside the repository (CI) or inside it; env var overrides.
+    """``shared/fixtures`` beside the repository (CI) or inside it, else ``tests/data``.
+
+    The environment variable ``NAPARI_GIGAPIXEL_FIXTURES`` overrides all of them.
 
     Returns
     -------
@@ -32,6 +34,7 @@ def find_slide_fixtures() -> Path | None:
     for cand in ([Path(env)] if env else []) + [
         ROOT.parent / "shared" / "fixtures",
         ROOT / "shared" / "fixtures",
+        ROOT / "tests" / "data",  # copies of the two files (see tests/data/README.md)
     ]:
         if (cand / "boxes.tiff").is_file():
             return cand

@@ -52,3 +52,48 @@ def slide_fixtures() -> Path:
     if found is None:
         pytest.skip(NO_FIXTURES)
     return found
+
+
+#: The slanted tissue edge of :func:`slanted_prediction`: level-0 column (pixel
+#: corners) where row ``y`` (continuous, pixel corners) turns from tissue to glass.
+def slanted_edge(y):
+    return 1500.3 - 0.83 * y
+
+
+@pytest.fixture
+def slanted_prediction(tmp_path, monkeypatch):
+    """A 1/4 prediction store of a 600 x 1600 slide whose tissue ends at a slanted edge.
+
+    Level 0 of the store samples the truth at its pixels' block centres, as a
+    perfect model would; the pyramid (levels 1/8 ... 1/32) is built by the real
+    ``build_pyramids`` with the minimum level side lowered to 64 px.
+
+    Returns
+    -------
+    (store path, truth): the truth is the level-0 boolean image (tissue left of the edge).
+    """
+    import numpy as np
+
+    from napari_gigapixel.core import prediction_store as ps
+
+    shapes = ps.pyramid_shapes
+    monkeypatch.setattr(ps, "pyramid_shapes", lambda shape, min_side=64: shapes(shape, 64))
+    h, w, d = 600, 1600, 4
+    yy, xx = np.mgrid[:h, :w]
+    truth = xx + 0.5 < slanted_edge(yy + 0.5)
+    level0 = truth[d // 2 :: d, d // 2 :: d].astype(np.uint8)
+    meta = {
+        "kind": "prediction",
+        "downsample": float(d),
+        "slide_shape": [h, w],
+        "offset": [0, 0],
+        "region_shape": [h, w],
+        "threshold": 0.5,
+    }
+    tmp, out = str(tmp_path / "slanted.partial"), str(tmp_path / "slanted.zarr")
+    prob, mask = ps.create_store(tmp, level0.shape, 64, meta)
+    prob[:], mask[:] = level0 * 255, level0
+    ps.build_pyramids(tmp)
+    ps.mark_complete(tmp)
+    ps.commit_store(tmp, out, overwrite=False)
+    return out, truth

@@ -96,10 +96,16 @@ def _write_zarr(tmp: Path, levels: list[Any], downsample: float, kind: str, name
         for y0 in range(0, level.shape[0], 1024):
             arr[y0 : y0 + 1024] = np.asarray(level[y0 : y0 + 1024])
         scale = float(downsample) * 2**i
+        # A pixel stands for a scale x scale block of level 0: NGFF places its
+        # centre, (scale - 1) / 2 past the block's first level-0 pixel centre.
+        shift = (scale - 1) / 2
         datasets.append(
             {
                 "path": str(i),
-                "coordinateTransformations": [{"type": "scale", "scale": [scale, scale]}],
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [scale, scale]},
+                    {"type": "translation", "translation": [shift, shift]},
+                ],
             }
         )
     root.attrs.update(

@@ -113,9 +113,19 @@ def create_store(
 def build_pyramids(path: str | os.PathLike, stop: Any = None) -> list[float]:
     """Add 2x levels to both pyramids of a store from its level 0; write OME metadata.
 
-    The probability is averaged over 2x2 blocks, the mask subsampled (nearest,
-    as label images must stay labels). Each level is read back from the one
-    above it, chunk by chunk through dask.
+    Every level stands for whole blocks of level 0, as the OME metadata says
+    (scale ``D``, translation to the block centre), so it sits on the slide at
+    every level, in any viewer that reads the transforms and beside the
+    slide's own block-averaged levels in napari:
+
+    * probability: the mean of each 2 x 2 block of the level above;
+    * mask: tissue where at least half of the block's level-0 mask pixels are
+      (area majority; pixels past the edge count as background). Plain
+      ``[::2, ::2]`` subsampling would keep the block's top-left pixel and
+      shift coarse levels by up to half their pixel against the transforms.
+
+    Levels are computed chunk by chunk through dask; the mask's fraction
+    chain reads level 0 once for all levels.
 
     Returns
     -------
@@ -131,26 +141,31 @@ def build_pyramids(path: str | os.PathLike, stop: Any = None) -> list[float]:
     meta = dict(root.attrs[META_KEY])
     d0 = float(meta["downsample"])
     offset = tuple(meta.get("offset", (0, 0)))
-    groups = {"probability": root, "mask": root["labels/mask"]}
     shapes = pyramid_shapes(root["0"].shape)
-    for name, group in groups.items():
-        for lev in range(1, len(shapes)):
-            if stop_requested(stop):
-                raise JobStopped()
-            src = da.from_zarr(group[str(lev - 1)])
-            h, w = src.shape
-            if name == "probability":
-                padded = da.pad(src, ((0, h % 2), (0, w % 2)), mode="edge").astype(np.float32)
-                small = da.coarsen(np.mean, padded, {0: 2, 1: 2})
-                small = da.round(small).astype(np.uint8)
-            else:
-                small = src[::2, ::2]
-            chunk = group["0"].chunks
-            small = small.rechunk(chunk)
-            dst = group.create_array(
+    chunk = root["0"].chunks
+    for lev in range(1, len(shapes)):
+        if stop_requested(stop):
+            raise JobStopped()
+        src = da.from_zarr(root[str(lev - 1)])
+        h, w = src.shape
+        padded = da.pad(src, ((0, h % 2), (0, w % 2)), mode="edge").astype(np.float32)
+        small = da.round(da.coarsen(np.mean, padded, {0: 2, 1: 2})).astype(np.uint8)
+        dst = root.create_array(
+            str(lev), shape=shapes[lev], chunks=chunk, dtype="uint8", fill_value=0
+        )
+        da.store(small.rechunk(chunk), dst, lock=False)
+    if stop_requested(stop):
+        raise JobStopped()
+    mask_group = root["labels/mask"]
+    levels, targets = mask_levels(da.from_zarr(mask_group["0"]), len(shapes) - 1), []
+    for lev in range(1, len(shapes)):
+        targets.append(
+            mask_group.create_array(
                 str(lev), shape=shapes[lev], chunks=chunk, dtype="uint8", fill_value=0
             )
-            da.store(small, dst, lock=False)
+        )
+    if targets:
+        da.store([lv.rechunk(chunk) for lv in levels], targets, lock=False)
     downsamples = [d0 * 2**i for i in range(len(shapes))]
     root.attrs["multiscales"] = _multiscales("probability", downsamples, offset)
     mask_attrs = root["labels/mask"].attrs
@@ -161,6 +176,25 @@ def build_pyramids(path: str | os.PathLike, stop: Any = None) -> list[float]:
         "source": {"image": "../../"},
     }
     return downsamples
+
+
+def mask_levels(level0: Any, n: int) -> list[Any]:
+    """``n`` coarser 2x levels of a 0/1 mask by area majority (lazy dask arrays).
+
+    Level ``k`` pixel ``(i, j)`` is 1 when at least half of the level-0 pixels
+    of its ``2^k x 2^k`` block are (pixels past the edge count as 0), so it
+    stands for the block it covers: the fraction is carried down the chain in
+    float32 and thresholded per level, never a vote of votes.
+    """
+    import dask.array as da
+
+    frac = level0.astype(np.float32)
+    out = []
+    for _ in range(n):
+        h, w = frac.shape
+        frac = da.coarsen(np.mean, da.pad(frac, ((0, h % 2), (0, w % 2))), {0: 2, 1: 2})
+        out.append((frac >= 0.5).astype(np.uint8))
+    return out
 
 
 def mark_complete(path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:

@@ -266,8 +266,14 @@ def _metadata(slide: Slide, shapes: list[tuple[int, int]], tile: int) -> dict[st
     datasets = [
         {
             "path": str(k),
+            # Level k averages 2^k x 2^k blocks: its pixel centres sit at the
+            # block centres, (2^k - 1) / 2 level-0 pixels past the block corner's.
             "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, sy * 2.0**k, sx * 2.0**k]}
+                {"type": "scale", "scale": [1.0, sy * 2.0**k, sx * 2.0**k]},
+                {
+                    "type": "translation",
+                    "translation": [0.0, sy * (2.0**k - 1) / 2, sx * (2.0**k - 1) / 2],
+                },
             ],
         }
         for k in range(len(shapes))

@@ -12,11 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import slanted_edge
 from napari_gigapixel.core.prediction_store import open_prediction
 
 
-def _declared_edges(level: np.ndarray, scale: float, shift: float) -> tuple[np.ndarray, ...]:
+def _declared_edges(level: np.ndarray, scale: float, shift: float, edge) -> tuple[np.ndarray, ...]:
     """Per row: the tissue edge the level shows and the true edge, in level-0 pixels.
 
     ``scale``/``shift`` are the NGFF transform (level-0 pixel-centre coordinates):
@@ -27,14 +26,14 @@ def _declared_edges(level: np.ndarray, scale: float, shift: float) -> tuple[np.n
     shown = left + n * scale
     rows = np.arange(level.shape[0])
     y_centre = shift - (scale - 1) / 2 + (rows + 0.5) * scale
-    return shown, slanted_edge(y_centre)
+    return shown, edge(y_centre)
 
 
 def test_every_level_sits_within_half_a_pixel(slanted_prediction):
     import json
     from pathlib import Path
 
-    path, _ = slanted_prediction
+    path, _, edge = slanted_prediction
     store = open_prediction(path)
     assert store.downsamples == [4.0, 8.0, 16.0, 32.0]
     attrs = json.loads((Path(path) / "labels" / "mask" / ".zattrs").read_text())
@@ -46,7 +45,7 @@ def test_every_level_sits_within_half_a_pixel(slanted_prediction):
         for name, level in (("mask", store.mask[k]), ("probability", store.probability[k])):
             data = np.asarray(level)
             shown, true = _declared_edges(
-                data >= (128 if name == "probability" else 1), scale, shift
+                data >= (128 if name == "probability" else 1), scale, shift, edge
             )
             # Rows whose block lies inside the slide (600 rows) and whose edge is inside.
             rows = np.arange(data.shape[0])

@@ -78,3 +78,33 @@ def test_prediction_levels_sit_on_the_slide_levels(make_napari_viewer, predictio
         # napari's own placement of block levels: within half a pixel of the level.
         assert np.abs(off_slide).max() <= big / 2, report
     print(report)  # level-0 px: (mask - slide, probability - slide, slide - truth) per level
+
+
+def test_review_counts_a_stored_prediction_as_evaluate_does(
+    slide_viewer, tiny_slide, prediction_writer, monkeypatch
+):
+    import tifffile
+
+    from napari_gigapixel._widgets import _layers
+    from napari_gigapixel._widgets.annotate import AnnotateWidget
+    from napari_gigapixel._widgets.review import ReviewWidget
+    from napari_gigapixel.core.metrics import evaluate
+
+    viewer, slide = slide_viewer
+    truth = tifffile.imread(tiny_slide[1]) > 0
+    store = prediction_writer(np.roll(truth, 22, axis=1), D0, "shifted")  # 22 px off
+    pred_layer = PredictWidget(viewer).show_prediction(store, slide)[0]
+    AnnotateWidget(viewer).load_file(tiny_slide[1])
+    # A budget that keeps the Review map off the prediction's finest level (1/4).
+    monkeypatch.setattr(_layers, "MAX_MASK_PIXELS", 64 * 128)
+    w = ReviewWidget(viewer)
+    w.prediction.value, w.mask.value, w.slide.value = (
+        pred_layer,
+        viewer.layers["tissue mask"],
+        slide,
+    )
+    got = w.compare()
+    ref = evaluate(store, tiny_slide[1])
+    for key in ("dice", "iou", "precision", "recall"):
+        assert got[key] == ref[key], key
+    assert 0.5 < got["dice"] < 0.99

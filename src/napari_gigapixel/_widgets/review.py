@@ -47,6 +47,14 @@ def _as_mask(layer: Any, slide_shape: tuple[int, int]) -> AnnotationMask:
     return AnnotationMask(arr, float(d), kind=kind, name=layer.name)
 
 
+def _store_of(layer: Any) -> Any:
+    """The prediction store behind a layer added by the Predict widget, else None."""
+    from ..core.prediction_store import is_prediction_path, open_prediction
+
+    path = (layer.metadata or {}).get("path")
+    return open_prediction(path) if path and is_prediction_path(path) else None
+
+
 def review_level(masks: list[AnnotationMask], slide_shape: tuple[int, int]) -> int:
     """Common comparison level: the coarsest mask's, coarser still if over budget."""
     d = max(1, int(round(max(m.downsample for m in masks))))
@@ -152,8 +160,14 @@ class ReviewWidget(Container):
         target, weight = truth_m.targets_and_weights(labels)
         truth = target > 0
         valid = weight > 0  # scribble masks: unlabelled pixels do not count
-        # The figures count level-0 pixels (the core reads both masks tile by tile).
-        counts = metrics.confusion(pred_m, truth_m, shape=sshape)
+        # The figures count level-0 pixels (the core reads both masks tile by tile);
+        # a prediction opened from its store is counted from the store, as
+        # 'napari-gigapixel evaluate' counts it, whatever level the layer shows.
+        store = _store_of(pred_layer)
+        if store is not None:
+            counts = metrics.score_prediction(store, truth_m)
+        else:
+            counts = metrics.confusion(pred_m, truth_m, shape=sshape)
         self.metrics = {k: float(v) for k, v in metrics.scores(counts).items()}
         self.result.value = (
             f"Dice {self.metrics['dice']:.3f}   IoU {self.metrics['iou']:.3f}\n"

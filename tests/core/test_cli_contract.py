@@ -20,7 +20,7 @@ from napari_gigapixel.cli import COMMANDS, build_parser, main
 from napari_gigapixel.core import events as ev
 
 #: Commands that write files, and so must take --overwrite.
-WRITERS = ("sample", "pyramid", "train", "predict", "demo")
+WRITERS = ("sample", "pyramid", "train", "predict", "export", "demo")
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:

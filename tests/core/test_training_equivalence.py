@@ -199,3 +199,27 @@ def test_window_origin_off_the_stride_grid_breaks_exactness(image):
     assert shifted != good
     assert rel_err(streamed_gradient(model, data, "bce", 160, tiles=good)[0], ref) < 1e-10
     assert rel_err(streamed_gradient(model, data, "bce", 160, tiles=shifted)[0], ref) > 1e-6
+
+
+def test_preview_is_the_block_mean_of_the_whole_image_probability(image):
+    # Each preview pixel stands for an f x f block of output pixels (the widget overlays
+    # it there), also across tile borders and at the ragged bottom/right edge.
+    model = _model(4)
+    data = _data(image, "dense", 4)
+    geo = model_geometry(model)
+    f = geo.stride // geo.output_stride
+    tiles = tile_grid(data.shape, 160, geo.halo, geo.stride)
+    view = SlideView(data, 4, (0, False, 1.0, 0.0))
+    res = image_step(_backend.TileStep(model, f), view, tiles, geo, "bce", data.n_labelled, f)
+    h, w = data.shape
+    hp, wp = padded_shape((h, w), geo.stride)
+    x = np.zeros((1, hp, wp, 3), np.uint8)
+    x[0, :h, :w] = data.image.read(0, h, 0, w)
+    ho, wo = -(-h // 4), -(-w // 4)
+    p = model(x)[0, :ho, :wo, 0].numpy()
+    assert len(tiles) > 1 and ho % f and wo % f  # tile borders and ragged edges
+    for i, j in [(0, 0), (1, 2), (-1, -1), (-1, 3), (2, -1)]:
+        i, j = i % res.preview.shape[0], j % res.preview.shape[1]
+        block = p[i * f : (i + 1) * f, j * f : (j + 1) * f]
+        assert res.preview[i, j] == pytest.approx(block.mean(), abs=1e-6), (i, j)
+    assert res.preview.shape == (-(-ho // f), -(-wo // f))

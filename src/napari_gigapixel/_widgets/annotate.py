@@ -4,7 +4,8 @@ A gigapixel mask lives at an annotation level (downsample 4, 8, 16 or 32 of
 level 0) as a plain Labels layer whose ``scale`` overlays it on the slide, so
 napari's paint and fill tools work on it directly. Start empty, from Otsu
 tissue detection, from a raster/GeoJSON file, or from a Shapes layer, then
-correct by painting and save through the plugin's writer.
+correct by painting and save through the plugin's writer, or export it as
+QuPath GeoJSON polygons.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..core.errors import GigapixelError
 from ..core.masks import AnnotationMask, labels_to_uint8
+from ._export import ask_path, export_controls, export_layer, summary
 from ._layers import (
     ANNOTATION_LEVELS,
     LayerError,
@@ -79,6 +81,7 @@ class AnnotateWidget(Container):
             label="save to", mode="w", filter="Masks (*.ome.zarr *.zarr *.tif *.tiff)"
         )
         self.save_button = PushButton(text="Save mask")
+        self.export_path, self.export_button = export_controls()
         self.status = Label(value="")
         self.extend(
             [
@@ -94,6 +97,8 @@ class AnnotateWidget(Container):
                 self.shapes_button,
                 self.save_path,
                 self.save_button,
+                self.export_path,
+                self.export_button,
                 self.status,
             ]
         )
@@ -103,6 +108,9 @@ class AnnotateWidget(Container):
         self.load_button.changed.connect(self._guard(lambda: self.load_file(self.file.value)))
         self.shapes_button.changed.connect(self._guard(self.from_shapes))
         self.save_button.changed.connect(self._guard(lambda: self.save(self.save_path.value)))
+        self.export_button.changed.connect(
+            self._guard(lambda: self.export(ask_path(self.export_path)))
+        )
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
         self._on_slide_changed(self.slide.value)
@@ -246,6 +254,16 @@ class AnnotateWidget(Container):
         self.status.value = f"saved {os.path.basename(path)}"
         show_info(f"Saved mask to {path}")
         return written
+
+    def export(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Write the mask layer as QuPath GeoJSON (scribbles: Tissue and Background)."""
+        name = self.mask_name.value or "tissue mask"
+        if name not in self.viewer.layers:
+            raise LayerError(f"No mask layer named '{name}' to export; make or load one first.")
+        result = export_layer(self.viewer.layers[name], self._slide_layer(), path)
+        self.status.value = summary(result)
+        show_info(f"Exported mask to {path}")
+        return result
 
 
 __all__ = ["AnnotateWidget", "KINDS"]

@@ -3,7 +3,8 @@
 Both layers are compared at one common annotation level (the coarser of the
 two, never a full-resolution array): Dice, IoU, precision and recall; an error
 map Labels layer (false positives and false negatives in two colours); and
-the prediction's contour drawn over the slide.
+the prediction's contour drawn over the slide. "Export to QuPath" writes the
+prediction as GeoJSON polygons (:mod:`napari_gigapixel.core.export`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from napari.utils.notifications import show_error
 
 from ..core.errors import GigapixelError
 from ..core.masks import AnnotationMask, infer_downsample
+from ._export import ask_path, export_controls, export_layer, summary
 from ._layers import (
     MAX_MASK_PIXELS,
     LayerError,
@@ -43,6 +45,14 @@ def _as_mask(layer: Any, slide_shape: tuple[int, int]) -> AnnotationMask:
     d = infer_downsample(tuple(arr.shape[-2:]), slide_shape, name=f"layer '{layer.name}'")
     kind = (layer.metadata or {}).get("kind", "dense")
     return AnnotationMask(arr, float(d), kind=kind, name=layer.name)
+
+
+def _store_of(layer: Any) -> Any:
+    """The prediction store behind a layer added by the Predict widget, else None."""
+    from ..core.prediction_store import is_prediction_path, open_prediction
+
+    path = (layer.metadata or {}).get("path")
+    return open_prediction(path) if path and is_prediction_path(path) else None
 
 
 def review_level(masks: list[AnnotationMask], slide_shape: tuple[int, int]) -> int:
@@ -71,10 +81,23 @@ class ReviewWidget(Container):
         self.compare_button = PushButton(text="Compare")
         self.result = Label(label="metrics", value="-")
         self.legend = Label(value="error map: magenta = false positive, gold = false negative")
+        self.export_path, self.export_button = export_controls()
+        self.export_status = Label(value="")
         self.extend(
-            [self.prediction, self.mask, self.slide, self.compare_button, self.result, self.legend]
+            [
+                self.prediction,
+                self.mask,
+                self.slide,
+                self.compare_button,
+                self.result,
+                self.legend,
+                self.export_path,
+                self.export_button,
+                self.export_status,
+            ]
         )
         self.compare_button.changed.connect(self._compare_clicked)
+        self.export_button.changed.connect(self._export_clicked)
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
         self.metrics: dict[str, float] = {}
@@ -107,6 +130,19 @@ class ReviewWidget(Container):
             show_error(str(exc))
             self.result.value = "error: see notification"
 
+    def _export_clicked(self, *_: Any) -> None:
+        try:
+            self.export(ask_path(self.export_path))
+        except GigapixelError as exc:
+            show_error(str(exc))
+            self.export_status.value = "export failed: see notification"
+
+    def export(self, path: str) -> dict[str, Any]:
+        """Write the prediction being reviewed as QuPath GeoJSON at ``path``."""
+        result = export_layer(self.prediction.value, self.slide.value, path)
+        self.export_status.value = summary(result)
+        return result
+
     def compare(self) -> dict[str, float]:
         """Compute the metrics and add the error map and contour layers."""
         from ..core import metrics
@@ -124,8 +160,14 @@ class ReviewWidget(Container):
         target, weight = truth_m.targets_and_weights(labels)
         truth = target > 0
         valid = weight > 0  # scribble masks: unlabelled pixels do not count
-        # The figures count level-0 pixels (the core reads both masks tile by tile).
-        counts = metrics.confusion(pred_m, truth_m, shape=sshape)
+        # The figures count level-0 pixels (the core reads both masks tile by tile);
+        # a prediction opened from its store is counted from the store, as
+        # 'napari-gigapixel evaluate' counts it, whatever level the layer shows.
+        store = _store_of(pred_layer)
+        if store is not None:
+            counts = metrics.score_prediction(store, truth_m)
+        else:
+            counts = metrics.confusion(pred_m, truth_m, shape=sshape)
         self.metrics = {k: float(v) for k, v in metrics.scores(counts).items()}
         self.result.value = (
             f"Dice {self.metrics['dice']:.3f}   IoU {self.metrics['iou']:.3f}\n"

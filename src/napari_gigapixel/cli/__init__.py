@@ -1,4 +1,4 @@
-"""Command line: ``napari-gigapixel sample|pyramid|train|predict|evaluate|demo``.
+"""Command line: ``napari-gigapixel sample|pyramid|train|predict|evaluate|export|demo``.
 
 Each sub-command lives in its own module under ``cli/`` exposing
 ``add_parser(subparsers)`` and ``run(args) -> int``, and takes its shared flags
@@ -17,7 +17,7 @@ import sys
 from ..core.errors import GigapixelError
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMANDS = ("sample", "pyramid", "train", "predict", "evaluate", "demo")
+COMMANDS = ("sample", "pyramid", "train", "predict", "evaluate", "export", "demo")
 
 
 class UserError(Exception):

@@ -2,7 +2,8 @@
 
 Generates a deterministic H&E-like whole-slide image of any size tile by
 tile (pyramidal OME-TIFF, JPEG by default) and its ground-truth mask
-(pyramidal TIFF, lossless) beside it, then prints the two paths.
+(pyramidal TIFF, lossless) beside it, then prints the two paths. Both state
+their pixel size (--mpp, microns per pixel) as a scanner's files do.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="jpeg",
         help="slide compression (default: %(default)s); the mask is always lossless",
     )
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=0.5,
+        metavar="UM",
+        help="microns per level-0 pixel written into the files' OME-TIFF metadata and "
+        "resolution tags (default: %(default)s, a 20x scan; 0.25 is a 40x scan)",
+    )
     add_overwrite(p, "the slide and mask files")
     add_report(p)
     p.set_defaults(func=run)
@@ -45,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     """Write the pair with a tqdm progress bar; print both paths; 0 on success."""
     from ..core.synthetic import (
         SyntheticError,
+        check_mpp,
         default_mask_path,
         iter_make_synthetic_slide,
         parse_shape,
@@ -55,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         shape = parse_shape(args.shape)
     except SyntheticError as exc:
         raise UserError(f"--shape: {exc}") from exc
+    try:
+        mpp = check_mpp(args.mpp)
+    except SyntheticError as exc:
+        raise UserError(f"--mpp: {exc}") from exc
     out = Path(args.out)
     mask = Path(args.mask_out) if args.mask_out else default_mask_path(out)
     from ..core.preflight import check_output
@@ -67,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         mask_out=os.fspath(mask),
         compression=args.compression,
+        mpp=mpp,
     )
     finished = follow(events, unit="tile", quiet=args.quiet)
     if finished is None or finished.stopped:

@@ -14,7 +14,7 @@ and weights ``w`` (uint8, the core's valid output pixels) it computes::
          + c_dice * softdice_loss(p, y, w)  # the one-tile (whole-image) Dice
 
 and returns the parameter gradients (when asked), float64 sums for the
-losses and metrics, and a subsampled probability for the preview.
+losses and metrics, and a block-averaged probability for the preview.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class TileStep:
     model
         A Keras model from :func:`.unet.build_unet`.
     preview_factor
-        Keep every ``preview_factor``-th output pixel of each core for the preview.
+        Preview pixels are means of ``preview_factor`` x ``preview_factor``
+        output pixels of each core.
     """
 
     def __init__(self, model: Any, preview_factor: int = 1) -> None:
@@ -72,6 +73,19 @@ class TileStep:
             shape = tf.shape(y)
             return p[oy : oy + shape[0], ox : ox + shape[1]]
 
+        def thumb(pc):
+            # The preview pixel stands for its f x f block of output pixels (the
+            # widget overlays it there): the block's mean, over the pixels the
+            # core has at its bottom/right edge. Taking every f-th pixel would put
+            # the block's top-left pixel at its centre, (f - 1) / 2 pixels off.
+            if f == 1:
+                return pc
+            p = tf.cast(pc, tf.float32)
+            pad = [[0, -tf.shape(p)[0] % f], [0, -tf.shape(p)[1] % f]]
+            total = tf.nn.avg_pool2d(tf.pad(p, pad)[None, :, :, None], f, f, "VALID")
+            share = tf.nn.avg_pool2d(tf.pad(tf.ones_like(p), pad)[None, :, :, None], f, f, "VALID")
+            return (total / share)[0, :, :, 0]
+
         def stats_of(pc, y, w, bce):
             # Sums in float64: a gigapixel image has ~1e9 terms.
             p64 = tf.cast(pc, tf.float64)
@@ -97,7 +111,7 @@ class TileStep:
             yf = tf.cast(y, pc.dtype)
             wf = tf.cast(w, pc.dtype)
             bce = bce_sum(pc, yf, wf)
-            return stats_of(pc, y, w, bce), pc[::f, ::f]
+            return stats_of(pc, y, w, bce), thumb(pc)
 
         @tf.function(
             input_signature=[x_spec, lab_spec, lab_spec, i_spec, i_spec]
@@ -117,7 +131,7 @@ class TileStep:
                 dice_loss = 1.0 - (2.0 * inter + DICE_SMOOTH) / (psum + ysum + DICE_SMOOTH)
                 loss = tf.cast(c_bce, dt) * bce + surrogate + tf.cast(c_dice, dt) * dice_loss
             grads = tape.gradient(loss, variables)
-            return grads, stats_of(pc, y, w, bce), pc[::f, ::f]
+            return grads, stats_of(pc, y, w, bce), thumb(pc)
 
         self._forward = forward
         self._gradient = gradient

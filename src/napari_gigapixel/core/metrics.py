@@ -335,6 +335,30 @@ def _load_truth(truth: Any, slide_shape: tuple[int, int]) -> AnnotationMask:
     )
 
 
+def score_prediction(
+    store: Any, truth: AnnotationMask, *, chunk: int = DEFAULT_CHUNK
+) -> Confusion:
+    """Level-0 confusion of a stored prediction's region against ``truth``.
+
+    The one count behind ``evaluate`` and the Review widget: the prediction is
+    read at its own finest level (the model's output stride), never a
+    resampled pyramid level, so both give the same numbers.
+
+    Parameters
+    ----------
+    store
+        An open :class:`~.prediction_store.PredictionStore`.
+    truth
+        The ground truth over the whole slide (any level).
+    """
+    meta = store.metadata
+    slide_shape = tuple(int(v) for v in meta["slide_shape"])
+    y0, y1, x0, x1 = meta.get("roi") or (0, slide_shape[0], 0, slide_shape[1])
+    truth_r = _Shifted(truth, (y0, x0)) if (y0, x0) != (0, 0) else truth
+    pred_m = AnnotationMask(store.mask[0], downsample=store.downsample, name=str(store.path))
+    return confusion(pred_m, truth_r, shape=(y1 - y0, x1 - x0), chunk=chunk)
+
+
 def evaluate(
     pred_path: str | Path, truth: Any, slide: Any = None, *, chunk: int = DEFAULT_CHUNK
 ) -> dict[str, Any]:
@@ -368,8 +392,7 @@ def evaluate(
     region = (y1 - y0, x1 - x0)
     truth_m = _load_truth(truth, slide_shape)
     truth_r = _Shifted(truth_m, (y0, x0)) if (y0, x0) != (0, 0) else truth_m
-    pred_m = AnnotationMask(store.mask[0], downsample=store.downsample, name=str(pred_path))
-    c = confusion(pred_m, truth_r, shape=region, chunk=chunk)
+    c = score_prediction(store, truth_m, chunk=chunk)
     out: dict[str, Any] = {**scores(c), **c.as_dict(), "pixels": c.total}
     out.update(
         pred_downsample=store.downsample,

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GigapixelError
-from .pyramid_levels import level_shapes, level_transform, reduce2_dask
+from .pyramid_levels import level_shapes, level_transform, majority_levels, reduce2_dask
 
 #: Key of this package's metadata in the root ``.zattrs``.
 META_KEY = "napari_gigapixel"
@@ -110,9 +110,13 @@ def create_store(
 def build_pyramids(path: str | os.PathLike, stop: Any = None) -> list[float]:
     """Add 2x levels to both pyramids of a store from its level 0; write OME metadata.
 
-    The package's one pyramid rule (:mod:`.pyramid_levels`): the probability
-    is the 2x2 mean, the mask the 2x2 maximum (labels stay labels, thin tissue
-    survives). Each level is read back from the one above it, chunk by chunk
+    The package's one pyramid rule (:mod:`.pyramid_levels`): every level
+    stands for whole blocks of level 0, as the OME metadata says (scale ``D``,
+    translation to the block centre), so it sits on the slide at every level.
+    The probability is the 2x2 mean; the mask is the area majority of level 0
+    over each block (:func:`.pyramid_levels.majority_levels`): plain
+    ``[::2, ::2]`` subsampling would shift coarse levels by up to half their
+    pixel, and a maximum would dilate them. Levels are computed chunk by chunk
     through dask.
 
     Returns
@@ -129,20 +133,29 @@ def build_pyramids(path: str | os.PathLike, stop: Any = None) -> list[float]:
     meta = dict(root.attrs[META_KEY])
     d0 = float(meta["downsample"])
     offset = tuple(meta.get("offset", (0, 0)))
-    groups = {"probability": root, "mask": root["labels/mask"]}
     shapes = pyramid_shapes(root["0"].shape)
-    for name, group in groups.items():
-        for lev in range(1, len(shapes)):
-            if stop_requested(stop):
-                raise JobStopped()
-            src = da.from_zarr(group[str(lev - 1)])
-            small = reduce2_dask(src, "mean" if name == "probability" else "max")
-            chunk = group["0"].chunks
-            small = small.rechunk(chunk)
-            dst = group.create_array(
-                str(lev), shape=shapes[lev], chunks=chunk, dtype="uint8", fill_value=0
-            )
-            da.store(small, dst, lock=False)
+    chunk = root["0"].chunks
+    for lev in range(1, len(shapes)):
+        if stop_requested(stop):
+            raise JobStopped()
+        small = reduce2_dask(da.from_zarr(root[str(lev - 1)]), "mean").rechunk(chunk)
+        dst = root.create_array(
+            str(lev), shape=shapes[lev], chunks=chunk, dtype="uint8", fill_value=0
+        )
+        da.store(small, dst, lock=False)
+    if stop_requested(stop):
+        raise JobStopped()
+    mask_group = root["labels/mask"]
+    levels = majority_levels(da.from_zarr(mask_group["0"]), len(shapes) - 1)
+    targets = [
+        mask_group.create_array(
+            str(lev), shape=shapes[lev], chunks=chunk, dtype="uint8", fill_value=0
+        )
+        for lev in range(1, len(shapes))
+    ]
+    if targets:
+        # The fraction chain reads level 0 once for all levels.
+        da.store([lv.rechunk(chunk) for lv in levels], targets, lock=False)
     downsamples = [d0 * 2**i for i in range(len(shapes))]
     root.attrs["multiscales"] = _multiscales("probability", downsamples, offset)
     mask_attrs = root["labels/mask"].attrs

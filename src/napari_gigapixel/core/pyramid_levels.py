@@ -9,10 +9,14 @@ predictions (:mod:`.prediction_store`) all build their levels here:
   exceeds ``smallest`` (:func:`level_shapes`).
 * **Reduction**: each level is the 2 x 2 reduction of the level above.
   Images and probabilities (``"mean"``): the mean, rounded half up for
-  integers. Labels (``"max"``: masks, scribbles, predicted masks): the maximum,
+  integers. Labels drawn by people (``"max"``: masks, scribbles): the maximum,
   so a thin scribble or a small tissue island survives at every level and no
   new label value appears (a low-level pixel is tissue when any pixel it
-  summarises is).
+  summarises is). Predicted 0/1 masks (:func:`majority_levels`): area
+  majority, tissue where at least half of the level-0 pixels of the block are,
+  so a coarse level neither dilates nor shifts the prediction's edges (the
+  fraction is carried down in float32 by the mean rule and thresholded per
+  level, never a vote of votes).
 * **Edge rule**: a partial block at the bottom or right border (odd size) is
   reduced over the pixels that exist (implemented by repeating the last row or
   column, which for a 2 x 2 block is exactly that).
@@ -108,6 +112,20 @@ def reduce2_dask(level: Any, how: Reduction = "mean", chunk: int = 2048) -> Any:
     x = level.rechunk({0: min(c, h), 1: min(c, w)})
     out_chunks = tuple(tuple(-(-n // 2) for n in ch) for ch in x.chunks[:2]) + x.chunks[2:]
     return da.map_blocks(reduce2, x, how, chunks=out_chunks, dtype=level.dtype)
+
+
+def majority_levels(level0: Any, n: int, chunk: int = 2048) -> list[Any]:
+    """``n`` coarser levels of a 0/1 dask mask by area majority (lazy, uint8 0/1).
+
+    Level ``k`` is 1 where the mean of level 0 over its block (the mean rule,
+    same shapes and edge rule as :func:`reduce2`) is at least 0.5.
+    """
+    frac = level0.astype(np.float32)
+    out = []
+    for _ in range(int(n)):
+        frac = reduce2_dask(frac, "mean", chunk)
+        out.append((frac >= 0.5).astype(np.uint8))
+    return out
 
 
 def level_downsample(k: int, base: float = 1.0) -> float:

@@ -39,8 +39,10 @@ from ._tiff_pyramid import level_shapes, reduce_mask, reduce_rgb, write_pyramid
 from .errors import GigapixelError
 from .events import Finished, JobStopped, Progress, StopFlag, stop_requested
 
-#: Microns per pixel recorded in the files (a 20x scan).
+#: Default microns per pixel recorded in the files (a 20x scan).
 MPP = 0.5
+#: Pixel sizes a synthetic slide may state: what slide readers accept as plausible.
+MPP_RANGE = (0.01, 50.0)
 #: Shape of the sample that napari's "File > Open Sample" makes.
 SAMPLE_SHAPE = (4096, 16384)
 
@@ -126,12 +128,13 @@ def iter_make_synthetic_slide(
     tile: int = 512,
     stop: StopFlag | None = None,
     workers: int = 2,
+    mpp: float = MPP,
 ) -> Iterator[Progress | Finished]:
     """Generator form of :func:`make_synthetic_slide`.
 
     Yields :class:`~.events.Progress` (stage ``"slide"`` then ``"mask"``,
     counting tiles of all levels) and ends with :class:`~.events.Finished`
-    whose result holds ``slide``, ``mask``, ``shape`` and ``seed``. When
+    whose result holds ``slide``, ``mask``, ``shape``, ``seed`` and ``mpp``. When
     ``stop`` is set (or the generator is closed early) it removes its
     temporary files and raises :class:`~.events.JobStopped`.
     """
@@ -142,6 +145,7 @@ def iter_make_synthetic_slide(
         )
     if tile <= 0 or tile % 16:
         raise SyntheticError(f"tile must be a positive multiple of 16, got {tile}.")
+    mpp = check_mpp(mpp)
     slide_path = Path(out)
     mask_path = Path(mask_out) if mask_out is not None else default_mask_path(slide_path)
     if slide_path.resolve() == mask_path.resolve():
@@ -155,13 +159,15 @@ def iter_make_synthetic_slide(
     per_file = sum(-(-h // tile) * -(-w // tile) for h, w in level_shapes(shape, tile))
     total = 2 * per_file
 
-    metadata = {"axes": "YXS", "PhysicalSizeX": MPP, "PhysicalSizeY": MPP}
+    # OME PhysicalSize (unit: um, the OME default) and, in write_pyramid, the
+    # TIFF resolution tags of every level (pixels per cm), as scanners write them.
+    metadata = {"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp}
     rgb_kwargs = {"photometric": "rgb", **_COMPRESSION[compression], "metadata": metadata}
     mask_kwargs = {
         "compression": "adobe_deflate",
         "compressionargs": {"level": 6},
         "photometric": "minisblack",
-        "metadata": {"axes": "YX", "PhysicalSizeX": MPP, "PhysicalSizeY": MPP},
+        "metadata": {"axes": "YX", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp},
     }
     tmp_slide, tmp_mask = _tmp_path(slide_path), _tmp_path(mask_path)
     jobs = [
@@ -195,7 +201,7 @@ def iter_make_synthetic_slide(
                         events.put(Progress(stage, count[0], total))
 
                 write_pyramid(
-                    tmp, shape, channels, tile, source, reduce, kwargs, on_tile, workers, MPP
+                    tmp, shape, channels, tile, source, reduce, kwargs, on_tile, workers, mpp
                 )
             # The mask is replaced last: a pair with a mask is a complete pair.
             os.replace(tmp_slide, slide_path)
@@ -226,7 +232,13 @@ def iter_make_synthetic_slide(
             if os.path.exists(tmp):
                 os.unlink(tmp)
     yield Finished(
-        {"slide": str(slide_path), "mask": str(mask_path), "shape": list(shape), "seed": seed}
+        {
+            "slide": str(slide_path),
+            "mask": str(mask_path),
+            "shape": list(shape),
+            "seed": seed,
+            "mpp": mpp,
+        }
     )
 
 
@@ -239,6 +251,7 @@ def make_synthetic_slide(
     tile: int = 512,
     progress: Callable[[Progress], None] | None = None,
     stop: StopFlag | None = None,
+    mpp: float = MPP,
 ) -> tuple[str, str]:
     """Write a synthetic H&E slide and its ground-truth mask as pyramidal TIFFs.
 
@@ -262,6 +275,11 @@ def make_synthetic_slide(
     stop
         Stop flag checked between tiles; on stop, nothing is left behind and
         :class:`~.events.JobStopped` is raised.
+    mpp
+        Microns per level-0 pixel the files state (default 0.5, a 20x scan):
+        OME ``PhysicalSizeX/Y`` and the TIFF resolution tags of every level.
+        It labels the pixels; the synthetic tissue is drawn in pixels, so the
+        same seed and shape give the same pixels at any ``mpp``.
 
     Returns
     -------
@@ -272,11 +290,14 @@ def make_synthetic_slide(
     Levels follow :mod:`.pyramid_levels` (ceil-half shapes until they fit one
     tile); level ``k`` is the 2x2 mean (maximum for the mask) of level
     ``k-1``, read back from a raw spool file, never regenerated. Both files
-    are OME-TIFF with SubIFD pyramids and 0.5 um/px, which tifffile reads as
-    one series with levels.
+    are OME-TIFF with SubIFD pyramids and ``mpp`` um/px, which tifffile reads
+    as one series with levels.
     """
     result: dict = {}
-    for event in iter_make_synthetic_slide(out, shape, seed, mask_out, compression, tile, stop):
+    events = iter_make_synthetic_slide(
+        out, shape, seed, mask_out, compression, tile, stop, mpp=mpp
+    )
+    for event in events:
         if isinstance(event, Finished):
             result = event.result
         elif progress is not None:
@@ -342,6 +363,21 @@ def sample_slide_paths(
     return str(slide), str(mask)
 
 
+def check_mpp(mpp: float) -> float:
+    """``mpp`` as a float when it is a plausible pixel size in um, else :class:`SyntheticError`."""
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError):
+        raise SyntheticError(f"mpp must be a number of microns per pixel, not {mpp!r}.") from None
+    lo, hi = MPP_RANGE
+    if not lo <= value <= hi:
+        raise SyntheticError(
+            f"mpp {value:g} um/px is outside {lo:g}-{hi:g}, the range slide readers take "
+            "as a microscope's pixel size (0.25 is a 40x scan, 0.5 a 20x scan)."
+        )
+    return value
+
+
 def parse_shape(text: str) -> tuple[int, int]:
     """Parse ``"HEIGHTxWIDTH"`` (also ``HxW`` with ``X``, ``,`` or ``*``)."""
     import re
@@ -356,9 +392,11 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 __all__ = [
     "MPP",
+    "MPP_RANGE",
     "SAMPLE_SHAPE",
     "SyntheticError",
     "default_mask_path",
+    "check_mpp",
     "default_cache_dir",
     "iter_make_synthetic_slide",
     "make_synthetic_slide",

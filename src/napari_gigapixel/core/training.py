@@ -136,7 +136,7 @@ def preflight(cfg: TrainConfig) -> None:
         else:
             from ._train_data import open_image_source
 
-            arr, name = open_image_source(img)
+            arr, name, _ = open_image_source(img)  # an array: nothing to close
             shape = (int(arr.shape[0]), int(arr.shape[1]))
         if isinstance(msk, (str, os.PathLike)):
             check_input(msk, "mask")

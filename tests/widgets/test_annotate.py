@@ -172,3 +172,28 @@ def test_save_mask_through_the_plugin_writer(slide_viewer, tmp_path):
     back = load_mask(str(out), level0_shape(slide))
     assert back.downsample == 8.0
     np.testing.assert_array_equal(np.asarray(back.array) > 0, layer.data > 0)
+
+
+def test_saved_scribbles_load_as_scribbles_and_labels_never_wrap(slide_viewer, tmp_path):
+    from napari_gigapixel.core.mask_io import write_mask
+    from napari_gigapixel.core.masks import MaskError
+
+    viewer, slide = slide_viewer
+    w = AnnotateWidget(viewer)
+    assert w.kind_value == "dense"
+    scribbles = np.zeros((128, 256), np.uint8)
+    scribbles[10:20, 10:100] = 1  # background scribble
+    scribbles[60:70, 30:200] = 2  # tissue scribble
+    path = write_mask(tmp_path / "s.ome.zarr", scribbles, downsample=4, kind="scribble")
+    layer = w.load_file(path)
+    # The file's kind wins: background scribbles are not read as tissue.
+    assert w.kind_value == "scribble" and layer.metadata["kind"] == "scribble"
+    np.testing.assert_array_equal(layer.data, scribbles)
+    # A napari label above 255 painted on a scribble mask is refused, not wrapped to 2.
+    wide = layer.data.astype(np.int32)
+    wide[0, 0] = 258
+    layer.data = wide
+    from napari_gigapixel._widgets._layers import mask_from_labels
+
+    with pytest.raises(MaskError, match="scribble mask holds the values"):
+        mask_from_labels(layer, slide)

@@ -32,7 +32,9 @@ def model_file(tmp_path, monkeypatch) -> str:
 
     path = tmp_path / "trained.keras"
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(META_ENTRY, json.dumps({"format": META_FORMAT, "version": 1}))
+        geometry = {"stride": 16, "output_stride": 4, "rf_before": 40, "rf_after": 41}
+        meta = {"format": META_FORMAT, "version": 1, "geometry": geometry}
+        zf.writestr(META_ENTRY, json.dumps(meta))
     monkeypatch.setitem(LAST_MODEL, "path", str(path))
     return str(path)
 

@@ -16,6 +16,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from .errors import GigapixelError
 from .slide_base import (
     TARGET_CHUNK,
     NotASlideError,
@@ -77,6 +78,15 @@ def open_tiff(path: str) -> Slide:
         ) from exc
     try:
         return _tiff_slide(tif, path)
+    except GigapixelError:
+        tif.close()
+        raise
+    except Exception as exc:  # tifffile parses tags lazily: a damaged IFD fails here
+        tif.close()
+        raise SlideError(
+            f"{path}: a damaged TIFF ({type(exc).__name__}: {exc}). "
+            "The file may be truncated or corrupt; copy it again."
+        ) from exc
     except BaseException:
         tif.close()
         raise

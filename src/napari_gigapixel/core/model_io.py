@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import GigapixelError
@@ -110,7 +111,17 @@ def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
                     "from another project?). Train one with 'napari-gigapixel train'."
                 )
             meta = json.loads(zf.read(META_ENTRY))
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+    except (
+        zipfile.BadZipFile,
+        EOFError,
+        OSError,
+        ValueError,  # includes bad JSON and bad UTF-8
+        KeyError,
+        zlib.error,  # a corrupt deflate stream
+        NotImplementedError,  # a compression method zipfile lacks
+        RuntimeError,  # an encrypted entry
+        RecursionError,  # absurdly nested JSON
+    ) as exc:
         if isinstance(exc, ModelFileError):
             raise
         raise ModelFileError(
@@ -122,7 +133,31 @@ def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: its metadata is not napari-gigapixel's; use a model trained "
             "with napari-gigapixel."
         )
+    g = meta.get("geometry")
+    keys = ("stride", "output_stride", "rf_before", "rf_after")
+    if not (
+        isinstance(g, dict)
+        and all(_whole(g.get(k)) for k in keys)
+        and g["stride"] > 0
+        and g["output_stride"] > 0
+    ):
+        raise ModelFileError(
+            f"{path}: its metadata has no valid geometry (stride, output_stride, "
+            "rf_before, rf_after as non-negative integers); the file is damaged. "
+            "Use another checkpoint or retrain."
+        )
+    if meta.get("model_config") is not None and not isinstance(meta["model_config"], dict):
+        raise ModelFileError(f"{path}: its model_config is not an object; the file is damaged.")
     return meta
+
+
+def _whole(v: object) -> bool:
+    """A non-negative whole number (JSON int, or a float like 4.0), not a bool."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    if isinstance(v, int):
+        return 0 <= v < 2**31
+    return 0 <= v < 2**31 and v.is_integer()
 
 
 def load_model(path: str | os.PathLike):

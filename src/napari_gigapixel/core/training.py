@@ -129,6 +129,7 @@ def preflight(cfg: TrainConfig) -> None:
     if cfg.cache_dir is not None and not os.path.isdir(cfg.cache_dir):
         raise TrainConfigError(f"cache_dir {cfg.cache_dir}: no such folder; create it first.")
     rois = cfg.rois or [None] * len(cfg.images)
+    cache_bytes = 0
     for img, msk, roi in zip(cfg.images, cfg.masks, rois):
         if isinstance(img, (str, os.PathLike)):
             with open_slide(check_input(img, "slide")) as slide:
@@ -141,7 +142,31 @@ def preflight(cfg: TrainConfig) -> None:
         if isinstance(msk, (str, os.PathLike)):
             check_input(msk, "mask")
         open_mask_source(msk, shape, cfg.mask_kind)
-        check_roi(roi, shape, name)
+        y0, x0, y1, x1 = check_roi(roi, shape, name)
+        if isinstance(img, (str, os.PathLike)):
+            cache_bytes += (y1 - y0) * (x1 - x0) * 3  # decoded once into a cache
+    _check_cache_room(cfg, cache_bytes)
+
+
+def _check_cache_room(cfg: TrainConfig, cache_bytes: int) -> None:
+    """The decoded-pixel cache must fit in memory or in the cache folder's free space.
+
+    The trainer keeps what fits in a part of the memory budget in memory and
+    spills the rest to a temporary file; a disk that fills up while decoding
+    would fail minutes into the run, so it is checked here.
+    """
+    import shutil
+    import tempfile
+
+    folder = cfg.cache_dir or tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    in_memory = 0.35 * float(cfg.memory_gb) * 2**30
+    if cache_bytes > free + in_memory:
+        raise TrainConfigError(
+            f"{folder}: the decoded slides need about {cache_bytes / 2**30:.1f} GiB of cache "
+            f"but the folder has {free / 2**30:.1f} GiB free. Free some space, point the "
+            "cache elsewhere (TrainConfig.cache_dir, or TMPDIR), or train on an ROI."
+        )
 
 
 def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:

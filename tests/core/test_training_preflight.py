@@ -1,0 +1,73 @@
+"""``training.preflight``: every file and location checked before TensorFlow loads."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_gigapixel.core.errors import GigapixelError
+from napari_gigapixel.core.model_io import ModelFileError
+from napari_gigapixel.core.preflight import InputError, OutputError
+from napari_gigapixel.core.training import TrainConfig, TrainConfigError, preflight
+
+
+@pytest.fixture()
+def pair(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (128, 192, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", img, photometric="rgb")
+    tifffile.imwrite(tmp_path / "m.tif", (img[::4, ::4, 0] > 128).astype(np.uint8))
+    return str(tmp_path / "s.tif"), str(tmp_path / "m.tif")
+
+
+def _cfg(pair, tmp_path, **kw) -> TrainConfig:
+    s, m = pair
+    fields = {"images": [s], "masks": [m], "out": str(tmp_path / "o.keras"), **kw}
+    return TrainConfig(**fields)
+
+
+def test_a_good_configuration_passes_and_writes_nothing(pair, tmp_path):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    preflight(_cfg(pair, tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"memory_gb": math.nan}, TrainConfigError, "memory_gb must be a finite number"),
+        ({"memory_gb": -1.0}, TrainConfigError, "memory_gb must be a finite number"),
+        ({"lr": math.inf}, TrainConfigError, "lr must be a finite number"),
+        ({"masks": ["nope.tif"]}, InputError, "nope.tif: no such mask"),
+        ({"images": ["nope.tif"]}, InputError, "nope.tif: no such slide"),
+        ({"rois": [(0, 0, 500, 10)]}, GigapixelError, "not inside the 128 x 192 slide"),
+        ({"resume": "nope.keras"}, InputError, "nope.keras: no such checkpoint"),
+    ],
+)
+def test_bad_fields_and_files_are_caught(pair, tmp_path, change, error, match):
+    with pytest.raises(error, match=match):
+        preflight(_cfg(pair, tmp_path, **change))
+
+
+def test_an_existing_model_needs_overwrite_unless_it_is_resumed(pair, tmp_path):
+    out = tmp_path / "o.keras"
+    out.write_bytes(b"earlier")
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
+        preflight(_cfg(pair, tmp_path))
+    preflight(_cfg(pair, tmp_path, overwrite=True))
+    # Continuing a model into its own file is not "replacing" it; the file is
+    # then read as a checkpoint, and this one is not a model.
+    with pytest.raises(ModelFileError, match="o.keras"):
+        preflight(_cfg(pair, tmp_path, resume=str(out)))
+
+
+def test_a_cache_that_cannot_fit_is_refused(pair, tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10, 10, 0))
+    with pytest.raises(TrainConfigError, match="decoded slides need about"):
+        preflight(_cfg(pair, tmp_path, memory_gb=1e-6, cache_dir=str(tmp_path)))

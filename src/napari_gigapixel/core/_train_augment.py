@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._train_data import codes_yw
+
 
 def augment_params(seed: int, step: int, enabled: bool) -> tuple[int, bool, float, float]:
     """(k quarter turns, flip, contrast, brightness) of one step: fixed by seed and step."""
@@ -96,6 +98,4 @@ class SlideView:
         if not (self.k or self.flip):
             return self.data.labels_yw(y0, y1, x0, x1)
         lab = self._read(self.data.labels, y0, y1, x0, x1, lh, lw)
-        if self.data.kind == "dense":
-            return (lab > 0).view(np.uint8), np.ones_like(lab)
-        return (lab == 2).view(np.uint8), (lab > 0).view(np.uint8)
+        return codes_yw(lab, self.data.kind)

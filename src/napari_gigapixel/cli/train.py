@@ -52,6 +52,7 @@ def _tile(text: str) -> int | str:
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``train`` sub-command."""
+    from ..core.stain import AUGMENT_MODES
     from ..core.training import LR_FLOOR, LR_SCHEDULES, TrainConfig
 
     d = TrainConfig  # the dataclass's defaults are the recipe; one place to change it
@@ -163,8 +164,14 @@ def add_parser(subparsers: Any) -> None:
     add_precision(p, default="auto")
     p.add_argument(
         "--augment",
-        action="store_true",
-        help="whole-slide flips, turns and colour jitter (exact under tiling)",
+        nargs="?",
+        const="all",
+        default="none",
+        choices=AUGMENT_MODES,
+        metavar="{" + ",".join(AUGMENT_MODES) + "}",
+        help="whole-slide augmentation drawn per step, exact under tiling: 'flip' (flips and "
+        "quarter turns), 'stain' (H/E/DAB stain, brightness and contrast jitter), 'all' "
+        "(both; what --augment alone means); default none",
     )
     p.add_argument(
         "--mode",

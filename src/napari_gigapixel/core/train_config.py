@@ -82,9 +82,13 @@ class TrainConfig:
         A checkpoint to continue from (its weights, optimizer state, model
         config and history); ``steps`` more steps are run.
     augment
-        Whole-slide augmentations, exact under tiling: a random flip / 90-degree
-        turn and a brightness/contrast jitter of the whole slide, drawn per step
-        from ``seed``.
+        Whole-slide augmentations drawn per step from ``seed``, exact under
+        tiling (every tile sees the same transform of the whole slide):
+        ``"flip"``: a random left-right flip and quarter turn; ``"stain"``: a
+        colour map, the haematoxylin/eosin/DAB stain jitter (per-stain scale
+        and shift in Ruifrok-Johnston colour deconvolution) plus brightness
+        and contrast (:mod:`.stain`); ``"all"`` (or ``True``): both;
+        ``"none"`` (or ``False``, default): neither.
     mixed_precision
         bfloat16 compute (float32 weights; transposed convolutions and the
         head stay float32). ``"auto"`` (default): on when the CPU has native
@@ -132,7 +136,7 @@ class TrainConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     resume: str | None = None
-    augment: bool = False
+    augment: bool | str = False
     mixed_precision: bool | str = "auto"
     dtype: str = "float32"
     checkpoint_every: int = 10
@@ -213,6 +217,9 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if int(cfg.checkpoint_every) < 0:
         raise TrainConfigError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}.")
+    from .stain import augment_mode
+
+    augment_mode(cfg.augment)
     if len(cfg.val_masks) != len(cfg.val_images):
         raise TrainConfigError(
             f"validation needs one mask per validation image: got {len(cfg.val_images)} "

@@ -5,8 +5,10 @@ decoded once, then full training steps' gradients (``image_step``, the
 trainer's own tile path, default model and loss, ``tile="auto"`` within
 ``--memory-gb``) are timed with each augmentation mode in turn, round after
 round (interleaved, so host noise hits every mode alike); the median per mode
-is reported with its extra cost over "none". Also times the augmentation of
-one window alone (``SlideView.window``). Prints one JSON object.
+is reported with its extra cost over "none", in wall-clock seconds and in the
+process's CPU seconds (all threads; steadier than wall time on a shared host).
+Also times the augmentation of one window alone (``SlideView.window``).
+Prints one JSON object.
 
 Usage::
 
@@ -62,6 +64,7 @@ def child(size: int, rounds: int, memory_gb: float, loss: str) -> dict:
     core = auto_core(data.shape, geo, bytes_per_pixel(model), budget)
     step = _backend.TileStep(model, 8)
     times: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODES}
     window_times: dict[str, list[float]] = {m: [] for m in MODES}
     n_tiles = {}
     for r in range(rounds + 1):  # round 0 warms up (tracing, XLA compiles)
@@ -74,13 +77,15 @@ def child(size: int, rounds: int, memory_gb: float, loss: str) -> dict:
             n_tiles[mode] = len(grid)
             t0 = time.perf_counter()
             view.window(grid[0].window)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             image_step(step, view, grid, geo, loss, data.n_labelled, 8)
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             if r:
                 window_times[mode].append(t1 - t0)
                 times[mode].append(t2 - t1)
+                cpu[mode].append(c2 - c1)
     med = {m: float(np.median(v)) for m, v in times.items()}
+    cpu_med = {m: float(np.median(v)) for m, v in cpu.items()}
     return {
         "size_mpx": round(shape[0] * shape[1] / 1e6, 1),
         "loss": loss,
@@ -89,6 +94,8 @@ def child(size: int, rounds: int, memory_gb: float, loss: str) -> dict:
         "n_tiles": n_tiles,
         "step_seconds_median": {m: round(v, 3) for m, v in med.items()},
         "extra_vs_none": {m: round(med[m] / med["none"] - 1, 3) for m in MODES},
+        "cpu_seconds_median": {m: round(v, 3) for m, v in cpu_med.items()},
+        "cpu_extra_vs_none": {m: round(cpu_med[m] / cpu_med["none"] - 1, 3) for m in MODES},
         "first_window_seconds_median": {
             m: round(float(np.median(v)), 3) for m, v in window_times.items()
         },

@@ -113,3 +113,57 @@ def test_foreign_model_to_resume_is_refused(files, tmp_path, capsys):
     code = _train(files, tmp_path / "m.keras", "--resume", str(foreign))
     assert code != 0 and "foreign.keras" in capsys.readouterr().err
     assert not (tmp_path / "m.keras").exists()
+
+
+def test_validation_flags_keep_the_best_model_and_report_it(files, tmp_path, capsys):
+    out = tmp_path / "v.keras"
+    code = _train(
+        files,
+        out,
+        "--tile",
+        "64",
+        "--steps",
+        "3",
+        "--val-roi",
+        "64,64,128,160",
+        "--val-image",
+        str(files / "slide.tif"),
+        "--val-mask",
+        str(files / "mask.tif"),
+        "--val-every",
+        "2",
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    figures = json.loads(captured.out.strip().splitlines()[-1])
+    assert 0 <= figures["val_dice"] <= 1 and figures["val_loss"] > 0
+    assert figures["best_step"] in (2, 3) and 0 <= figures["best_val_dice"] <= 1
+    assert figures["best_model"] == str((tmp_path / "v.best.keras").resolve())
+    _, meta = load_model(figures["best_model"])
+    assert meta["history"][-1]["step"] == figures["best_step"]
+    history = load_model(out)[1]["history"]
+    # Validated after step 2 (every 2) and after the last step (3).
+    assert ["val_dice" in h for h in history] == [False, True, True]
+    assert meta["train_config"]["val_roi"] == [64, 64, 128, 160]
+    assert "left out of training" in captured.err
+    # The progress line shows the last validation and the best so far.
+    assert f"best={figures['best_val_dice']:.4f}@{figures['best_step']}" in captured.err
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--val-image", "x.tif"], "one --val-mask per --val-image"),
+        (["--val-roi", "1,2,3"], "--val-roi wants four numbers"),
+        (["--val-every", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_validation_flags_are_usage_errors(files, tmp_path, capsys, extra, match):
+    out = tmp_path / "m.keras"
+    try:
+        code = _train(files, out, *extra)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    assert code == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()

@@ -217,3 +217,33 @@ def add_mask_layer(
     layer = viewer.add_labels(array, name=name, opacity=opacity, metadata=meta, **kwargs)
     layer.colormap = colormap if colormap is not None else mask_colormap(kind)
     return layer
+
+
+def shapes_roi(shapes: Any, slide: Any) -> tuple[int, int, int, int]:
+    """Level-0 rectangle ``(y0, x0, y1, x1)`` around the shapes of a Shapes layer.
+
+    Raises
+    ------
+    LayerError
+        No shape drawn, or none over the slide.
+    """
+    if len(shapes.data) == 0:
+        raise LayerError(
+            f"The validation region '{shapes.name}' has no shape; draw a rectangle over the slide."
+        )
+    scale = np.asarray(slide.scale[-2:], float)
+    translate = np.asarray(slide.translate[-2:], float)
+    pts = np.concatenate(
+        [np.asarray(shapes._data_to_world(np.asarray(v)))[..., -2:] for v in shapes.data]
+    )
+    # World -> level-0 pixel edges (napari places pixel centres, hence +0.5).
+    level0 = (pts - translate) / scale + 0.5
+    h, w = level0_shape(slide)
+    y0, x0 = np.clip(np.floor(level0.min(axis=0)), 0, [h, w]).astype(int)
+    y1, x1 = np.clip(np.ceil(level0.max(axis=0)), 0, [h, w]).astype(int)
+    if y1 <= y0 or x1 <= x0:
+        raise LayerError(
+            f"The shapes of '{shapes.name}' are not over the slide '{slide.name}'; draw the "
+            "validation rectangle on the slide."
+        )
+    return (int(y0), int(x0), int(y1), int(x1))

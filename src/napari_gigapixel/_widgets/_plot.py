@@ -1,4 +1,4 @@
-"""A small QPainter plot of training curves (loss and Dice against step).
+"""A small QPainter plot of training curves (loss and Dice against step, train and validation).
 
 No matplotlib, no vispy: two stacked panels drawn with QPainter on a fixed
 dark background so the text stays legible whatever napari theme is active.
@@ -16,6 +16,8 @@ _BG = QColor(38, 41, 48)
 _FG = QColor(220, 222, 226)
 _GRID = QColor(70, 74, 84)
 _COLOURS = {"loss": QColor(255, 170, 60), "dice": QColor(90, 200, 255)}
+#: Validation curves (both panels) and the best step's marker.
+_VAL = QColor(120, 230, 120)
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
@@ -42,11 +44,17 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}".rstrip("0").rstrip(".")
 
 
-class CurvesPlot(QWidget):
-    """Loss and Dice curves that grow as steps arrive.
+def _value(v: float, digits: int) -> str:
+    return f"{v:.{digits}f}" if abs(v) >= 0.01 else f"{v:.3g}"
 
-    Call :meth:`add_point` per step and :meth:`clear` for a new run; the data
-    is kept in :attr:`steps`, :attr:`loss` and :attr:`dice` (tests read them).
+
+class CurvesPlot(QWidget):
+    """Loss and Dice curves (train, and validation when scored) that grow as steps arrive.
+
+    Call :meth:`add_point` per step, :meth:`add_validation` per validation and
+    :meth:`clear` for a new run; the data is kept in :attr:`steps`,
+    :attr:`loss`, :attr:`dice`, :attr:`val_steps`, :attr:`val_loss`,
+    :attr:`val_dice` and :attr:`best_step` (tests read them).
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -54,14 +62,28 @@ class CurvesPlot(QWidget):
         self.steps: list[int] = []
         self.loss: list[float] = []
         self.dice: list[float] = []
-        self.setMinimumSize(260, 220)
+        self.val_steps: list[int] = []
+        self.val_loss: list[float] = []
+        self.val_dice: list[float] = []
+        self.best_step: int | None = None
+        self.setMinimumSize(260, 240)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
     def clear(self) -> None:
         """Forget all points (a new run starts)."""
-        self.steps.clear()
-        self.loss.clear()
-        self.dice.clear()
+        for series in (self.steps, self.loss, self.dice):
+            series.clear()
+        for series in (self.val_steps, self.val_loss, self.val_dice):
+            series.clear()
+        self.best_step = None
+        self.update()
+
+    def add_validation(self, step: int, loss: float, dice: float, best_step: int | None) -> None:
+        """Append one validation's loss and Dice (and the best step so far) and repaint."""
+        self.val_steps.append(int(step))
+        self.val_loss.append(float(loss))
+        self.val_dice.append(float(dice))
+        self.best_step = best_step
         self.update()
 
     def add_point(self, step: int, loss: float, dice: float) -> None:
@@ -81,13 +103,20 @@ class CurvesPlot(QWidget):
         h = self.height()
         half = (h - 24) / 2
         # x axis label shared at the bottom; two panels above it.
-        self._panel(p, QRectF(0, 0, self.width(), half), "loss", self.loss, None)
-        self._panel(p, QRectF(0, half, self.width(), half), "Dice", self.dice, (0.0, 1.0))
+        self._panel(p, QRectF(0, 0, self.width(), half), "loss", self.loss, self.val_loss, None)
+        # Dice: from 0, or zoomed to the tenths the curves span once they are high.
+        lows = [*self.dice, *self.val_dice]
+        lo = max(0.0, math.floor(min(lows) * 10 - 1e-9) / 10) if lows else 0.0
+        self._panel(
+            p, QRectF(0, half, self.width(), half), "Dice", self.dice, self.val_dice, (lo, 1.0)
+        )
         p.setPen(_FG)
         p.drawText(QRectF(0, h - 22, self.width(), 20), Qt.AlignmentFlag.AlignCenter, "step")
         p.end()
 
-    def _panel(self, p: QPainter, box: QRectF, title: str, ys: list[float], yrange) -> None:
+    def _panel(
+        self, p: QPainter, box: QRectF, title: str, ys: list[float], vys: list[float], yrange
+    ) -> None:
         fm = p.fontMetrics()
         left = box.left() + fm.horizontalAdvance("0.000") + 12
         right = box.right() - 10
@@ -95,17 +124,26 @@ class CurvesPlot(QWidget):
         bottom = box.bottom() - fm.height() - 4
         plot = QRectF(left, top, max(10.0, right - left), max(10.0, bottom - top))
         colour = _COLOURS["loss" if title == "loss" else "dice"]
-        last = f" = {_fmt(ys[-1]) if abs(ys[-1]) >= 0.01 else f'{ys[-1]:.3g}'}" if ys else ""
+        digits = 3 if title == "Dice" else 2
+        head = f"train {title}" if vys else title
+        last = f" {_value(ys[-1], digits)}" if ys else ""
         p.setPen(colour)
-        p.drawText(
-            QRectF(left, box.top() + 2, plot.width(), fm.height()),
-            Qt.AlignmentFlag.AlignLeft,
-            f"{title}{last}",
-        )
-        # y range: fixed for Dice, from the data for the loss.
+        text = f"{head}{last}"
+        line = QRectF(left, box.top() + 2, plot.width(), fm.height())
+        p.drawText(line, Qt.AlignmentFlag.AlignLeft, text)
+        if vys:
+            # The validation legend, in its colour, after the train one.
+            val = f"   val {_value(vys[-1], digits)}"
+            if title == "Dice" and self.best_step is not None:
+                val += f" (best {_value(max(vys), digits)} @ {self.best_step})"
+            p.setPen(_VAL)
+            p.drawText(
+                line.translated(fm.horizontalAdvance(text), 0), Qt.AlignmentFlag.AlignLeft, val
+            )
+        # y range: given for Dice, from the data for the loss.
         if yrange is None:
-            lo = min(ys) if ys else 0.0
-            hi = max(ys) if ys else 1.0
+            lo = min([*ys, *vys]) if ys or vys else 0.0
+            hi = max([*ys, *vys]) if ys or vys else 1.0
             lo = min(0.0, lo)
             if hi - lo < 1e-9:
                 hi = lo + 1.0
@@ -142,12 +180,22 @@ class CurvesPlot(QWidget):
             )
         p.setPen(QPen(_FG, 1))
         p.drawRect(plot)
-        if not ys:
-            return
-        p.setPen(QPen(colour, 2))
-        pts = [to_px(x, y) for x, y in zip(self.steps, ys)]
-        for a, b in zip(pts, pts[1:]):
-            p.drawLine(a, b)
-        if n < 40:
-            for pt in pts:
-                p.drawEllipse(pt, 2.5, 2.5)
+        p.save()
+        p.setClipRect(plot.adjusted(-3, -3, 3, 3))
+        for xs, series, pen, dots in (
+            (self.steps, ys, QPen(colour, 2), n < 40),
+            (self.val_steps, vys, QPen(_VAL, 2), True),
+        ):
+            pts = [to_px(x, y) for x, y in zip(xs, series)]
+            p.setPen(pen)
+            for a, b in zip(pts, pts[1:]):
+                p.drawLine(a, b)
+            if dots:
+                for pt in pts:
+                    p.drawEllipse(pt, 2.5, 2.5)
+        if title == "Dice" and self.best_step in self.val_steps:
+            # Ring the best validation point: the step kept as <model>.best.keras.
+            i = self.val_steps.index(self.best_step)
+            p.setPen(QPen(_VAL, 2))
+            p.drawEllipse(to_px(self.best_step, vys[i]), 6.0, 6.0)
+        p.restore()

@@ -2,7 +2,9 @@
 
 The user picks slide layer(s) and mask layer(s), a new model (size preset) or
 a ``.keras`` model to continue, the loss, steps, learning rate and memory
-budget, and presses Start. The engine's ``train`` generator runs in a spawned
+budget, optionally validation data (a validation slide and its mask, or a
+rectangle drawn in a Shapes layer over the training slide, whose labels are
+then left out of training), and presses Start. The engine's ``train`` generator runs in a spawned
 worker process (TensorFlow never enters napari's process); a napari thread
 worker relays its events to the main thread, where this widget grows the loss
 and Dice plot, moves the progress bars and updates the preview layer.
@@ -27,7 +29,7 @@ from magicgui.widgets import (
     Select,
     SpinBox,
 )
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
 from ..core.events import (
@@ -36,6 +38,7 @@ from ..core.events import (
     PreviewEvent,
     Progress,
     StepEvent,
+    ValidationEvent,
 )
 from ._jobs import JobWidgetMixin, set_progress
 from ._layers import (
@@ -44,6 +47,7 @@ from ._layers import (
     mask_from_labels,
     overlay_kwargs,
     probability_colormap,
+    shapes_roi,
     slide_path,
 )
 from ._plot import CurvesPlot
@@ -158,6 +162,37 @@ class TrainWidget(JobWidgetMixin, Container):
             value="auto",
             tooltip="auto: the largest tile that fits the memory budget.",
         )
+        self.val_slide = ComboBox(
+            label="validation slide",
+            choices=self._slide_choices,
+            nullable=True,
+            value=None,
+            tooltip="Optional: a slide never trained on, scored every few steps.",
+        )
+        self.val_mask = ComboBox(
+            label="validation mask",
+            choices=self._mask_choices,
+            nullable=True,
+            value=None,
+            tooltip="The mask of the validation slide.",
+        )
+        self.val_region = ComboBox(
+            label="or validation region",
+            choices=self._shapes_choices,
+            nullable=True,
+            value=None,
+            tooltip=(
+                "Optional: a Shapes layer over the (first) training slide; the rectangle "
+                "around its shapes is scored and its labels are left out of training."
+            ),
+        )
+        self.val_every = SpinBox(
+            label="validate every",
+            min=1,
+            max=100_000,
+            value=_Defaults.val_every,
+            tooltip="Steps between validations; the best model is kept as <name>.best.keras.",
+        )
         self.out = FileEdit(
             label="save model",
             mode="w",
@@ -186,6 +221,10 @@ class TrainWidget(JobWidgetMixin, Container):
             self.lr,
             self.memory_gb,
             self.tile,
+            self.val_slide,
+            self.val_mask,
+            self.val_region,
+            self.val_every,
             self.out,
             self.overwrite,
         ]
@@ -210,6 +249,7 @@ class TrainWidget(JobWidgetMixin, Container):
         self._slide_layers: list[Any] = []
         self.events: list[Any] = []
         self.checkpoint: str | None = None
+        self.best: ValidationEvent | None = None  # the last validation of the run
         self._t0 = 0.0
 
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
@@ -224,7 +264,30 @@ class TrainWidget(JobWidgetMixin, Container):
             if isinstance(ly, Labels) and not ly.name.startswith(derived)
         ]
 
+    def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(ly.name, ly) for ly in self.viewer.layers if isinstance(ly, Shapes)]
+
     # -- configuration -----------------------------------------------------
+
+    def _validation(self, slides: list[Any]) -> dict[str, Any]:
+        """TrainConfig's validation fields from the validation inputs."""
+        out: dict[str, Any] = {"val_every": int(self.val_every.value)}
+        vslide, vmask = self.val_slide.value, self.val_mask.value
+        if (vslide is None) != (vmask is None):
+            raise LayerError("Pick both a validation slide and its mask, or neither.")
+        if vslide is not None:
+            if any(vslide is s for s in slides):
+                raise LayerError(
+                    f"'{vslide.name}' is a training slide; to validate on part of it, draw "
+                    "a rectangle in a Shapes layer and pick it as the validation region."
+                )
+            out["val_images"] = [slide_path(vslide)]
+            out["val_masks"] = [mask_from_labels(vmask, vslide)]
+        if self.val_region.value is not None:
+            out["val_roi"] = [shapes_roi(self.val_region.value, slides[0])] + [None] * (
+                len(slides) - 1
+            )
+        return out
 
     def make_config(self) -> Any:
         """Build the engine's ``TrainConfig`` from the fields (raises ``GigapixelError``)."""
@@ -265,6 +328,7 @@ class TrainWidget(JobWidgetMixin, Container):
             resume=resume,
             preview_downsample=preview_downsample(level0_shape(slides[0])),
             overwrite=bool(self.overwrite.value),
+            **self._validation(slides),
         )
         # Every file and the output location checked here, in napari's process
         # (no TensorFlow needed): a bad path is reported before a worker starts.
@@ -276,6 +340,7 @@ class TrainWidget(JobWidgetMixin, Container):
     def _prepare_run(self, cfg: Any) -> None:
         self.events = []
         self.checkpoint = None
+        self.best = None
         self.plot.clear()
         self.step_bar.max = cfg.steps
         self.step_bar.value = 0
@@ -295,6 +360,9 @@ class TrainWidget(JobWidgetMixin, Container):
             set_progress(self.tile_bar, ev.done, ev.total)
         elif isinstance(ev, PreviewEvent):
             self._on_preview(ev)
+        elif isinstance(ev, ValidationEvent):
+            self.plot.add_validation(ev.step, ev.loss, ev.dice, ev.best_step)
+            self.best = ev
         elif isinstance(ev, CheckpointEvent):
             self.checkpoint = ev.path
             LAST_MODEL["path"] = ev.path
@@ -307,8 +375,14 @@ class TrainWidget(JobWidgetMixin, Container):
             pace = (
                 f" after {steps[-1].step} steps, {steps[-1].seconds:.1f} s/step" if steps else ""
             )
-            self.status.value = f"{what}{pace}; model: {os.path.basename(model or '-')}"
-            show_info(f"Training {what}. Model: {model}")
+            best = ""
+            if self.best is not None and self.best.best_path:
+                best = (
+                    f"; best: {os.path.basename(self.best.best_path)} (step "
+                    f"{self.best.best_step}, val Dice {self.best.best_dice:.3f})"
+                )
+            self.status.value = f"{what}{pace}; model: {os.path.basename(model or '-')}{best}"
+            show_info(f"Training {what}. Model: {model}{best}")
 
     def _on_step(self, ev: StepEvent) -> None:
         self.plot.add_point(ev.step, ev.loss, ev.dice)

@@ -44,6 +44,7 @@ def follow(
 
     bar = None
     finished = None
+    val: dict[str, str] = {}  # the last validation figures, shown until the next
 
     def get_bar(total: int):
         nonlocal bar
@@ -60,8 +61,15 @@ def follow(
                 continue
             elif counts == "steps" and isinstance(event, ev.StepEvent):
                 b = get_bar(event.total_steps)
-                b.set_postfix(loss=f"{event.loss:.4f}", dice=f"{event.dice:.4f}", refresh=False)
+                b.set_postfix(
+                    loss=f"{event.loss:.4f}", dice=f"{event.dice:.4f}", **val, refresh=False
+                )
                 b.update(event.step - b.n)
+            elif isinstance(event, ev.ValidationEvent):
+                val = {
+                    "val_dice": f"{event.dice:.4f}",
+                    "best": f"{event.best_dice:.4f}@{event.best_step}",
+                }
             elif counts == "progress" and isinstance(event, ev.Progress):
                 b = get_bar(event.total)
                 if desc is None:

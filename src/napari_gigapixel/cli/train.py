@@ -25,8 +25,17 @@ from ._common import (
     positive_float,
     positive_int,
     print_json,
+    roi,
     stopped_exit,
 )
+
+
+def _val_roi(text: str) -> tuple[int, int, int, int]:
+    """``--val-roi``: the ``--roi`` form, its errors naming this flag."""
+    try:
+        return roi(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--roi", "--val-roi")) from exc
 
 
 def _tile(text: str) -> int | str:
@@ -43,6 +52,7 @@ def _tile(text: str) -> int | str:
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``train`` sub-command."""
+    from ..core.stain import AUGMENT_MODES
     from ..core.training import LR_FLOOR, LR_SCHEDULES, TrainConfig
 
     d = TrainConfig  # the dataclass's defaults are the recipe; one place to change it
@@ -112,6 +122,36 @@ def add_parser(subparsers: Any) -> None:
         "train on a rectangle of the slide (once for all slides, or once per slide)",
         repeat=True,
     )
+    p.add_argument(
+        "--val-image",
+        action="append",
+        default=[],
+        metavar="SLIDE",
+        help="validation slide, never trained on (repeat with --val-mask for several)",
+    )
+    p.add_argument(
+        "--val-mask",
+        action="append",
+        default=[],
+        metavar="MASK",
+        help="mask of the preceding validation slide",
+    )
+    p.add_argument(
+        "--val-roi",
+        type=_val_roi,
+        action="append",
+        metavar="Y0,X0,Y1,X1",
+        help="validate on a rectangle of the training slide (once for all slides, or once "
+        "per slide); its labels are left out of training",
+    )
+    p.add_argument(
+        "--val-every",
+        type=positive_int("--val-every"),
+        default=d.val_every,
+        metavar="N",
+        help="score the validation data every N steps and after the last "
+        "(default %(default)s); the best model is kept as MODEL.best.keras",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     p.add_argument("--mask-kind", choices=("dense", "scribble"), default=None)
     p.add_argument(
@@ -124,8 +164,14 @@ def add_parser(subparsers: Any) -> None:
     add_precision(p, default="auto")
     p.add_argument(
         "--augment",
-        action="store_true",
-        help="whole-slide flips, turns and colour jitter (exact under tiling)",
+        nargs="?",
+        const="all",
+        default="none",
+        choices=AUGMENT_MODES,
+        metavar="{" + ",".join(AUGMENT_MODES) + "}",
+        help="whole-slide augmentation drawn per step, exact under tiling: 'flip' (flips and "
+        "quarter turns), 'stain' (H/E/DAB stain, brightness and contrast jitter), 'all' "
+        "(both; what --augment alone means); default none",
     )
     p.add_argument(
         "--mode",
@@ -162,6 +208,19 @@ def build_config(args: argparse.Namespace):
             rois = list(args.roi)
         else:
             raise UserError("give one --roi for all slides or one per --image.")
+    if len(args.val_image) != len(args.val_mask):
+        raise UserError(
+            f"give one --val-mask per --val-image (got {len(args.val_image)} validation "
+            f"images, {len(args.val_mask)} masks)."
+        )
+    val_roi = None
+    if args.val_roi:
+        if len(args.val_roi) == 1:
+            val_roi = args.val_roi[0]
+        elif len(args.val_roi) == len(args.image):
+            val_roi = list(args.val_roi)
+        else:
+            raise UserError("give one --val-roi for all slides or one per --image.")
     if not args.out.endswith(".keras"):
         raise UserError(f"--out {args.out}: the model file name must end with '.keras'.")
     return TrainConfig(
@@ -184,6 +243,10 @@ def build_config(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every,
         mask_kind=args.mask_kind,
         overwrite=args.overwrite,
+        val_images=list(args.val_image),
+        val_masks=list(args.val_mask),
+        val_roi=val_roi,
+        val_every=args.val_every,
     )
 
 
@@ -207,6 +270,11 @@ def run(args: argparse.Namespace) -> int:
         "n_tiles": result.get("n_tiles"),
         "megapixels": result.get("megapixels"),
         "out": result.get("out"),
+        "val_dice": result.get("val_dice"),
+        "val_loss": result.get("val_loss"),
+        "best_step": result.get("best_step"),
+        "best_val_dice": result.get("best_val_dice"),
+        "best_model": result.get("best_model"),
         "stopped": stopped,
     }
     if args.json:
@@ -216,4 +284,9 @@ def run(args: argparse.Namespace) -> int:
             f"wrote {cfg.out}: {figures['steps']} steps, loss {figures['loss']:.4f}, "
             f"dice {figures['dice']:.3f}, {figures['seconds_per_step']:.2f} s/step"
         )
+        if figures["best_model"]:
+            print(
+                f"best validation Dice {figures['best_val_dice']:.4f} at step "
+                f"{figures['best_step']}: {figures['best_model']}"
+            )
     return stopped_exit("train", args.quiet) if stopped else EXIT_OK

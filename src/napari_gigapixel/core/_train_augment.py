@@ -1,27 +1,36 @@
 """Whole-slide augmentations that keep the streamed step exact.
 
-A flip, a 90-degree turn or a colour jitter applied to the *whole* slide (not
-per tile) is just another slide: its tiles are windows of the augmented
-slide, read here from the original's caches and transformed, so the tiled
-step stays exactly the whole-image step on the augmented slide.
+A flip, a 90-degree turn or a colour map (:mod:`.stain`) applied to the
+*whole* slide (not per tile) is just another slide: its tiles are windows of
+the augmented slide, read here from the original's caches and transformed by
+:func:`._augment_kernel.transform`, so the tiled step stays exactly the
+whole-image step on the augmented slide.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from ._train_data import codes_yw
+from .stain import Augmentation, ColourJitter, draw_augmentation
 
-def augment_params(seed: int, step: int, enabled: bool) -> tuple[int, bool, float, float]:
-    """(k quarter turns, flip, contrast, brightness) of one step: fixed by seed and step."""
-    if not enabled:
-        return (0, False, 1.0, 0.0)
-    rng = np.random.default_rng([seed, step, 7919])
-    return (
-        int(rng.integers(4)),
-        bool(rng.integers(2)),
-        float(rng.uniform(0.85, 1.15)),
-        float(rng.uniform(-12, 12)),
-    )
+
+def augment_params(seed: int, step: int, enabled: object) -> Augmentation:
+    """The whole-slide augmentation of one step (see :func:`.stain.draw_augmentation`)."""
+    return draw_augmentation(seed, step, enabled)
+
+
+def _as_augmentation(aug: Augmentation | tuple) -> Augmentation:
+    if isinstance(aug, Augmentation):
+        return aug
+    # (k, flip, contrast, brightness in grey levels): the original tuple form.
+    k, flip, contrast, bright = aug
+    colour = None
+    if contrast != 1.0 or bright != 0.0:
+        colour = ColourJitter.from_jitter(np.ones(3), np.zeros(3), contrast, bright / 255.0)
+    return Augmentation(int(k), bool(flip), colour)
 
 
 class SlideView:
@@ -32,16 +41,18 @@ class SlideView:
     step stays exactly the whole-image step on the augmented slide.
     """
 
-    def __init__(self, data, os_: int, aug: tuple[int, bool, float, float]) -> None:
+    def __init__(self, data, os_: int, aug: Augmentation | tuple) -> None:
         self.data = data
         self.os = os_
-        self.k, self.flip, self.contrast, self.bright = aug
+        self.aug = _as_augmentation(aug)
+        self.k, self.flip = self.aug.k % 4, self.aug.flip
         h, w = data.shape
         if (self.flip or self.k) and os_ > 1 and (h % os_ or w % os_):
             # A flip would move the partial last block of output pixels to the
             # top/left, where no output grid has it: such images are not
-            # flipped or turned (colour jitter still applies).
+            # flipped or turned (the colour map still applies).
             self.k, self.flip = 0, False
+            self.aug = Augmentation(0, False, self.aug.colour)
         self.shape = (w, h) if self.k % 2 else (h, w)
 
     def _aug_shape(self, h: int, w: int) -> tuple[int, int]:
@@ -78,24 +89,30 @@ class SlideView:
             cur_h, cur_w = orig_h, orig_w
         return y0, y1, x0, x1
 
-    def window(self, win: tuple[int, int, int, int]) -> np.ndarray:
+    def window(self, win: tuple[int, int, int, int]) -> Any:
+        """Pixels of a window of the augmented slide (zero past its extent).
+
+        Without augmentation a numpy array; with it, the uint8 tensor of
+        :func:`._augment_kernel.transform` (the tile step takes either).
+        """
+        if not (self.aug.geometric or self.aug.colour is not None):
+            return self.data.image.read(*win)
+        from ._augment_kernel import transform
+
         h, w = self.data.shape
-        x = self._read(self.data.image, *win, h, w)
-        if self.contrast != 1.0 or self.bright != 0.0:
-            # Pixel-wise, so the same on any tile; padding stays 0 as in the
-            # whole-image run, which pads the jittered slide.
-            ah, aw = self._aug_shape(h, w)
-            vy, vx = min(win[1], ah) - win[0], min(win[3], aw) - win[2]
-            f = x[:vy, :vx].astype(np.float32)
-            f = (f - 128.0) * self.contrast + 128.0 + self.bright
-            x[:vy, :vx] = np.clip(np.rint(f), 0, 255).astype(np.uint8)
-        return x
+        ah, aw = self.shape
+        y0, y1, x0, x1 = win
+        cy1, cx1 = min(y1, ah), min(x1, aw)
+        if cy1 <= y0 or cx1 <= x0:
+            return np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
+        # The slide's part of the window, read in the original frame, turned,
+        # flipped and coloured, then padded with zeros to the window.
+        block = self.data.image.read(*self._inverse(y0, cy1, x0, cx1, h, w))
+        return transform(block, self.aug, (y1 - y0, x1 - x0))
 
     def labels(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         lh, lw = self.data.labels.shape
         if not (self.k or self.flip):
             return self.data.labels_yw(y0, y1, x0, x1)
         lab = self._read(self.data.labels, y0, y1, x0, x1, lh, lw)
-        if self.data.kind == "dense":
-            return (lab > 0).view(np.uint8), np.ones_like(lab)
-        return (lab == 2).view(np.uint8), (lab > 0).view(np.uint8)
+        return codes_yw(lab, self.data.kind)

@@ -22,6 +22,25 @@ import numpy as np
 from .errors import GigapixelError
 from .masks import AnnotationMask, MaskError, infer_downsample
 
+#: Label code of output pixels left out of the loss (a validation region of a
+#: training slide). Label caches hold codes, not raw mask values: dense 0/1,
+#: scribbles 0 (unlabelled) / 1 (background) / 2 (tissue).
+EXCLUDED = 255
+
+
+def label_codes(raw: np.ndarray, kind: str) -> np.ndarray:
+    """Raw mask values -> the cache's label codes (see :data:`EXCLUDED`)."""
+    if kind == "dense":
+        return (raw > 0).view(np.uint8)
+    return np.where(raw == 2, 2, (raw > 0).view(np.uint8)).astype(np.uint8)
+
+
+def codes_yw(lab: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Target and weight (uint8 0/1) of label codes."""
+    if kind == "dense":
+        return (lab == 1).view(np.uint8), (lab != EXCLUDED).view(np.uint8)
+    return (lab == 2).view(np.uint8), ((lab == 1) | (lab == 2)).view(np.uint8)
+
 
 class SlideInputError(GigapixelError):
     """A training image that cannot be used (not RGB, ROI outside it, unreadable)."""
@@ -107,7 +126,7 @@ class ImageData:
 
     name: str
     image: ArrayCache
-    labels: ArrayCache  # raw labels at output stride
+    labels: ArrayCache  # label codes at output stride (see ``label_codes``)
     kind: str
     shape: tuple[int, int]  # (H, W) of the ROI in level-0 pixels
     offset: tuple[int, int]  # ROI origin in the slide
@@ -116,10 +135,43 @@ class ImageData:
 
     def labels_yw(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """Target and weight (uint8 0/1) of output pixels ``[y0, y1) x [x0, x1)``."""
-        lab = self.labels.read(y0, y1, x0, x1)
-        if self.kind == "dense":
-            return (lab > 0).view(np.uint8), np.ones_like(lab)
-        return (lab == 2).view(np.uint8), (lab > 0).view(np.uint8)
+        return codes_yw(self.labels.read(y0, y1, x0, x1), self.kind)
+
+    def output_rect(self, rect: tuple[int, int, int, int], os_: int) -> tuple[int, ...] | None:
+        """Output-pixel rows/columns ``(oy0, oy1, ox0, ox1)`` of a level-0 slide rectangle.
+
+        ``rect`` is ``(y0, x0, y1, x1)`` in slide pixels, aligned on this
+        image's output grid (:func:`snap_rect`); None when it misses the image.
+        """
+        ho, wo = self.labels.shape
+        oy, ox = self.offset
+        y0, x0, y1, x1 = rect
+        oy0, ox0 = max(0, (y0 - oy) // os_), max(0, (x0 - ox) // os_)
+        oy1 = min(ho, -(-(y1 - oy) // os_))
+        ox1 = min(wo, -(-(x1 - ox) // os_))
+        if oy1 <= oy0 or ox1 <= ox0:
+            return None
+        return (oy0, oy1, ox0, ox1)
+
+    def exclude(self, rect: tuple[int, int, int, int], os_: int) -> float:
+        """Leave the labels of a slide rectangle out of the loss; return how many were labelled.
+
+        The rectangle's output pixels get the :data:`EXCLUDED` code (weight 0),
+        so the training loss is exactly the loss of the other pixels;
+        ``n_labelled`` and ``n_positive`` drop by what it held.
+        """
+        r = self.output_rect(rect, os_)
+        if r is None:
+            return 0.0
+        oy0, oy1, ox0, ox1 = r
+        rows = self.labels.read(oy0, oy1, 0, self.labels.shape[1])
+        y, w = codes_yw(rows[:, ox0:ox1], self.kind)
+        n_lab, n_pos = float(w.sum(dtype=np.int64)), float((y & w).sum(dtype=np.int64))
+        rows[:, ox0:ox1] = EXCLUDED
+        self.labels.write_rows(oy0, rows)
+        self.n_labelled -= n_lab
+        self.n_positive -= n_pos
+        return n_lab
 
     def close(self) -> None:
         self.image.close()
@@ -204,6 +256,32 @@ def check_roi(roi: Any, slide_shape: tuple[int, int], name: str) -> tuple[int, i
     return (y0, x0, y1, x1)
 
 
+def snap_rect(
+    rect: tuple[int, int, int, int],
+    origin: tuple[int, int],
+    os_: int,
+    slide_shape: tuple[int, int],
+) -> tuple[int, int, int, int]:
+    """Grow ``rect`` (y0, x0, y1, x1) to whole output pixels of a grid starting at ``origin``.
+
+    A validation ROI snapped to the training image's output grid covers
+    whole output pixels of it, so the pixels left out of training are
+    exactly the pixels scored. Clipped to the slide (a start that would fall
+    before 0 moves in by less than one output pixel).
+    """
+    h, w = slide_shape
+    y0, x0, y1, x1 = rect
+    oy, ox = origin
+    sy0 = oy + (y0 - oy) // os_ * os_
+    sx0 = ox + (x0 - ox) // os_ * os_
+    # Before the slide: move in by whole output pixels (less than one past 0).
+    sy0 = sy0 - sy0 // os_ * os_ if sy0 < 0 else sy0
+    sx0 = sx0 - sx0 // os_ * os_ if sx0 < 0 else sx0
+    sy1 = min(h, oy + -(-(y1 - oy) // os_) * os_)
+    sx1 = min(w, ox + -(-(x1 - ox) // os_) * os_)
+    return (sy0, sx0, sy1, sx1)
+
+
 def build_image_data(
     image_src: Any,
     mask_src: Any,
@@ -277,7 +355,7 @@ def _build_image_data(
                 block = np.asarray(array[y0 + by : y0 + by1, x0:x1])
                 image.write_rows(by, block)
             lab = mask.read_window(y0 + by, y0 + by1, x0, x0 + w, stride=os_)
-            labels.write_rows(by // os_, lab)
+            labels.write_rows(by // os_, label_codes(lab, mask.kind))
             if mask.kind == "dense":
                 n_lab += lab.size
                 n_pos += float(np.count_nonzero(lab))

@@ -69,6 +69,26 @@ class StepEvent:
 
 
 @dataclass
+class ValidationEvent:
+    """The validation regions were scored after step ``step`` (exact tiled forward pass).
+
+    ``dice`` is the hard Dice pooled over all validation pixels, ``soft_dice``
+    and ``loss`` the soft Dice and the training loss on them. ``best_step``,
+    ``best_dice`` and ``best_path`` (``<out>.best.keras``) say which step's
+    model is kept as the best so far; ``improved`` whether this one is it.
+    """
+
+    step: int
+    dice: float
+    soft_dice: float
+    loss: float
+    best_step: int | None
+    best_dice: float | None
+    best_path: str | None
+    improved: bool = False
+
+
+@dataclass
 class PreviewEvent:
     """Low-resolution prediction of one slide from the last forward pass.
 

@@ -32,6 +32,8 @@ class ImageStep:
     dice: float
     soft_dice: float
     preview: np.ndarray
+    #: Float64 sums over the image (order of :data:`._backend.STATS`).
+    stats: np.ndarray | None = None
 
 
 def _tile_inputs(view: _View, tile: Tile, os_: int):
@@ -65,6 +67,8 @@ def iter_image_step(
     stop: StopFlag | None = None,
     pool: ThreadPoolExecutor | None = None,
     label: str = "",
+    forward_only: bool = False,
+    stage: str = "tiles",
 ) -> Iterator[Progress]:
     """Exact whole-image loss gradient of one image, computed tile by tile.
 
@@ -85,6 +89,11 @@ def iter_image_step(
         Number of labelled output pixels of the image (BCE is their mean).
     label
         Message of the progress events.
+    forward_only
+        Score only (validation): one forward pass over the tiles, no
+        gradient; the loss, Dice and sums are those of the whole image.
+    stage
+        Stage name of the progress events.
 
     Raises
     ------
@@ -99,7 +108,10 @@ def iter_image_step(
     use_dice = loss in ("dice", "dice+bce")
     c_bce = 1.0 / n_labelled if loss in ("bce", "dice+bce") else 0.0
     one_tile = len(tiles) == 1
-    passes = ["grad"] if one_tile or not use_dice else ["forward", "grad"]
+    if forward_only:
+        passes = ["forward"]
+    else:
+        passes = ["grad"] if one_tile or not use_dice else ["forward", "grad"]
     total = len(tiles) * len(passes)
     done = 0
     grads: list[np.ndarray] | None = None
@@ -148,14 +160,14 @@ def iter_image_step(
                         pv = r.preview
                         preview[py : py + pv.shape[0], px : px + pv.shape[1]] = pv
                 done += 1
-                yield Progress("tiles", done, total, label)
+                yield Progress(stage, done, total, label)
     finally:
         if own_pool:
             pool.shutdown(wait=True)
     stats = stats_f if passes[0] == "forward" else stats_g
     value = 0.0
     if c_bce:
-        value += stats_g[0] / n_labelled
+        value += (stats_f if forward_only else stats_g)[0] / n_labelled
     soft = 1.0 - dice_loss_from_sums(stats[1], stats[2], stats[3])
     if use_dice:
         value += 1.0 - soft
@@ -165,6 +177,7 @@ def iter_image_step(
         dice=hard_dice(stats[4], stats[5], stats[6]),
         soft_dice=float(soft),
         preview=preview,
+        stats=stats.copy(),
     )
 
 

@@ -39,14 +39,17 @@ def save_model(
     model_config: ModelConfig | None = None,
     train_config: dict[str, Any] | None = None,
     history: list[dict[str, Any]] | None = None,
+    validation: dict[str, Any] | None = None,
 ) -> str:
     """Write ``model`` to a self-contained ``.keras`` file, atomically.
 
     Keras writes the zip (weights, and the optimizer state when the model was
     compiled with one, so training resumes exactly); the geometry, model
     config, training config and history are added as a JSON entry
-    (:data:`META_ENTRY`) inside the same zip. The file appears under its name
-    only once complete (temporary file in the same folder, then rename).
+    (:data:`META_ENTRY`) inside the same zip, with the validation
+    bookkeeping (``validation``: best step, its Dice and file) when given.
+    The file appears under its name only once complete (temporary file in
+    the same folder, then rename).
 
     Returns
     -------
@@ -65,6 +68,8 @@ def save_model(
         "train_config": train_config or {},
         "history": history or [],
     }
+    if validation is not None:
+        meta["validation"] = validation
     tmp = ""
     try:
         os.makedirs(folder, exist_ok=True)

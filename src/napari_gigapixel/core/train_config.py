@@ -82,9 +82,13 @@ class TrainConfig:
         A checkpoint to continue from (its weights, optimizer state, model
         config and history); ``steps`` more steps are run.
     augment
-        Whole-slide augmentations, exact under tiling: a random flip / 90-degree
-        turn and a brightness/contrast jitter of the whole slide, drawn per step
-        from ``seed``.
+        Whole-slide augmentations drawn per step from ``seed``, exact under
+        tiling (every tile sees the same transform of the whole slide):
+        ``"flip"``: a random left-right flip and quarter turn; ``"stain"``: a
+        colour map, the haematoxylin/eosin/DAB stain jitter (per-stain scale
+        and shift in Ruifrok-Johnston colour deconvolution) plus brightness
+        and contrast (:mod:`.stain`); ``"all"`` (or ``True``): both;
+        ``"none"`` (or ``False``, default): neither.
     mixed_precision
         bfloat16 compute (float32 weights; transposed convolutions and the
         head stay float32). ``"auto"`` (default): on when the CPU has native
@@ -104,6 +108,18 @@ class TrainConfig:
         Replace an existing ``out``. Without it a run refuses to start when
         ``out`` exists (checked before any compute), unless ``out`` is the
         ``resume`` checkpoint itself (the run continues that file).
+    val_images, val_masks
+        Validation slides and their masks (same forms as ``images`` and
+        ``masks``), scored every ``val_every`` steps, never trained on.
+    val_roi
+        A validation rectangle ``(y0, x0, y1, x1)`` (level-0 pixels) of the
+        training slides: one for every image, or a list with one entry (or
+        None) per image. It is snapped outwards to whole output pixels and its
+        labels are left out of the training loss (exactly: weight 0).
+    val_every
+        Score the validation regions every this many steps (and after the
+        last step). The model with the best validation Dice is kept as
+        ``<out>.best.keras`` beside ``out``.
     """
 
     images: list[Any] = field(default_factory=list)
@@ -120,7 +136,7 @@ class TrainConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     resume: str | None = None
-    augment: bool = False
+    augment: bool | str = False
     mixed_precision: bool | str = "auto"
     dtype: str = "float32"
     checkpoint_every: int = 10
@@ -128,17 +144,31 @@ class TrainConfig:
     mask_kind: str | None = None
     cache_dir: str | None = None
     overwrite: bool = False
+    val_images: list[Any] = field(default_factory=list)
+    val_masks: list[Any] = field(default_factory=list)
+    val_roi: Any = None
+    val_every: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (arrays are described, not stored)."""
         d = asdict(self) if not self._has_arrays() else dict(self.__dict__)
         d["images"] = [_describe(v) for v in self.images]
         d["masks"] = [_describe(v) for v in self.masks]
+        d["val_images"] = [_describe(v) for v in self.val_images]
+        d["val_masks"] = [_describe(v) for v in self.val_masks]
         d["model"] = self.model.to_dict()
         return d
 
     def _has_arrays(self) -> bool:
-        return any(not isinstance(v, (str, os.PathLike)) for v in [*self.images, *self.masks])
+        return any(
+            not isinstance(v, (str, os.PathLike))
+            for v in [*self.images, *self.masks, *self.val_images, *self.val_masks]
+        )
+
+    @property
+    def validates(self) -> bool:
+        """True when the run has validation regions (a slide or a ROI)."""
+        return bool(self.val_images) or self.val_roi is not None
 
 
 def _describe(v: Any) -> str:
@@ -187,6 +217,18 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if int(cfg.checkpoint_every) < 0:
         raise TrainConfigError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}.")
+    from .stain import augment_mode
+
+    augment_mode(cfg.augment)
+    if len(cfg.val_masks) != len(cfg.val_images):
+        raise TrainConfigError(
+            f"validation needs one mask per validation image: got {len(cfg.val_images)} "
+            f"images and {len(cfg.val_masks)} masks."
+        )
+    if not (isinstance(cfg.val_every, int) and cfg.val_every >= 1):
+        raise TrainConfigError(
+            f"val_every must be a positive number of steps, not {cfg.val_every!r}."
+        )
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise TrainConfigError(
             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {cfg.lr_schedule!r}."

@@ -44,6 +44,7 @@ from .events import (
     Progress,
     StepEvent,
     StopFlag,
+    ValidationEvent,
     stop_requested,
 )
 from .image_step import ImageStep, image_step, iter_image_step, preview_factor
@@ -83,7 +84,7 @@ __all__ = [
 
 
 def _make_model(cfg: TrainConfig):
-    """(model, model_config, history) from scratch or from ``cfg.resume``."""
+    """(model, model_config, history, metadata) from scratch or from ``cfg.resume``."""
     import keras
 
     from .unet import build_unet, load_model
@@ -93,11 +94,11 @@ def _make_model(cfg: TrainConfig):
         mcfg = meta.get("model_config") or cfg.model
         if getattr(model, "optimizer", None) is None:
             model.compile(optimizer=keras.optimizers.Adam(cfg.lr))
-        return model, mcfg, list(meta.get("history", []))
+        return model, mcfg, list(meta.get("history", [])), meta
     dtype = "mixed_bfloat16" if use_mixed_precision(cfg.mixed_precision) else cfg.dtype
     model = build_unet(cfg.model, seed=cfg.seed, dtype=dtype)
     model.compile(optimizer=keras.optimizers.Adam(cfg.lr))
-    return model, cfg.model, []
+    return model, cfg.model, [], {}
 
 
 def preflight(cfg: TrainConfig) -> None:
@@ -128,21 +129,37 @@ def preflight(cfg: TrainConfig) -> None:
     check_output(cfg.out, overwrite=cfg.overwrite or same_as_resume, what="model file")
     if cfg.cache_dir is not None and not os.path.isdir(cfg.cache_dir):
         raise TrainConfigError(f"cache_dir {cfg.cache_dir}: no such folder; create it first.")
-    rois = cfg.rois or [None] * len(cfg.images)
-    cache_bytes = 0
-    for img, msk, roi in zip(cfg.images, cfg.masks, rois):
+    from .validation import best_path, val_rois
+
+    vrois = val_rois(cfg)  # a malformed val_roi fails here
+    if cfg.validates:
+        # The best-validation model is an output too: never replaced unasked.
+        check_output(
+            best_path(cfg.out), overwrite=cfg.overwrite or same_as_resume, what="best model file"
+        )
+
+    def shape_of(img):
         if isinstance(img, (str, os.PathLike)):
             with open_slide(check_input(img, "slide")) as slide:
-                shape, name = slide.shape, os.fspath(img)
-        else:
-            from ._train_data import open_image_source
+                return slide.shape, os.fspath(img)
+        from ._train_data import open_image_source
 
-            arr, name, _close = open_image_source(img)
-            shape = (int(arr.shape[0]), int(arr.shape[1]))
+        arr, name, close = open_image_source(img)
+        close()
+        return (int(arr.shape[0]), int(arr.shape[1])), name
+
+    rois = cfg.rois or [None] * len(cfg.images)
+    pairs = [*zip(cfg.images, cfg.masks, rois, vrois)]
+    pairs += [(img, msk, None, None) for img, msk in zip(cfg.val_images, cfg.val_masks)]
+    cache_bytes = 0
+    for img, msk, roi, vroi in pairs:
+        shape, name = shape_of(img)
         if isinstance(msk, (str, os.PathLike)):
             check_input(msk, "mask")
         open_mask_source(msk, shape, cfg.mask_kind)
         y0, x0, y1, x1 = check_roi(roi, shape, name)
+        if vroi is not None:
+            check_roi(vroi, shape, f"{name} (validation ROI)")
         if isinstance(img, (str, os.PathLike)):
             cache_bytes += (y1 - y0) * (x1 - x0) * 3  # decoded once into a cache
     _check_cache_room(cfg, cache_bytes)
@@ -174,9 +191,11 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
 
     Each step computes the exact whole-image gradient of the loss summed over
     the images (tile by tile within the memory budget) and applies one Adam
-    update. Yields ``Message``, ``Progress`` (stages ``"cache"`` and
-    ``"tiles"``), ``PreviewEvent`` (per image and step, from the step's forward
-    pass), ``StepEvent``, ``CheckpointEvent`` and last ``Finished``.
+    update. Yields ``Message``, ``Progress`` (stages ``"cache"``, ``"tiles"``
+    and ``"validation"``), ``PreviewEvent`` (per image and step, from the
+    step's forward pass), ``ValidationEvent`` (every ``val_every`` steps when
+    there is validation data), ``StepEvent``, ``CheckpointEvent`` and last
+    ``Finished``.
 
     On stop (between tiles) the half-done step is dropped, the model after
     the last complete step is checkpointed, and ``Finished(stopped=True)`` is
@@ -195,7 +214,7 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     t_start = time.perf_counter()
     from .unet import model_geometry
 
-    model, mcfg, history = _make_model(cfg)
+    model, mcfg, history, meta = _make_model(cfg)
     geometry = model_geometry(model)
     os_ = geometry.output_stride
     budget = float(cfg.memory_gb) * 2**30
@@ -210,6 +229,7 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         return False
 
     datas = []
+    vdatas: list[Any] = []
     try:
         rois = cfg.rois or [None] * len(cfg.images)
         for i, (img, msk) in enumerate(zip(cfg.images, cfg.masks)):
@@ -226,9 +246,15 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
                 )
             )
             yield Progress("cache", i + 1, len(cfg.images))
-        yield from _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start)
+        if cfg.validates:
+            from .validation import build_validation
+
+            vdatas = yield from build_validation(cfg, datas, os_, in_memory)
+        yield from _run(
+            cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget, t_start
+        )
     finally:
-        for d in datas:
+        for d in [*datas, *vdatas]:
             d.close()
 
 
@@ -238,9 +264,19 @@ def _train_data():
     return _train_data
 
 
-def _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start):
+def _core(cfg, shape, geometry, bpp, compute_budget) -> int:
+    """Tile core size of one image (``tile``, ``"auto"`` or whole-image mode)."""
+    if cfg.mode == "whole":
+        return max(padded_shape(shape, geometry.stride))
+    if cfg.tile == "auto":
+        return auto_core(shape, geometry, bpp, compute_budget)
+    return round_up(int(cfg.tile), geometry.stride)
+
+
+def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget, t_start):
     from . import _backend
     from .unet import save_model
+    from .validation import BestTracker, describe_validation, iter_validate
 
     os_ = geometry.output_stride
     bpp = bytes_per_pixel(model)
@@ -249,16 +285,21 @@ def _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start):
     grids: list[list[Tile]] = []
     cores: list[int] = []
     for d in datas:
-        if cfg.mode == "whole":
-            core = max(padded_shape(d.shape, geometry.stride))
-        elif cfg.tile == "auto":
-            core = auto_core(d.shape, geometry, bpp, compute_budget)
-        else:
-            core = round_up(int(cfg.tile), geometry.stride)
+        core = _core(cfg, d.shape, geometry, bpp, compute_budget)
         grid = tile_grid(d.shape, core, geometry.halo, geometry.stride)
         cores.append(min(core, max(padded_shape(d.shape, geometry.stride))))
         grids.append(grid)
     n_tiles = sum(len(g) for g in grids)
+    vgrids = [
+        tile_grid(v.shape, _core(cfg, v.shape, geometry, bpp, compute_budget), *hs)
+        for v in vdatas
+        for hs in [(geometry.halo, geometry.stride)]
+    ]
+    best = BestTracker(os.fspath(cfg.out), describe_validation(cfg))
+    if vdatas and cfg.resume:
+        note = best.resume_from(meta, cfg.resume)
+        if note:
+            yield Message(note)
     f = preview_factor(geometry, cfg.preview_downsample)
     step_fn = _backend.TileStep(model, f)
     yield Message(
@@ -271,16 +312,19 @@ def _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start):
     step_seconds: list[float] = []
     train_config = cfg.to_dict()
 
-    def checkpoint():
+    def checkpoint(path=cfg.out):
         save_model(
             model,
-            cfg.out,
+            path,
             geometry=geometry,
             model_config=mcfg,
             train_config=train_config,
             history=history,
+            validation=best.meta() if vdatas else None,
         )
-        return CheckpointEvent(path=os.fspath(cfg.out), step=completed)
+        return CheckpointEvent(path=os.fspath(path), step=completed)
+
+    last_val: ValidationEvent | None = None
 
     pool = ThreadPoolExecutor(1)
     stopped = False
@@ -347,6 +391,37 @@ def _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start):
             }
             history.append(entry)
             yield from previews
+            extra = {"soft_dice": entry["soft_dice"], "lr": lr_k}
+            if vdatas and (step_no % int(cfg.val_every) == 0 or k + 1 == int(cfg.steps)):
+                score = yield from iter_validate(
+                    step_fn,
+                    vdatas,
+                    vgrids,
+                    geometry,
+                    cfg.loss,
+                    f,
+                    stop=stop,
+                    pool=pool,
+                    label=f"validation after step {step_no}",
+                )
+                entry.update(
+                    val_dice=score.dice, val_soft_dice=score.soft_dice, val_loss=score.loss
+                )
+                improved = best.update(step_no, score.dice)
+                if improved:
+                    checkpoint(best.path)
+                last_val = ValidationEvent(
+                    step=step_no,
+                    dice=score.dice,
+                    soft_dice=score.soft_dice,
+                    loss=score.loss,
+                    best_step=best.step,
+                    best_dice=best.dice,
+                    best_path=os.path.abspath(best.path),
+                    improved=improved,
+                )
+                yield last_val
+                extra.update(val_dice=score.dice, val_loss=score.loss)
             yield StepEvent(
                 step=step_no,
                 total_steps=start_step + int(cfg.steps),
@@ -356,7 +431,7 @@ def _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start):
                 peak_rss_bytes=peak_rss_bytes(),
                 tile=max(cores),
                 n_tiles=n_tiles,
-                extra={"soft_dice": entry["soft_dice"], "lr": lr_k},
+                extra=extra,
             )
             if cfg.checkpoint_every and (k + 1) % int(cfg.checkpoint_every) == 0:
                 yield checkpoint()
@@ -382,5 +457,10 @@ def _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start):
         "seconds": time.perf_counter() - t_start,
         "out": os.fspath(cfg.out) if completed != start_step or cfg.resume else None,
         "geometry": geometry.to_dict(),
+        "val_dice": last_val.dice if last_val else None,
+        "val_loss": last_val.loss if last_val else None,
+        "best_step": best.step,
+        "best_val_dice": best.dice,
+        "best_model": os.path.abspath(best.path) if best.step is not None else None,
     }
     yield Finished(result=result, stopped=stopped)

@@ -1,0 +1,131 @@
+"""Cost of the whole-slide augmentation per training step, against no augmentation.
+
+One process per slide size: the synthetic slide of ``bench_train.py`` is
+decoded once, then full training steps' gradients (``image_step``, the
+trainer's own tile path, default model and loss, ``tile="auto"`` within
+``--memory-gb``) are timed with each augmentation mode in turn, round after
+round (interleaved, so host noise hits every mode alike); the median per mode
+is reported with its extra cost over "none", in wall-clock seconds and in the
+process's CPU seconds (all threads; steadier than wall time on a shared host).
+Also times the augmentation of one window alone (``SlideView.window``).
+Prints one JSON object.
+
+Usage::
+
+    python benchmarks/bench_augment.py --sizes 16 67 --rounds 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+MODES = ("none", "flip", "stain", "all")
+
+
+def child(size: int, rounds: int, memory_gb: float, loss: str) -> dict:
+    import numpy as np
+    from bench_train import SIZES, synthetic
+
+    from napari_gigapixel.core import _backend
+    from napari_gigapixel.core._quiet_tf import load_keras_quietly
+    from napari_gigapixel.core._resources import auto_core, bytes_per_pixel, current_rss_bytes
+    from napari_gigapixel.core._train_augment import SlideView
+    from napari_gigapixel.core._train_data import build_image_data
+    from napari_gigapixel.core.image_step import image_step
+    from napari_gigapixel.core.masks import AnnotationMask
+    from napari_gigapixel.core.stain import Augmentation, draw_augmentation
+    from napari_gigapixel.core.tiling import tile_grid
+    from napari_gigapixel.core.unet import ModelConfig, build_unet, model_geometry
+
+    load_keras_quietly()
+    shape = SIZES[size]
+    image, mask = synthetic(shape)
+    data = build_image_data(
+        np.asarray(image),
+        AnnotationMask(mask, 16.0, "dense", "synthetic"),
+        roi=None,
+        kind="dense",
+        output_stride=4,
+        cache_in_memory=lambda n: True,
+    )
+    from napari_gigapixel.core._resources import use_mixed_precision
+
+    dtype = "mixed_bfloat16" if use_mixed_precision("auto") else "float32"
+    model = build_unet(ModelConfig(), seed=0, dtype=dtype)
+    geo = model_geometry(model)
+    budget = memory_gb * 2**30 - current_rss_bytes()
+    core = auto_core(data.shape, geo, bytes_per_pixel(model), budget)
+    step = _backend.TileStep(model, 8)
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODES}
+    window_times: dict[str, list[float]] = {m: [] for m in MODES}
+    n_tiles = {}
+    for r in range(rounds + 1):  # round 0 warms up (tracing, XLA compiles)
+        for mode in MODES:
+            aug = draw_augmentation(0, 1 + r, mode)
+            # The same turn every round, so the tile grid is the same.
+            aug = Augmentation(1 if aug.geometric else 0, aug.geometric, aug.colour)
+            view = SlideView(data, 4, aug)
+            grid = tile_grid(view.shape, core, geo.halo, geo.stride)
+            n_tiles[mode] = len(grid)
+            t0 = time.perf_counter()
+            view.window(grid[0].window)
+            t1, c1 = time.perf_counter(), time.process_time()
+            image_step(step, view, grid, geo, loss, data.n_labelled, 8)
+            t2, c2 = time.perf_counter(), time.process_time()
+            if r:
+                window_times[mode].append(t1 - t0)
+                times[mode].append(t2 - t1)
+                cpu[mode].append(c2 - c1)
+    med = {m: float(np.median(v)) for m, v in times.items()}
+    cpu_med = {m: float(np.median(v)) for m, v in cpu.items()}
+    return {
+        "size_mpx": round(shape[0] * shape[1] / 1e6, 1),
+        "loss": loss,
+        "precision": dtype,
+        "tile": core,
+        "n_tiles": n_tiles,
+        "step_seconds_median": {m: round(v, 3) for m, v in med.items()},
+        "extra_vs_none": {m: round(med[m] / med["none"] - 1, 3) for m in MODES},
+        "cpu_seconds_median": {m: round(v, 3) for m, v in cpu_med.items()},
+        "cpu_extra_vs_none": {m: round(cpu_med[m] / cpu_med["none"] - 1, 3) for m in MODES},
+        "first_window_seconds_median": {
+            m: round(float(np.median(v)), 3) for m, v in window_times.items()
+        },
+        "step_seconds": {m: [round(x, 3) for x in v] for m, v in times.items()},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[16, 67])
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--memory-gb", type=float, default=3.5)
+    p.add_argument("--loss", default="dice+bce")
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.rounds, args.memory_gb, args.loss)))
+        return
+    runs = []
+    for size in args.sizes:
+        cmd = [sys.executable, __file__, "--child", str(size), "--rounds", str(args.rounds)]
+        cmd += ["--memory-gb", str(args.memory_gb), "--loss", args.loss]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            runs.append({"size_mpx": size, "error": proc.stderr[-800:]})
+        else:
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(runs[-1]), file=sys.stderr)
+    print(json.dumps({"benchmark": "augment", "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()

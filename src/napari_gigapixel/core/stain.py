@@ -1,0 +1,133 @@
+"""Whole-slide stain and intensity augmentation: per-step parameters and the colour map.
+
+The colour transform of one step is a *per-pixel* function of the RGB value,
+the same for every pixel of every tile, so a tile of the transformed slide is
+the transformed tile and the streamed step stays exactly the whole-image step
+on the transformed slide. It is the haematoxylin / eosin / DAB jitter of
+Tellez et al. (2018) in the Ruifrok-Johnston colour deconvolution of
+``skimage.color.rgb2hed``, followed by a brightness and contrast jitter:
+
+    od  = log(max(v / 255, 1e-6)) / log(1e-6)       # optical density, per channel
+    hed = od @ HED_FROM_RGB                          # stain concentrations
+    hed = hed * alpha + beta                         # per-stain scale and shift
+    rgb = exp(hed @ RGB_FROM_HED * log(1e-6))        # back to intensities in [0, 1]
+    out = round(clip(((rgb - 0.5) * contrast + 0.5 + brightness) * 255, 0, 255))
+
+which folds into one 3x3 map of log-intensities: ``rgb = exp(log(v/255) @ A +
+b)`` with ``A = HED_FROM_RGB diag(alpha) RGB_FROM_HED`` (:class:`ColourJitter`).
+The fast kernel is in :mod:`._augment_kernel`; :func:`apply_colour_numpy` is
+the float64 reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Augmentation modes: flips and quarter turns ("flip"), the colour jitter
+#: ("stain"), both ("all"). ``augment=True`` means "all".
+AUGMENT_MODES = ("none", "flip", "stain", "all")
+
+#: Ruifrok & Johnston's stain OD vectors (rows: haematoxylin, eosin, DAB), as in
+#: ``skimage.color.rgb_from_hed``, and its inverse.
+RGB_FROM_HED = np.array(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
+)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+LOG_ADJUST = float(np.log(1e-6))
+
+#: Jitter ranges (uniform): per-stain scale 1 +- STAIN_SCALE, shift +- STAIN_SHIFT
+#: (in the normalised OD units of ``rgb2hed``), contrast 1 +- CONTRAST,
+#: brightness +- BRIGHTNESS (fraction of the full range).
+STAIN_SCALE = 0.10
+STAIN_SHIFT = 0.01
+CONTRAST = 0.15
+BRIGHTNESS = 0.05
+
+
+def augment_mode(value: object) -> str:
+    """Normalise ``TrainConfig.augment``: a mode name, or a bool (True -> "all")."""
+    if value is True:
+        return "all"
+    if value is False or value is None:
+        return "none"
+    if isinstance(value, str) and value in AUGMENT_MODES:
+        return value
+    from .train_config import TrainConfigError
+
+    raise TrainConfigError(
+        f"augment must be one of {', '.join(AUGMENT_MODES)} (or True/False), not {value!r}."
+    )
+
+
+@dataclass(frozen=True)
+class ColourJitter:
+    """One step's colour map of uint8 RGB values ``v``.
+
+    ``out = round(clip(gain * exp(log(v / 255) @ matrix + bias) + offset))``.
+
+    ``matrix`` acts on row vectors of natural-log intensities; ``gain`` and
+    ``offset`` hold the contrast and brightness in grey levels.
+    """
+
+    matrix: np.ndarray  # (3, 3)
+    bias: np.ndarray  # (3,)
+    gain: float
+    offset: float
+
+    @classmethod
+    def from_jitter(
+        cls, alpha: np.ndarray, beta: np.ndarray, contrast: float, brightness: float
+    ) -> ColourJitter:
+        """The map of per-stain scale ``alpha`` and shift ``beta``, then contrast/brightness."""
+        alpha = np.asarray(alpha, np.float64)
+        beta = np.asarray(beta, np.float64)
+        matrix = HED_FROM_RGB @ np.diag(alpha) @ RGB_FROM_HED
+        bias = (beta @ RGB_FROM_HED) * LOG_ADJUST
+        return cls(
+            matrix=matrix,
+            bias=bias,
+            gain=255.0 * float(contrast),
+            offset=255.0 * (0.5 - 0.5 * float(contrast) + float(brightness)),
+        )
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One step's whole-slide augmentation: ``k`` quarter turns, a flip, a colour map."""
+
+    k: int = 0
+    flip: bool = False
+    colour: ColourJitter | None = None
+
+    @property
+    def geometric(self) -> bool:
+        return bool(self.k or self.flip)
+
+
+def draw_augmentation(seed: int, step: int, mode: object) -> Augmentation:
+    """The augmentation of one step: fixed by ``seed`` and ``step`` (resume-safe)."""
+    mode = augment_mode(mode)
+    if mode == "none":
+        return Augmentation()
+    rng = np.random.default_rng([seed, step, 7919])
+    # Draw everything whatever the mode, so "all" = "flip" + "stain" for a step.
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    alpha = rng.uniform(1 - STAIN_SCALE, 1 + STAIN_SCALE, 3)
+    beta = rng.uniform(-STAIN_SHIFT, STAIN_SHIFT, 3)
+    contrast = rng.uniform(1 - CONTRAST, 1 + CONTRAST)
+    brightness = rng.uniform(-BRIGHTNESS, BRIGHTNESS)
+    colour = ColourJitter.from_jitter(alpha, beta, contrast, brightness)
+    if mode == "flip":
+        return Augmentation(k, flip, None)
+    if mode == "stain":
+        return Augmentation(0, False, colour)
+    return Augmentation(k, flip, colour)
+
+
+def apply_colour_numpy(rgb: np.ndarray, jitter: ColourJitter) -> np.ndarray:
+    """Float64 reference of the colour map on a uint8 ``(..., 3)`` array (slow; tests)."""
+    logv = np.log(np.maximum(np.asarray(rgb, np.float64) / 255.0, 1e-6))
+    out = jitter.gain * np.exp(logv @ jitter.matrix + jitter.bias) + jitter.offset
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -1,0 +1,275 @@
+"""Validation while training: held-out regions scored with the exact tiled forward pass.
+
+A validation region is a separate slide (``TrainConfig.val_images`` /
+``val_masks``) or a rectangle of a training slide (``TrainConfig.val_roi``).
+A rectangle of a training slide is snapped to that slide's output grid and its
+labels are left out of the training loss (weight 0, :meth:`.ImageData.exclude`),
+so the training step is exactly the step on the other pixels and the scored
+pixels are exactly the left-out ones. (Their *pixels* still feed the
+receptive field of neighbouring training pixels, as any context does.)
+
+Every ``val_every`` steps the model after the step is scored over every
+validation region with the trainer's own forward pass
+(:func:`.image_step.iter_image_step` with ``forward_only``), and the figures
+are pooled over all regions as one image: hard Dice from the summed
+confusion counts, soft Dice and the training loss from the summed sums.
+:class:`BestTracker` keeps the best step (by validation Dice) and its model
+file, ``<out>.best.keras``, beside the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._train_augment import SlideView
+from .events import Progress
+from .losses import dice_loss_from_sums, hard_dice
+from .masks import MaskError
+from .train_config import TrainConfig, TrainConfigError, _describe
+
+
+def best_path(out: str | os.PathLike) -> str:
+    """``model.keras`` -> ``model.best.keras`` (the best validation checkpoint)."""
+    out = os.fspath(out)
+    return out[: -len(".keras")] + ".best.keras" if out.endswith(".keras") else out + ".best"
+
+
+def val_rois(cfg: TrainConfig) -> list[Any]:
+    """Per training image, ``None`` or the validation rectangle ``(y0, x0, y1, x1)``."""
+    n = len(cfg.images)
+    roi = cfg.val_roi
+    if roi is None:
+        return [None] * n
+    if isinstance(roi, (list, tuple)) and len(roi) == 4 and all(_is_int(v) for v in roi):
+        return [tuple(int(v) for v in roi)] * n
+    if isinstance(roi, (list, tuple)) and len(roi) == n:
+        return [None if r is None else tuple(int(v) for v in r) for r in roi]
+    raise TrainConfigError(
+        f"val_roi: give one rectangle (y0, x0, y1, x1) for every training image or a list "
+        f"of one per image (None where there is none); got {roi!r}."
+    )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def describe_validation(cfg: TrainConfig) -> str | None:
+    """What is validated on, as text (None: no validation); stored in the model's metadata."""
+    parts = [f"{_describe(i)}|{_describe(m)}" for i, m in zip(cfg.val_images, cfg.val_masks)]
+    parts += [f"image {i} roi {r}" for i, r in enumerate(val_rois(cfg)) if r is not None]
+    return "; ".join(parts) or None
+
+
+def build_validation(
+    cfg: TrainConfig,
+    datas: list[Any],
+    output_stride: int,
+    cache_in_memory: Callable[[int], bool],
+) -> Iterator[Any]:
+    """Build the validation regions; leave ROI regions out of the training images.
+
+    A generator (it yields ``Message`` events) returning the list of
+    validation :class:`._train_data.ImageData`; the caller closes them.
+
+    Raises
+    ------
+    GigapixelError
+        A validation slide/mask that cannot be used, a ROI outside its slide,
+        or a validation ROI that leaves a training image without labels.
+    """
+    from . import _train_data as td
+    from .events import Message
+
+    out: list[Any] = []
+    try:
+        for i, (img, msk) in enumerate(zip(cfg.val_images, cfg.val_masks)):
+            yield Message(f"decoding validation image {i + 1}: {_describe(img)}")
+            out.append(
+                td.build_image_data(
+                    img,
+                    msk,
+                    roi=None,
+                    kind=cfg.mask_kind,
+                    output_stride=output_stride,
+                    cache_in_memory=cache_in_memory,
+                    cache_dir=cfg.cache_dir,
+                )
+            )
+        for i, roi in enumerate(val_rois(cfg)):
+            if roi is None:
+                continue
+            d = datas[i]
+            slide_shape = _slide_shape(cfg.images[i])
+            rect = td.check_roi(roi, slide_shape, f"{d.name} (validation ROI)")
+            rect = td.snap_rect(rect, d.offset, output_stride, slide_shape)
+            out.append(
+                td.build_image_data(
+                    cfg.images[i],
+                    cfg.masks[i],
+                    roi=rect,
+                    kind=cfg.mask_kind,
+                    output_stride=output_stride,
+                    cache_in_memory=cache_in_memory,
+                    cache_dir=cfg.cache_dir,
+                )
+            )
+            left = d.exclude(rect, output_stride)
+            yield Message(
+                f"validation ROI {','.join(map(str, rect))} of {d.name}: "
+                f"{int(left)} labelled output pixels left out of training"
+            )
+            if d.n_labelled <= 0 or (d.kind == "dense" and d.n_positive <= 0):
+                raise MaskError(
+                    f"{d.name}: the validation ROI {rect} covers all the labelled "
+                    "tissue of this training region; choose a smaller validation ROI."
+                )
+    except BaseException:
+        for v in out:
+            v.close()
+        raise
+    return out
+
+
+def _slide_shape(src: Any) -> tuple[int, int]:
+    from ._train_data import open_image_source
+
+    arr, _, close = open_image_source(src)
+    try:
+        return (int(arr.shape[0]), int(arr.shape[1]))
+    finally:
+        close()
+
+
+@dataclass
+class ValidationScore:
+    """Figures of one validation pass (pooled over the regions as one image)."""
+
+    dice: float
+    soft_dice: float
+    loss: float
+
+
+def iter_validate(
+    step_fn: Any,
+    vdatas: list[Any],
+    grids: list[list[Any]],
+    geometry: Any,
+    loss: str,
+    preview_factor: int,
+    *,
+    stop: Any = None,
+    pool: Any = None,
+    label: str = "",
+) -> Iterator[Progress]:
+    """Score the model on the validation regions (a generator of ``Progress``).
+
+    Returns a :class:`ValidationScore` (``score = yield from ...``); raises
+    ``JobStopped`` between tiles when ``stop`` is set.
+    """
+    from .image_step import iter_image_step
+
+    os_ = geometry.output_stride
+    sums = np.zeros(8)
+    n_lab = 0.0
+    for d, grid in zip(vdatas, grids):
+        res = yield from iter_image_step(
+            step_fn,
+            SlideView(d, os_, (0, False, 1.0, 0.0)),
+            grid,
+            geometry,
+            loss,
+            d.n_labelled,
+            preview_factor,
+            stop=stop,
+            pool=pool,
+            label=label,
+            forward_only=True,
+            stage="validation",
+        )
+        sums += res.stats
+        n_lab += d.n_labelled
+    soft = 1.0 - dice_loss_from_sums(sums[1], sums[2], sums[3])
+    value = 0.0
+    if loss in ("bce", "dice+bce"):
+        value += sums[0] / max(n_lab, 1.0)
+    if loss in ("dice", "dice+bce"):
+        value += 1.0 - soft
+    return ValidationScore(
+        dice=hard_dice(sums[4], sums[5], sums[6]), soft_dice=float(soft), loss=float(value)
+    )
+
+
+class BestTracker:
+    """The best validation step so far and its model file (``<out>.best.keras``).
+
+    Its state travels in every checkpoint's metadata (``meta["validation"]``),
+    so a resumed run keeps comparing against the best of the earlier runs.
+    """
+
+    def __init__(self, out: str, source: str | None) -> None:
+        self.path = best_path(out)
+        self.source = source
+        self.step: int | None = None
+        self.dice: float | None = None
+
+    def resume_from(self, meta: dict[str, Any], resumed_from: str) -> str | None:
+        """Continue the bookkeeping of a checkpoint's metadata; returns a message or None.
+
+        When the earlier best file is elsewhere (resumed into a new ``out``)
+        it is copied beside the new one, so ``<out>.best.keras`` stays the
+        best model of the whole run.
+        """
+        v = meta.get("validation") or {}
+        if v.get("best_step") is None:
+            return None
+        if v.get("source") != self.source:
+            return (
+                "the validation data differ from the resumed model's; "
+                "best-checkpoint bookkeeping starts afresh"
+            )
+        self.step, self.dice = int(v["best_step"]), float(v["best_val_dice"])
+        old = v.get("best_path") or best_path(resumed_from)
+        if not os.path.isfile(old):  # the folder was moved: look beside the resumed file
+            folder = os.path.dirname(os.path.abspath(resumed_from))
+            old = os.path.join(folder, os.path.basename(old))
+        if os.path.isfile(old) and os.path.abspath(old) != os.path.abspath(self.path):
+            _atomic_copy(old, self.path)
+        return f"resumed validation: best Dice {self.dice:.4f} at step {self.step}"
+
+    def update(self, step: int, dice: float) -> bool:
+        """Record a score; True when it is a new best (strictly higher Dice)."""
+        if self.dice is None or dice > self.dice:
+            self.step, self.dice = int(step), float(dice)
+            return True
+        return False
+
+    def meta(self) -> dict[str, Any]:
+        """The ``validation`` entry of a checkpoint's metadata."""
+        return {
+            "source": self.source,
+            "best_step": self.step,
+            "best_val_dice": self.dice,
+            "best_path": os.path.abspath(self.path) if self.step is not None else None,
+        }
+
+
+def _atomic_copy(src: str, dst: str) -> None:
+    folder = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

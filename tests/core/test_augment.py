@@ -1,0 +1,177 @@
+"""Whole-slide augmentation: the HED stain map, tile consistency, exact streamed gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from test_training_equivalence import _model, rel_err, whole_image_gradient  # noqa: E402
+
+from napari_gigapixel.cli import build_parser  # noqa: E402
+from napari_gigapixel.cli.train import build_config  # noqa: E402
+from napari_gigapixel.core import _backend  # noqa: E402
+from napari_gigapixel.core._augment_kernel import transform  # noqa: E402
+from napari_gigapixel.core._train_augment import SlideView  # noqa: E402
+from napari_gigapixel.core._train_data import build_image_data  # noqa: E402
+from napari_gigapixel.core.errors import GigapixelError  # noqa: E402
+from napari_gigapixel.core.image_step import image_step  # noqa: E402
+from napari_gigapixel.core.masks import AnnotationMask  # noqa: E402
+from napari_gigapixel.core.stain import (  # noqa: E402
+    Augmentation,
+    ColourJitter,
+    apply_colour_numpy,
+    augment_mode,
+    draw_augmentation,
+)
+from napari_gigapixel.core.tiling import tile_grid  # noqa: E402
+from napari_gigapixel.core.unet import model_geometry  # noqa: E402
+
+
+def _image(shape, seed=1):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    base = 150 + 80 * np.sin(yy / 37.0)[..., None] * np.cos(xx / 53.0)[..., None] * [1, -0.6, 0.4]
+    return np.clip(base + rng.normal(0, 25, shape + (3,)), 0, 255).astype(np.uint8)
+
+
+def test_colour_map_is_skimage_hed_jitter_then_brightness_contrast():
+    from skimage.color import hed2rgb, rgb2hed
+
+    rng = np.random.default_rng(0)
+    # Stain mixtures (non-negative H, E, DAB amounts), as slides hold them.
+    rgb = np.rint(hed2rgb(rng.uniform(0, 0.08, (64, 64, 3))) * 255).astype(np.uint8)
+    alpha, beta = np.array([1.08, 0.93, 1.05]), np.array([0.006, -0.004, 0.002])
+    contrast, brightness = 1.1, -0.03
+    hed = rgb2hed(rgb) * alpha + beta
+    ref = (np.clip(hed2rgb(hed), 0, 1) - 0.5) * contrast + 0.5 + brightness
+    ref = np.clip(np.rint(ref * 255), 0, 255)
+    jit = ColourJitter.from_jitter(alpha, beta, contrast, brightness)
+    # skimage clips negative amounts (rgb2hed) and intensities above 1
+    # (hed2rgb); the map does neither (so no jitter is the identity): compare
+    # where skimage clipped nothing.
+    inside = np.all(rgb2hed(rgb) > 0, axis=-1) & np.all(hed2rgb(hed) <= 1, axis=-1)
+    ours = apply_colour_numpy(rgb, jit).astype(int)
+    assert inside.mean() > 0.5
+    assert np.abs(ours - ref)[inside].max() <= 1
+    assert np.abs(ours - rgb.astype(int)).mean() > 3  # it does change the colours
+    # The fast XLA kernel: the same map in float32, within one grey level.
+    fast = np.asarray(transform(rgb, Augmentation(0, False, jit))).astype(int)
+    assert np.abs(fast - ours).max() <= 1 and (fast == ours).mean() > 0.999
+    # The identity map leaves every value as it is.
+    ident = ColourJitter.from_jitter(np.ones(3), np.zeros(3), 1.0, 0.0)
+    assert np.array_equal(np.asarray(transform(rgb, Augmentation(0, False, ident))), rgb)
+
+
+def test_modes_and_draws_are_fixed_by_seed_and_step():
+    a, b = draw_augmentation(5, 3, "all"), draw_augmentation(5, 3, True)
+    assert a == Augmentation(a.k, a.flip, a.colour) and a.k == b.k and a.flip == b.flip
+    np.testing.assert_array_equal(a.colour.matrix, b.colour.matrix)
+    flip, stain = draw_augmentation(5, 3, "flip"), draw_augmentation(5, 3, "stain")
+    assert (flip.k, flip.flip, flip.colour) == (a.k, a.flip, None)
+    assert (stain.k, stain.flip) == (0, False)
+    np.testing.assert_array_equal(stain.colour.matrix, a.colour.matrix)
+    assert draw_augmentation(5, 3, "none") == draw_augmentation(5, 3, False) == Augmentation()
+    draws = {
+        (d.k, d.flip, float(d.colour.gain))
+        for d in map(lambda s: draw_augmentation(5, s, "all"), range(1, 20))
+    }
+    assert len(draws) > 10
+    with pytest.raises(GigapixelError, match="augment must be one of"):
+        augment_mode("strong")
+
+
+@pytest.mark.parametrize("k,flip", [(0, False), (1, True), (2, False), (3, True)])
+def test_tiles_of_the_transformed_slide_are_the_transformed_tiles(k, flip):
+    # 516 x 1300: a multiple of the output stride (so it may turn), not of S.
+    img = _image((516, 1300))
+    data = build_image_data(
+        img,
+        AnnotationMask(np.ones((129, 325), np.uint8), 4.0, "dense"),
+        roi=None,
+        kind="dense",
+        output_stride=4,
+        cache_in_memory=lambda n: True,
+    )
+    aug = Augmentation(k, flip, draw_augmentation(2, 7, "stain").colour)
+    whole = np.asarray(transform(img, aug))
+    view = SlideView(data, 4, aug)
+    assert view.shape == whole.shape[:2]
+    for core in (224,):
+        for tile in tile_grid(view.shape, core, 32, 32):
+            y0, y1, x0, x1 = tile.window
+            got = np.asarray(view.window(tile.window))
+            want = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
+            part = whole[y0:y1, x0:x1]
+            want[: part.shape[0], : part.shape[1]] = part
+            assert np.array_equal(got, want), (k, flip, core, tile)
+
+
+def _augmented_reference(img, data, aug):
+    """The augmented slide and its labels as a plain image (the whole-image step's input)."""
+    ho, wo = data.labels.shape
+    lab = data.labels.read(0, ho, 0, wo)
+    lab = np.rot90(lab, aug.k)
+    lab = lab[:, ::-1] if aug.flip else lab
+    return build_image_data(
+        np.ascontiguousarray(np.asarray(transform(img, aug))),
+        AnnotationMask(np.ascontiguousarray(lab), 4.0, "dense"),
+        roi=None,
+        kind="dense",
+        output_stride=4,
+        cache_in_memory=lambda n: True,
+    )
+
+
+@pytest.mark.parametrize(
+    "shape,loss", [((517, 1301), "dice+bce"), ((516, 1300), "dice+bce"), ((516, 1300), "bce")]
+)
+def test_streamed_equals_whole_gradient_with_augmentation_float64(shape, loss):
+    img = _image(shape, seed=3)
+    rng = np.random.default_rng(4)
+    mask = (rng.random((-(-shape[0] // 4), -(-shape[1] // 4))) < 0.4).astype(np.uint8)
+    data = build_image_data(
+        img,
+        AnnotationMask(mask, 4.0, "dense"),
+        roi=None,
+        kind="dense",
+        output_stride=4,
+        cache_in_memory=lambda n: True,
+    )
+    model = _model(4)
+    geo = model_geometry(model)
+    aug = Augmentation(1, True, draw_augmentation(0, 11, "stain").colour)
+    view = SlideView(data, 4, aug)
+    # An odd-sized slide is not turned (its partial output pixels would move);
+    # the colour map still applies.
+    assert (view.k, view.flip) == ((0, False) if shape[0] % 4 else (1, True))
+    ref_data = _augmented_reference(img, data, view.aug)
+    ref, ref_loss = whole_image_gradient(model, ref_data, loss, 4)
+    plain, _ = whole_image_gradient(model, data, loss, 4)
+    assert rel_err(plain, ref) > 1e-3  # the augmentation does change the step
+    step = _backend.TileStep(model, 1)
+    for core in (320,):
+        tiles = tile_grid(view.shape, core, geo.halo, geo.stride)
+        res = image_step(step, view, tiles, geo, loss, data.n_labelled, 1)
+        assert len(tiles) > 2
+        assert rel_err(res.grads, ref) < 1e-10, (shape, loss, core)
+        assert res.loss == pytest.approx(ref_loss, rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    "flag,mode", [([], "none"), (["--augment"], "all"), (["--augment", "stain"], "stain")]
+)
+def test_cli_augment_flag(flag, mode):
+    args = build_parser().parse_args(
+        ["train", "--image", "s.tif", "--mask", "m.tif", "--out", "m.keras", *flag]
+    )
+    assert build_config(args).augment == mode
+
+
+def test_cli_rejects_an_unknown_augment_mode(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(
+            ["train", "--image", "s", "--mask", "m", "--out", "m.keras", "--augment", "strong"]
+        )
+    assert exc.value.code == 2 and "invalid choice: 'strong'" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import UserError
+from . import UserError, _resolution
 from ._common import (
     EXIT_OK,
     PRECISIONS,
@@ -133,6 +133,7 @@ def add_parser(subparsers: Any) -> None:
         default="stream",
         help="'whole' forces one tile per slide (for comparison)",
     )
+    _resolution.add_arguments(p, "level 0, every pixel")
     p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
     p.add_argument(
         "--checkpoint-every",
@@ -184,6 +185,7 @@ def build_config(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every,
         mask_kind=args.mask_kind,
         overwrite=args.overwrite,
+        resolution=_resolution.from_args(args),
     )
 
 
@@ -207,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         "n_tiles": result.get("n_tiles"),
         "megapixels": result.get("megapixels"),
         "out": result.get("out"),
+        "resolution": result.get("resolution"),
         "stopped": stopped,
     }
     if args.json:

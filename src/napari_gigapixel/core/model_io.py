@@ -39,14 +39,18 @@ def save_model(
     model_config: ModelConfig | None = None,
     train_config: dict[str, Any] | None = None,
     history: list[dict[str, Any]] | None = None,
+    resolution: dict[str, Any] | None = None,
 ) -> str:
     """Write ``model`` to a self-contained ``.keras`` file, atomically.
 
     Keras writes the zip (weights, and the optimizer state when the model was
     compiled with one, so training resumes exactly); the geometry, model
     config, training config and history are added as a JSON entry
-    (:data:`META_ENTRY`) inside the same zip. The file appears under its name
-    only once complete (temporary file in the same folder, then rename).
+    (:data:`META_ENTRY`) inside the same zip, with the working ``resolution``
+    the model was trained at (:func:`.resolution.model_resolution`: um/px when
+    the slide had it, the downsample from level 0 always; absent = level 0).
+    The file appears under its name only once complete (temporary file in the
+    same folder, then rename).
 
     Returns
     -------
@@ -65,6 +69,8 @@ def save_model(
         "train_config": train_config or {},
         "history": history or [],
     }
+    if resolution is not None:
+        meta["resolution"] = resolution
     tmp = ""
     try:
         os.makedirs(folder, exist_ok=True)

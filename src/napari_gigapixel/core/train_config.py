@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import GigapixelError
+from .resolution import Resolution
 from .unet import ModelConfig
 
 #: Learning-rate schedules, and the fraction of ``lr`` the cosine ends at.
@@ -62,7 +63,7 @@ class TrainConfig:
         run resumed for ``steps`` more follows one curve over all its steps
         (stop + resume gives the uninterrupted run's weights).
     tile
-        Core size in level-0 pixels (rounded to the model's stride), or
+        Core size in pixels of the working resolution (rounded to the model's stride), or
         ``"auto"``: the largest that fits ``memory_gb``; the whole image in one
         tile when it fits.
     memory_gb
@@ -104,6 +105,11 @@ class TrainConfig:
         Replace an existing ``out``. Without it a run refuses to start when
         ``out`` exists (checked before any compute), unless ``out`` is the
         ``resume`` checkpoint itself (the run continues that file).
+    resolution
+        Working resolution (:class:`.resolution.Resolution`: ``mpp`` um/px or
+        a pyramid ``level``; default level 0). Tiles, halo and ``tile`` are in
+        its pixels; masks are resampled to it; the model file records it and
+        ``predict`` uses it by default.
     """
 
     images: list[Any] = field(default_factory=list)
@@ -128,6 +134,7 @@ class TrainConfig:
     mask_kind: str | None = None
     cache_dir: str | None = None
     overwrite: bool = False
+    resolution: Resolution = field(default_factory=Resolution)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (arrays are described, not stored)."""
@@ -135,6 +142,7 @@ class TrainConfig:
         d["images"] = [_describe(v) for v in self.images]
         d["masks"] = [_describe(v) for v in self.masks]
         d["model"] = self.model.to_dict()
+        d["resolution"] = (self.resolution or Resolution()).to_dict()
         return d
 
     def _has_arrays(self) -> bool:
@@ -187,6 +195,10 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if int(cfg.checkpoint_every) < 0:
         raise TrainConfigError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}.")
+    if cfg.resolution is not None and not isinstance(cfg.resolution, Resolution):
+        raise TrainConfigError(
+            f"resolution must be a Resolution(mpp=..., level=...), not {cfg.resolution!r}."
+        )
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise TrainConfigError(
             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {cfg.lr_schedule!r}."

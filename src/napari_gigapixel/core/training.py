@@ -223,8 +223,10 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
                     output_stride=os_,
                     cache_in_memory=in_memory,
                     cache_dir=cfg.cache_dir,
+                    resolution=cfg.resolution,
                 )
             )
+            yield Message(f"image {i + 1} at {datas[-1].resolution['describe']}")
             yield Progress("cache", i + 1, len(cfg.images))
         yield from _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start)
     finally:
@@ -270,6 +272,9 @@ def _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start):
     completed = start_step
     step_seconds: list[float] = []
     train_config = cfg.to_dict()
+    resolution = {k: v for k, v in datas[0].resolution.items() if k != "describe"}
+    if len({round(d.downsample, 6) for d in datas}) > 1:
+        resolution["downsamples"] = [d.downsample for d in datas]
 
     def checkpoint():
         save_model(
@@ -279,6 +284,7 @@ def _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start):
             model_config=mcfg,
             train_config=train_config,
             history=history,
+            resolution=resolution,
         )
         return CheckpointEvent(path=os.fspath(cfg.out), step=completed)
 
@@ -327,7 +333,7 @@ def _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start):
                         PreviewEvent(
                             image_index=i,
                             probability=res.preview,
-                            downsample=float(f * os_),
+                            downsample=float(f * os_ * d.downsample),
                             offset=d.offset,
                         )
                     )
@@ -382,5 +388,6 @@ def _run(cfg, stop, model, mcfg, history, geometry, datas, budget, t_start):
         "seconds": time.perf_counter() - t_start,
         "out": os.fspath(cfg.out) if completed != start_step or cfg.resume else None,
         "geometry": geometry.to_dict(),
+        "resolution": resolution,
     }
     yield Finished(result=result, stopped=stopped)

@@ -371,3 +371,13 @@ def default_for_model(slide: Any, meta: dict[str, Any]) -> tuple[ResolvedResolut
     else:
         why = f"predicting at the model's downsample {d:.4g}: {r.describe()}"
     return r, why
+
+
+def describe_request(meta: dict[str, Any]) -> str:
+    """A model's recorded resolution in words (``"2 um/px"``, ``"downsample 4"``)."""
+    rec = meta.get("resolution") or {}
+    if rec.get("mpp"):
+        return f"{float(rec['mpp']):.3g} um/px"
+    if rec:
+        return f"downsample {float(rec.get('downsample') or 1):.4g}"
+    return "level 0"

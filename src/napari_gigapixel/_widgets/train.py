@@ -47,6 +47,7 @@ from ._layers import (
     slide_path,
 )
 from ._plot import CurvesPlot
+from ._resolution import ResolutionPicker
 
 TRAIN_TARGET = "napari_gigapixel.core.training:train"
 LOSSES = ("dice+bce", "bce", "dice")
@@ -158,6 +159,7 @@ class TrainWidget(JobWidgetMixin, Container):
             value="auto",
             tooltip="auto: the largest tile that fits the memory budget.",
         )
+        self.resolution = ResolutionPicker("train")
         self.out = FileEdit(
             label="save model",
             mode="w",
@@ -186,6 +188,8 @@ class TrainWidget(JobWidgetMixin, Container):
             self.lr,
             self.memory_gb,
             self.tile,
+            self.resolution,
+            self.resolution.info,
             self.out,
             self.overwrite,
         ]
@@ -207,6 +211,8 @@ class TrainWidget(JobWidgetMixin, Container):
         self._setup_job(self.start_button, self.stop_button, inputs, lambda text: show_error(text))
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
+        self.slides.changed.connect(self._update_resolutions)
+        self.memory_gb.changed.connect(self._update_resolutions)
         self._slide_layers: list[Any] = []
         self.events: list[Any] = []
         self.checkpoint: str | None = None
@@ -224,10 +230,20 @@ class TrainWidget(JobWidgetMixin, Container):
             if isinstance(ly, Labels) and not ly.name.startswith(derived)
         ]
 
+    def _update_resolutions(self, _value: Any = None) -> None:
+        """List the first selected slide's resolutions with their cost at this budget."""
+        slides = list(self.slides.value)
+        try:
+            path = slide_path(slides[0]) if slides else None
+        except LayerError:
+            path = None
+        self.resolution.update_for(path, memory_gb=float(self.memory_gb.value))
+
     # -- configuration -----------------------------------------------------
 
     def make_config(self) -> Any:
         """Build the engine's ``TrainConfig`` from the fields (raises ``GigapixelError``)."""
+        from ..core.resolution import Resolution
         from ..core.training import TrainConfig, preflight
 
         slides = list(self.slides.value)
@@ -265,6 +281,7 @@ class TrainWidget(JobWidgetMixin, Container):
             resume=resume,
             preview_downsample=preview_downsample(level0_shape(slides[0])),
             overwrite=bool(self.overwrite.value),
+            resolution=self.resolution.value or Resolution(),
         )
         # Every file and the output location checked here, in napari's process
         # (no TensorFlow needed): a bad path is reported before a worker starts.

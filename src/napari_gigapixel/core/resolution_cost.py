@@ -101,8 +101,9 @@ def _label(head: str, r: ResolvedResolution, seconds: float, peak: int, per: str
     um = f"{r.mpp:.3g} um/px · " if r.mpp else ""
     mp = r.megapixels
     mpx = f"{mp:,.0f}" if mp >= 100 else f"{mp:.3g}" if mp >= 0.01 else "<0.01"
-    sec = f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}" if seconds >= 0.1 else "<0.1"
-    return f"{head} · {um}{mpx} Mpx · ~{sec} s{per} · {peak / 2**30:.1f} GiB"
+    sec = f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.2g}" if seconds >= 0.01 else "<0.01"
+    sec = sec if sec.startswith("<") else f"~{sec}"
+    return f"{head} · {um}{mpx} Mpx · {sec} s{per} · {peak / 2**30:.1f} GiB"
 
 
 def choices(

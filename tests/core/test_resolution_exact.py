@@ -163,6 +163,12 @@ def test_training_records_its_resolution_and_evaluate_compares_there(tmp_path):
     assert rec["mpp"] == 2.0 and rec["downsample"] == 8.0 and rec["level"] == 2
     assert meta["train_config"]["resolution"] == {"mpp": 2.0, "level": None}
     assert events[-1].result["resolution"]["downsample"] == 8.0
+    # Resumed without a resolution: the checkpoint's, and it says so.
+    cfg.resume, cfg.resolution = cfg.out, None
+    events = _run(train(cfg))
+    said = " ".join(e.text for e in events if isinstance(e, Message))
+    assert "checkpoint's resolution, 2 um/px" in said
+    assert read_model_meta(cfg.out)["resolution"]["downsample"] == 8.0
     out = tmp_path / "p.zarr"
     res = _run(predict(PredictConfig(model=cfg.out, image=slide, out=str(out))))[-1].result
     assert res["resolution"]["mpp"] == 2.0 and res["downsample"] == 32.0

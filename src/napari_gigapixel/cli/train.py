@@ -133,7 +133,7 @@ def add_parser(subparsers: Any) -> None:
         default="stream",
         help="'whole' forces one tile per slide (for comparison)",
     )
-    _resolution.add_arguments(p, "level 0, every pixel")
+    _resolution.add_arguments(p, "level 0, every pixel; with --resume, the checkpoint's")
     p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
     p.add_argument(
         "--checkpoint-every",

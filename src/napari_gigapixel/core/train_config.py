@@ -107,7 +107,8 @@ class TrainConfig:
         ``resume`` checkpoint itself (the run continues that file).
     resolution
         Working resolution (:class:`.resolution.Resolution`: ``mpp`` um/px or
-        a pyramid ``level``; default level 0). Tiles, halo and ``tile`` are in
+        a pyramid ``level``). None (default): level 0, or with ``resume`` the
+        resolution the checkpoint was trained at. Tiles, halo and ``tile`` are in
         its pixels; masks are resampled to it; the model file records it and
         ``predict`` uses it by default.
     """
@@ -134,7 +135,7 @@ class TrainConfig:
     mask_kind: str | None = None
     cache_dir: str | None = None
     overwrite: bool = False
-    resolution: Resolution = field(default_factory=Resolution)
+    resolution: Resolution | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (arrays are described, not stored)."""
@@ -142,7 +143,7 @@ class TrainConfig:
         d["images"] = [_describe(v) for v in self.images]
         d["masks"] = [_describe(v) for v in self.masks]
         d["model"] = self.model.to_dict()
-        d["resolution"] = (self.resolution or Resolution()).to_dict()
+        d["resolution"] = None if self.resolution is None else self.resolution.to_dict()
         return d
 
     def _has_arrays(self) -> bool:

@@ -209,6 +209,11 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
             return True
         return False
 
+    resolution = cfg.resolution
+    if resolution is None:
+        resolution = _resumed_resolution(cfg.resume)
+        if cfg.resume and not resolution.is_level0:
+            yield Message(f"continuing at the checkpoint's resolution, {resolution.describe()}")
     datas = []
     try:
         rois = cfg.rois or [None] * len(cfg.images)
@@ -223,7 +228,7 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
                     output_stride=os_,
                     cache_in_memory=in_memory,
                     cache_dir=cfg.cache_dir,
-                    resolution=cfg.resolution,
+                    resolution=resolution,
                 )
             )
             yield Message(f"image {i + 1} at {datas[-1].resolution['describe']}")
@@ -232,6 +237,17 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     finally:
         for d in datas:
             d.close()
+
+
+def _resumed_resolution(resume: str | None) -> Any:
+    """The resolution a checkpoint was trained at (level 0 without one)."""
+    from .model_io import read_model_meta
+    from .resolution import Resolution
+
+    if not resume:
+        return Resolution()
+    rec = read_model_meta(resume).get("resolution") or {}
+    return Resolution.from_dict(rec.get("request"))
 
 
 def _train_data():

@@ -240,7 +240,6 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         model_meta=model_meta,
     )
     resolution_note = info.pop("resolution_message")
-    yield Message(resolution_note)
     d_res = float(info["resolution"]["downsample"])
     # Writable, and room for the stores (uncompressed upper bound: probability
     # and mask, uint8, at the output stride, plus a third for their pyramids).
@@ -254,6 +253,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         expected_bytes=int(2 * 1.34 * -(-rh // os_) * -(-rw // os_)),
         what="prediction",
     )
+    yield Message(resolution_note)
     ref = ModelRef(model_path, bool(cfg.mixed_precision))
     if distributed:
         model: Any = ref  # each worker process loads it once

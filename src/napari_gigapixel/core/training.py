@@ -128,17 +128,23 @@ def preflight(cfg: TrainConfig) -> None:
     check_output(cfg.out, overwrite=cfg.overwrite or same_as_resume, what="model file")
     if cfg.cache_dir is not None and not os.path.isdir(cfg.cache_dir):
         raise TrainConfigError(f"cache_dir {cfg.cache_dir}: no such folder; create it first.")
+    from .resolution import as_slide, resolve
+
     rois = cfg.rois or [None] * len(cfg.images)
     cache_bytes = 0
     for img, msk, roi in zip(cfg.images, cfg.masks, rois):
         if isinstance(img, (str, os.PathLike)):
             with open_slide(check_input(img, "slide")) as slide:
                 shape, name = slide.shape, os.fspath(img)
+                if cfg.resolution is not None:  # a level or um/px this slide has
+                    resolve(slide, cfg.resolution)
         else:
             from ._train_data import open_image_source
 
             arr, name, _close = open_image_source(img)
             shape = (int(arr.shape[0]), int(arr.shape[1]))
+            if cfg.resolution is not None:
+                resolve(as_slide(arr), cfg.resolution)
         if isinstance(msk, (str, os.PathLike)):
             check_input(msk, "mask")
         open_mask_source(msk, shape, cfg.mask_kind)

@@ -75,7 +75,7 @@ def main() -> None:
             "--memory-gb",
             str(args.memory_gb),
             "--checkpoint-every",
-            "0",
+            str(args.steps),
         )
         pr = _cli(
             "predict",

@@ -86,7 +86,9 @@ def test_train_picker_lists_levels_with_cost_and_sets_the_config(
 def _model_file(path, resolution) -> str:
     """A model file's metadata (no weights: the fake job never loads it)."""
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(META_ENTRY, json.dumps({"format": META_FORMAT, "resolution": resolution}))
+        geometry = {"stride": 32, "output_stride": 4, "rf_before": 48, "rf_after": 68}
+        meta = {"format": META_FORMAT, "version": 1, "geometry": geometry}
+        zf.writestr(META_ENTRY, json.dumps({**meta, "resolution": resolution}))
     return str(path)
 
 

@@ -130,27 +130,27 @@ def preflight(cfg: TrainConfig) -> None:
         raise TrainConfigError(f"cache_dir {cfg.cache_dir}: no such folder; create it first.")
     from .resolution import as_slide, resolve
 
+    resolution = cfg.resolution if cfg.resolution is not None else _resumed_resolution(cfg.resume)
     rois = cfg.rois or [None] * len(cfg.images)
     cache_bytes = 0
     for img, msk, roi in zip(cfg.images, cfg.masks, rois):
         if isinstance(img, (str, os.PathLike)):
             with open_slide(check_input(img, "slide")) as slide:
                 shape, name = slide.shape, os.fspath(img)
-                if cfg.resolution is not None:  # a level or um/px this slide has
-                    resolve(slide, cfg.resolution)
+                d = resolve(slide, resolution).downsample  # a level or um/px it has
         else:
             from ._train_data import open_image_source
 
             arr, name, _close = open_image_source(img)
             shape = (int(arr.shape[0]), int(arr.shape[1]))
-            if cfg.resolution is not None:
-                resolve(as_slide(arr), cfg.resolution)
+            d = resolve(as_slide(arr), resolution).downsample
         if isinstance(msk, (str, os.PathLike)):
             check_input(msk, "mask")
         open_mask_source(msk, shape, cfg.mask_kind)
         y0, x0, y1, x1 = check_roi(roi, shape, name)
         if isinstance(img, (str, os.PathLike)):
-            cache_bytes += (y1 - y0) * (x1 - x0) * 3  # decoded once into a cache
+            # Decoded once into a cache, at the working resolution.
+            cache_bytes += int((y1 - y0) * (x1 - x0) * 3 / d**2)
     _check_cache_room(cfg, cache_bytes)
 
 

@@ -29,6 +29,7 @@ from napari.utils.notifications import show_error, show_info
 from ..core.events import Finished, Progress
 from ._jobs import JobWidgetMixin, set_progress
 from ._layers import LayerError, overlay_kwargs, probability_colormap, slide_path
+from ._resolution import ResolutionPicker
 from .train import LAST_MODEL
 
 PREDICT_TARGET = "napari_gigapixel.core.inference:predict"
@@ -61,6 +62,7 @@ class PredictWidget(JobWidgetMixin, Container):
             tooltip="A .keras model; empty: the model trained last in this session.",
         )
         self.slide = ComboBox(label="slide", choices=self._slide_choices)
+        self.resolution = ResolutionPicker("predict")
         self.out = FileEdit(label="output", mode="w", filter="OME-Zarr (*.ome.zarr *.zarr)")
         self.overwrite = CheckBox(text="overwrite output", value=False)
         self.probability = CheckBox(text="also add the probability image", value=False)
@@ -72,6 +74,8 @@ class PredictWidget(JobWidgetMixin, Container):
             [
                 self.model,
                 self.slide,
+                self.resolution,
+                self.resolution.info,
                 self.out,
                 self.overwrite,
                 self.probability,
@@ -81,24 +85,42 @@ class PredictWidget(JobWidgetMixin, Container):
                 self.status,
             ]
         )
+        # napari's theme draws labels wider than magicgui measures them: add room.
+        for widget in self:
+            row = widget._labeled_widget()
+            if row is not None:
+                row.label_width = row.label_width + 16
         # Late-bound: show_error is looked up here at call time (tests replace it).
         self._setup_job(
             self.run_button,
             self.stop_button,
-            [self.model, self.slide, self.out, self.overwrite, self.probability],
+            [self.model, self.slide, self.resolution, self.out, self.overwrite, self.probability],
             lambda text: show_error(text),
         )
         self.slide.changed.connect(self._suggest_out)
+        self.slide.changed.connect(self._update_resolutions)
+        self.model.changed.connect(self._update_resolutions)
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
         self.layers: list[Any] = []
         self._slide_layer: Any = None
         self._suggest_out(self.slide.value)
         self.use_last_model()
+        self._update_resolutions()
 
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         # Slides are RGB images; previews and probabilities are not.
         return [(ly.name, ly) for ly in self.viewer.layers if isinstance(ly, Image) and ly.rgb]
+
+    def _update_resolutions(self, _value: Any = None) -> None:
+        """List the slide's resolutions, the model's own first, with their cost."""
+        layer = self.slide.value
+        try:
+            path = slide_path(layer) if layer is not None else None
+        except LayerError:
+            path = None
+        model = None if _empty(self.model.value) else str(self.model.value)
+        self.resolution.update_for(path, model_path=model)
 
     def use_last_model(self) -> None:
         """Fill an empty model field with the model trained last in this session."""
@@ -141,6 +163,7 @@ class PredictWidget(JobWidgetMixin, Container):
             out=out,
             overwrite=bool(self.overwrite.value),
             write_probability=bool(self.probability.value),
+            resolution=self.resolution.value,
         )
 
     def _prepare_run(self, cfg: Any) -> None:

@@ -51,6 +51,7 @@ from ._layers import (
     slide_path,
 )
 from ._plot import CurvesPlot
+from ._resolution import ResolutionPicker
 
 TRAIN_TARGET = "napari_gigapixel.core.training:train"
 LOSSES = ("dice+bce", "bce", "dice")
@@ -193,6 +194,7 @@ class TrainWidget(JobWidgetMixin, Container):
             value=_Defaults.val_every,
             tooltip="Steps between validations; the best model is kept as <name>.best.keras.",
         )
+        self.resolution = ResolutionPicker("train")
         self.out = FileEdit(
             label="save model",
             mode="w",
@@ -225,6 +227,8 @@ class TrainWidget(JobWidgetMixin, Container):
             self.val_mask,
             self.val_region,
             self.val_every,
+            self.resolution,
+            self.resolution.info,
             self.out,
             self.overwrite,
         ]
@@ -246,6 +250,8 @@ class TrainWidget(JobWidgetMixin, Container):
         self._setup_job(self.start_button, self.stop_button, inputs, lambda text: show_error(text))
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
+        self.slides.changed.connect(self._update_resolutions)
+        self.memory_gb.changed.connect(self._update_resolutions)
         self._slide_layers: list[Any] = []
         self.events: list[Any] = []
         self.checkpoint: str | None = None
@@ -266,6 +272,15 @@ class TrainWidget(JobWidgetMixin, Container):
 
     def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(ly.name, ly) for ly in self.viewer.layers if isinstance(ly, Shapes)]
+
+    def _update_resolutions(self, _value: Any = None) -> None:
+        """List the first selected slide's resolutions with their cost at this budget."""
+        slides = list(self.slides.value)
+        try:
+            path = slide_path(slides[0]) if slides else None
+        except LayerError:
+            path = None
+        self.resolution.update_for(path, memory_gb=float(self.memory_gb.value))
 
     # -- configuration -----------------------------------------------------
 
@@ -291,6 +306,7 @@ class TrainWidget(JobWidgetMixin, Container):
 
     def make_config(self) -> Any:
         """Build the engine's ``TrainConfig`` from the fields (raises ``GigapixelError``)."""
+        from ..core.resolution import Resolution
         from ..core.training import TrainConfig, preflight
 
         slides = list(self.slides.value)
@@ -329,6 +345,7 @@ class TrainWidget(JobWidgetMixin, Container):
             preview_downsample=preview_downsample(level0_shape(slides[0])),
             overwrite=bool(self.overwrite.value),
             **self._validation(slides),
+            resolution=self.resolution.value or Resolution(),
         )
         # Every file and the output location checked here, in napari's process
         # (no TensorFlow needed): a bad path is reported before a worker starts.

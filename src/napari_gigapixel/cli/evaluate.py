@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--image", default=None, help="the slide, for the Otsu baseline (default: from --pred)"
     )
+    from . import _resolution
+
+    _resolution.add_arguments(p, "level-0 pixels")
     add_report(p)
     p.set_defaults(func=run)
 
@@ -34,15 +37,19 @@ def run(args: argparse.Namespace) -> int:
     """Print the figures; 0 on success."""
     from ..core.metrics import evaluate
     from ..core.preflight import check_input
+    from . import _resolution
 
     for what, path in (("prediction", args.pred), ("mask", args.truth), ("slide", args.image)):
         if path is not None:
             check_input(path, what)
-    res = evaluate(args.pred, args.truth, slide=args.image)
+    res = evaluate(args.pred, args.truth, slide=args.image, resolution=_resolution.from_args(args))
     if args.json:
         print_json(res)
         return EXIT_OK
-    print(f"prediction {args.pred} against {args.truth} ({res['pixels']:,} level-0 pixels)")
+    unit = "level-0 pixels"
+    if res.get("resolution"):
+        unit = f"pixels at downsample {res['resolution']['downsample']:.4g}"
+    print(f"prediction {args.pred} against {args.truth} ({res['pixels']:,} {unit})")
     for key in ("dice", "iou", "precision", "recall"):
         print(f"  {key:<10} {res[key]:.4f}")
     if res["otsu_dice"] is None:

@@ -56,6 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-probability", action="store_true", help="keep only level 0 of the probability"
     )
     add_precision(p, default="float32")
+    from . import _resolution
+
+    _resolution.add_arguments(p, "the model's training resolution")
     add_report(p)
     p.set_defaults(func=run)
 
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     """Predict with a tqdm progress bar; 0 on success, 130 when stopped."""
     from ..core.inference import PredictConfig, predict
     from ..core.training import use_mixed_precision
+    from . import _resolution
     from ._progress import follow
 
     cfg = PredictConfig(
@@ -77,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         roi=args.roi,
         write_probability=not args.no_probability,
         mixed_precision=use_mixed_precision(PRECISIONS[args.precision]),
+        resolution=_resolution.from_args(args),
     )
     finished = follow(predict(cfg), unit="chunk", desc="predict", quiet=args.quiet)
     if finished is None or finished.stopped:
@@ -86,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(res)
     elif not args.quiet:
         print(
-            f"wrote {res['out']}: {res['shape'][0]} x {res['shape'][1]} px at 1/"
+            f"wrote {res['out']}: {res['shape'][0]} x {res['shape'][1]} px "
+            f"(downsample {res['resolution']['downsample']:.4g}) at 1/"
             f"{res['downsample']:g}, {res['levels']} levels, {res['mpx_per_s']:.1f} Mpx/s, "
             f"tissue {100 * res['tissue_fraction']:.1f}%"
         )

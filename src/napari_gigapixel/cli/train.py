@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import UserError
+from . import UserError, _resolution
 from ._common import (
     EXIT_OK,
     PRECISIONS,
@@ -179,6 +179,7 @@ def add_parser(subparsers: Any) -> None:
         default="stream",
         help="'whole' forces one tile per slide (for comparison)",
     )
+    _resolution.add_arguments(p, "level 0, every pixel; with --resume, the checkpoint's")
     p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
     p.add_argument(
         "--checkpoint-every",
@@ -247,6 +248,7 @@ def build_config(args: argparse.Namespace):
         val_masks=list(args.val_mask),
         val_roi=val_roi,
         val_every=args.val_every,
+        resolution=_resolution.from_args(args),
     )
 
 
@@ -275,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
         "best_step": result.get("best_step"),
         "best_val_dice": result.get("best_val_dice"),
         "best_model": result.get("best_model"),
+        "resolution": result.get("resolution"),
         "stopped": stopped,
     }
     if args.json:

@@ -1,6 +1,7 @@
 """Training inputs: the once-per-run uint8 caches of slide pixels and labels.
 
-Level-0 pixels are decoded once per run (JPEG tiles are slow to decode) into
+The working resolution's pixels (level 0 by default, see :mod:`.resolution`)
+are decoded once per run (JPEG tiles are slow to decode) into
 a uint8 cache, in memory or, when the memory budget says so, in a temporary
 file read back with positioned reads (``os.preadv`` into a fresh buffer): a
 memory map that the step touches would count every page it read in the
@@ -128,10 +129,12 @@ class ImageData:
     image: ArrayCache
     labels: ArrayCache  # label codes at output stride (see ``label_codes``)
     kind: str
-    shape: tuple[int, int]  # (H, W) of the ROI in level-0 pixels
-    offset: tuple[int, int]  # ROI origin in the slide
+    shape: tuple[int, int]  # (H, W) of the ROI in pixels of the working resolution
+    offset: tuple[float, float]  # ROI origin in the slide, level-0 pixels
     n_labelled: float
     n_positive: float
+    downsample: float = 1.0  # level-0 pixels per pixel of the working resolution
+    resolution: dict[str, Any] | None = None  # the resolved resolution and the model record
 
     def labels_yw(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """Target and weight (uint8 0/1) of output pixels ``[y0, y1) x [x0, x1)``."""
@@ -179,8 +182,10 @@ class ImageData:
 
 
 def open_image_source(src: Any) -> tuple[Any, str, Callable[[], None]]:
-    """A (H, W, 3) uint8 array-like (numpy or dask), a name for messages, and its closer.
+    """A slide or an (H, W, 3) uint8 array, a name for messages, and its closer.
 
+    Paths are opened as a :class:`.slide_base.Slide` (so a working resolution
+    can pick a pyramid level); Slides are returned as is; arrays are checked.
     Call the closer once the pixels are decoded: it releases the slide file.
     """
     if isinstance(src, (str, os.PathLike)):
@@ -190,7 +195,9 @@ def open_image_source(src: Any) -> tuple[Any, str, Callable[[], None]]:
         from .slide import open_slide
 
         slide = open_slide(path)
-        return slide.levels[0], path, slide.close
+        return slide, path, slide.close
+    if hasattr(src, "levels") and hasattr(src, "downsamples"):
+        return src, str(getattr(src, "path", "<slide>")), lambda: None
     arr = src
     name = "<array>"
     if getattr(arr, "ndim", 0) != 3 or arr.shape[2] != 3:
@@ -293,19 +300,31 @@ def build_image_data(
     cache_dir: str | None = None,
     band_rows: int = 2048,
     on_band: Callable[[int, int], None] | None = None,
+    resolution: Any = None,
 ) -> ImageData:
     """Decode one image (its ROI) and its labels into caches, band by band.
 
+    ``resolution`` (a :class:`.resolution.Resolution`, default level 0) is
+    resolved against the slide; the caches then hold that resolution's pixels
+    (read from its pyramid level, or area-averaged lazily from a finer one),
+    and labels are read from the mask at the centre of each output pixel's
+    level-0 block (nearest neighbour), whatever the mask's level. ``roi`` stays
+    in level-0 pixels ``(y0, x0, y1, x1)`` and is mapped to the resolution
+    (rounded outwards to whole pixels).
+
     Raises
     ------
-    SlideInputError, MaskError
+    SlideInputError, MaskError, ResolutionError
         Non-RGB slide, ROI outside the slide, mask that does not overlay the
-        slide, or a mask with no labelled pixel (nothing to learn from).
+        slide, a mask with no labelled pixel (nothing to learn from), or a
+        resolution the slide cannot serve.
     """
-    array, name, close = open_image_source(image_src)
+    from .resolution import Resolution
+
+    source, name, close = open_image_source(image_src)
     try:
         return _build_image_data(
-            array,
+            source,
             name,
             mask_src,
             roi,
@@ -315,13 +334,14 @@ def build_image_data(
             cache_dir,
             band_rows,
             on_band,
+            resolution or Resolution(),
         )
     finally:
         close()  # the pixels are in the caches now: release the slide file
 
 
 def _build_image_data(
-    array: Any,
+    source: Any,
     name: str,
     mask_src: Any,
     roi: Any,
@@ -331,17 +351,30 @@ def _build_image_data(
     cache_dir: str | None,
     band_rows: int,
     on_band: Callable[[int, int], None] | None,
+    resolution: Any,
 ) -> ImageData:
-    if len(array.shape) != 3 or array.shape[2] != 3:
-        raise SlideInputError(f"{name}: a training image must be RGB; got shape {array.shape}.")
-    slide_shape = (int(array.shape[0]), int(array.shape[1]))
+    from .resolution import as_slide, map_roi, model_resolution, resolution_array, resolve
+
+    slide = as_slide(source)
+    level0 = slide.levels[0]
+    if len(level0.shape) != 3 or level0.shape[2] != 3:
+        raise SlideInputError(f"{name}: a training image must be RGB; got shape {level0.shape}.")
+    slide_shape = (int(level0.shape[0]), int(level0.shape[1]))
     mask = open_mask_source(mask_src, slide_shape, kind)
     y0, x0, y1, x1 = check_roi(roi, slide_shape, name)
-    h, w = y1 - y0, x1 - x0
+    res = resolve(slide, resolution)
+    d = res.downsample
+    if res.downsample == 1.0 and isinstance(source, np.ndarray):
+        array: Any = source
+        ry0, rx0, ry1, rx1 = y0, x0, y1, x1
+    else:
+        array = resolution_array(slide, res)
+        ry0, rx0, ry1, rx1 = map_roi((y0, x0, y1, x1), res)
+    h, w = ry1 - ry0, rx1 - rx0
     os_ = output_stride
     ho, wo = -(-h // os_), -(-w // os_)
     if isinstance(array, np.ndarray):
-        image = ArrayCache.wrap(array[y0:y1, x0:x1])
+        image = ArrayCache.wrap(array[ry0:ry1, rx0:rx1])
     else:
         image = ArrayCache((h, w, 3), in_memory=cache_in_memory(h * w * 3), folder=cache_dir)
     labels = ArrayCache((ho, wo), in_memory=cache_in_memory(ho * wo), folder=cache_dir)
@@ -352,9 +385,11 @@ def _build_image_data(
         for by in range(0, h, band):
             by1 = min(by + band, h)
             if not isinstance(array, np.ndarray):
-                block = np.asarray(array[y0 + by : y0 + by1, x0:x1])
+                block = np.asarray(array[ry0 + by : ry0 + by1, rx0:rx1])
                 image.write_rows(by, block)
-            lab = mask.read_window(y0 + by, y0 + by1, x0, x0 + w, stride=os_)
+            # Output pixel (i, j) covers resolution pixels [i os, (i+1) os): its
+            # label is the mask at the centre of that block in level-0 pixels.
+            lab = mask.read_grid((ry0 + by) * d, rx0 * d, -(-(by1 - by) // os_), wo, os_ * d)
             labels.write_rows(by // os_, label_codes(lab, mask.kind))
             if mask.kind == "dense":
                 n_lab += lab.size
@@ -383,7 +418,9 @@ def _build_image_data(
         labels=labels,
         kind=mask.kind,
         shape=(h, w),
-        offset=(y0, x0),
+        offset=(ry0 * d, rx0 * d) if d != 1.0 else (ry0, rx0),
         n_labelled=n_lab,
         n_positive=n_pos,
+        downsample=d,
+        resolution={**model_resolution(slide, res), "describe": res.describe()},
     )

@@ -21,14 +21,13 @@ import queue
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._predict_input import open_image as _open_image
 from .errors import GigapixelError
 from .events import Finished, JobStopped, Message, Progress, StopFlag, stop_requested
 from .prediction_store import (
@@ -42,7 +41,6 @@ from .prediction_store import (
     remove_tree,
 )
 from .tiled_model import (
-    _MODELS_LOCK,
     ModelRef,
     _warm_worker,
     default_chunk,
@@ -95,6 +93,12 @@ class PredictConfig:
     mixed_precision
         Compute in bfloat16 (weights float32), as training can: faster on CPUs
         with bf16 support, probabilities within about 1e-3 of float32.
+    resolution
+        Working resolution (:class:`.resolution.Resolution`); None (default):
+        the one the model was trained at (:func:`.resolution.default_for_model`:
+        its um/px when the slide has um/px, else its downsample from level 0).
+        The prediction's level 0 then has downsample ``resolution downsample x
+        output stride`` relative to the slide's level 0.
     """
 
     model: str
@@ -107,6 +111,7 @@ class PredictConfig:
     roi: tuple[int, int, int, int] | None = None
     write_probability: bool = True
     mixed_precision: bool = False
+    resolution: Any = None
 
 
 # --------------------------------------------------------------------------- writing
@@ -123,79 +128,6 @@ def _write_block(prob, block_info=None, *, prob_arr, mask_arr, threshold, abort)
     prob_arr[y0:y1, x0:x1] = np.rint(prob * 255.0).astype(np.uint8)
     mask_arr[y0:y1, x0:x1] = mask
     return np.full((1, 1), int(mask.sum()), dtype=np.int64)
-
-
-_SLIDES: dict[str, Any] = {}
-
-
-def _read_slide_block(path: str, block_info=None) -> np.ndarray:
-    """One chunk of a slide's level 0, read by path (picklable: for distributed workers)."""
-    from .slide import open_slide
-
-    with _MODELS_LOCK:
-        if path not in _SLIDES:
-            _SLIDES[path] = open_slide(path)
-        slide = _SLIDES[path]
-    (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-    # Synchronously: this runs inside a worker's task already.
-    return np.ascontiguousarray(slide.levels[0][y0:y1, x0:x1, :3].compute(scheduler="sync"))
-
-
-def _open_image(
-    image: Any, roi: Any, by_path_chunk: int | None = None
-) -> tuple[Any, dict[str, Any]]:
-    """The level-0 dask array to predict (ROI applied) and its metadata.
-
-    With ``by_path_chunk``, a slide is read by tasks that open it by path (one
-    handle per process) in chunks of that side: a distributed scheduler must
-    pickle the graph, and an open file handle does not pickle.
-    """
-    import dask.array as da
-
-    if isinstance(image, str | Path):
-        from .slide import open_slide
-
-        slide = open_slide(str(image))
-        arr, info = slide.levels[0], {"slide_path": os.path.abspath(slide.path)}
-        closers = list(slide._closers)  # released once the prediction drops its graph
-        info["mpp"] = list(slide.mpp) if slide.mpp else None
-        if by_path_chunk:
-            h, w = slide.shape
-            chunks = tuple(
-                (by_path_chunk,) * (n // by_path_chunk)
-                + ((n % by_path_chunk,) if n % by_path_chunk else ())
-                for n in (h, w)
-            )
-            arr = da.map_blocks(
-                _read_slide_block,
-                path=info["slide_path"],
-                chunks=(*chunks, (3,)),
-                dtype=np.uint8,
-                name=f"read-slide-{os.path.basename(slide.path)}",
-            )
-    else:
-        arr = image if isinstance(image, da.Array) else da.from_array(np.asarray(image))
-        info = {"slide_path": None}
-    h, w = int(arr.shape[0]), int(arr.shape[1])
-    info["slide_shape"] = [h, w]
-    if roi is not None:
-        from ._train_data import check_roi  # one ROI form and check for training and predict
-
-        y0, x0, y1, x1 = check_roi(roi, (h, w), info["slide_path"] or "image")
-        arr = arr[y0:y1, x0:x1]
-        info["roi"] = [y0, x0, y1, x1]
-    else:
-        info["roi"] = None
-    info["offset"] = [info["roi"][0], info["roi"][1]] if roi is not None else [0, 0]
-    info["region_shape"] = [int(arr.shape[0]), int(arr.shape[1])]
-    if isinstance(image, str | Path):
-        weakref.finalize(arr, _run_closers, closers)
-    return arr, info
-
-
-def _run_closers(closers: list[Any]) -> None:
-    for close in closers:
-        close()
 
 
 def _compute_with_progress(
@@ -300,12 +232,20 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     chunk = max(geometry.halo, s, int(cfg.chunk or default_chunk(geometry)) // s * s)
     distributed = bool(cfg.scheduler) and "://" in str(cfg.scheduler)
     # The slide opens before the model loads: a bad path fails in a second.
-    image, info = _open_image(cfg.image, cfg.roi, by_path_chunk=chunk if distributed else None)
+    image, info = _open_image(
+        cfg.image,
+        cfg.roi,
+        by_path_chunk=chunk if distributed else None,
+        resolution=cfg.resolution,
+        model_meta=model_meta,
+    )
+    resolution_note = info.pop("resolution_message")
+    d_res = float(info["resolution"]["downsample"])
     # Writable, and room for the stores (uncompressed upper bound: probability
     # and mask, uint8, at the output stride, plus a third for their pyramids).
     from .preflight import check_output
 
-    rh, rw = info["region_shape"]
+    rh, rw = info["resolution_shape"]
     check_output(
         out,
         overwrite=cfg.overwrite,
@@ -313,6 +253,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         expected_bytes=int(2 * 1.34 * -(-rh // os_) * -(-rw // os_)),
         what="prediction",
     )
+    yield Message(resolution_note)
     ref = ModelRef(model_path, bool(cfg.mixed_precision))
     if distributed:
         model: Any = ref  # each worker process loads it once
@@ -326,7 +267,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         "model": model_path,
         "geometry": geometry.to_dict(),
         "threshold": float(cfg.threshold),
-        "downsample": float(os_),
+        "downsample": float(os_) * d_res,
         "mixed_precision": bool(cfg.mixed_precision),
         **info,
     }
@@ -349,7 +290,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
             name=f"gigapixel-write-{uuid.uuid4().hex}",
         )
         total = int(np.prod(counts.numblocks))
-        h, w = info["region_shape"]
+        h, w = info["resolution_shape"]
         yield Message(
             f"predicting {h} x {w} px in {total} chunks of {chunk} px "
             f"(output at 1/{os_}, {out_chunk} px chunks)"
@@ -386,8 +327,10 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         result = {
             "out": out,
             "shape": [h, w],
+            "level0_shape": info["region_shape"],
             "output_shape": list(prob.shape),
-            "downsample": float(os_),
+            "downsample": float(os_) * d_res,
+            "resolution": {**info["resolution"], "note": resolution_note},
             "levels": len(downs),
             "chunks": total,
             "chunk": chunk,

@@ -254,14 +254,28 @@ class AnnotationMask:
             return np.zeros((0, 0), np.uint8)
         ny = -(-(y1 - y0) // stride)
         nx = -(-(x1 - x0) // stride)
-        cy = y0 + np.arange(ny) * stride + stride / 2.0
-        cx = x0 + np.arange(nx) * stride + stride / 2.0
-        iy = np.floor(cy / self.downsample).astype(np.int64)
-        ix = np.floor(cx / self.downsample).astype(np.int64)
+        return self.read_grid(y0, x0, ny, nx, stride)
+
+    def read_grid(self, y0: float, x0: float, ny: int, nx: int, step: float) -> np.ndarray:
+        """Labels of an ``ny x nx`` grid of level-0 blocks ``step`` pixels wide.
+
+        Output pixel ``(i, j)`` takes the mask value at the centre of the
+        level-0 block ``[y0 + i*step, y0 + (i+1)*step) x [x0 + j*step, ...)``
+        (nearest neighbour). ``y0``, ``x0`` and ``step`` may be fractional:
+        this is how a working resolution whose downsample is not an integer
+        (:mod:`.resolution`) reads labels. Pixels past the mask read 0.
+        """
+        ny, nx = int(ny), int(nx)
+        out = np.zeros((max(ny, 0), max(nx, 0)), np.uint8)
+        if ny <= 0 or nx <= 0:
+            return out
+        cy = y0 + (np.arange(ny) + 0.5) * step
+        cx = x0 + (np.arange(nx) + 0.5) * step
+        iy = np.floor(cy / self.downsample + 1e-9).astype(np.int64)
+        ix = np.floor(cx / self.downsample + 1e-9).astype(np.int64)
         h, w = self.shape
         vy = (iy >= 0) & (iy < h)
         vx = (ix >= 0) & (ix < w)
-        out = np.zeros((ny, nx), np.uint8)
         if not vy.any() or not vx.any():
             return out
         ry0, ry1 = int(iy[vy].min()), int(iy[vy].max()) + 1

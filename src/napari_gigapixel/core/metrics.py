@@ -103,6 +103,10 @@ class _Shifted:
         oy, ox = self.offset
         return self.mask.read_window(y0 + oy, y1 + oy, x0 + ox, x1 + ox, stride)
 
+    def read_grid(self, y0: float, x0: float, ny: int, nx: int, step: float) -> np.ndarray:
+        oy, ox = self.offset
+        return self.mask.read_grid(y0 + oy, x0 + ox, ny, nx, step)
+
     def targets_and_weights(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.mask.targets_and_weights(labels)
 
@@ -351,16 +355,21 @@ def score_prediction(
     truth
         The ground truth over the whole slide (any level).
     """
-    meta = store.metadata
-    slide_shape = tuple(int(v) for v in meta["slide_shape"])
-    y0, x0, y1, x1 = meta.get("roi") or (0, 0, slide_shape[0], slide_shape[1])
-    truth_r = _Shifted(truth, (y0, x0)) if (y0, x0) != (0, 0) else truth
+    # The predicted region in level-0 pixels: its origin (the ROI's, rounded
+    # to the working resolution's pixels, maybe fractional) and its extent.
+    oy, ox = store.offset
+    truth_r = _Shifted(truth, (oy, ox)) if (oy, ox) != (0, 0) else truth
     pred_m = AnnotationMask(store.mask[0], downsample=store.downsample, name=str(store.path))
-    return confusion(pred_m, truth_r, shape=(y1 - y0, x1 - x0), chunk=chunk)
+    return confusion(pred_m, truth_r, shape=store.region_shape, chunk=chunk)
 
 
 def evaluate(
-    pred_path: str | Path, truth: Any, slide: Any = None, *, chunk: int = DEFAULT_CHUNK
+    pred_path: str | Path,
+    truth: Any,
+    slide: Any = None,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    resolution: Any = None,
 ) -> dict[str, Any]:
     """Score a stored prediction against a ground-truth mask, beside Otsu's baseline.
 
@@ -375,12 +384,18 @@ def evaluate(
         the slide path recorded in the prediction (skipped if unavailable).
     chunk
         Level-0 tile side for the counts.
+    resolution
+        A :class:`.resolution.Resolution` to compare at (needs the slide):
+        each pixel of that resolution counts once, both masks read at its
+        centre. Default: level-0 pixels.
 
     Returns
     -------
     dict
         ``dice``, ``iou``, ``precision``, ``recall``, the counts, and
-        ``otsu_dice``/``otsu_iou``/``otsu_threshold`` (None without a slide).
+        ``otsu_dice``/``otsu_iou``/``otsu_threshold`` (None without a slide);
+        with a resolution, ``resolution`` (the resolved one) and counts in its
+        pixels.
     """
     from .prediction_store import open_prediction
 
@@ -392,6 +407,14 @@ def evaluate(
     region = (y1 - y0, x1 - x0)
     truth_m = _load_truth(truth, slide_shape)
     truth_r = _Shifted(truth_m, (y0, x0)) if (y0, x0) != (0, 0) else truth_m
+    if slide is None:
+        path = meta.get("slide_path")
+        slide = path if path and Path(path).exists() else None
+    if resolution is not None:
+        from .metrics_grid import evaluate_at
+
+        pred_m = AnnotationMask(store.mask[0], downsample=store.downsample, name=str(pred_path))
+        return evaluate_at(store, pred_m, truth_m, slide, resolution, (y0, x0, y1, x1), t0)
     c = score_prediction(store, truth_m, chunk=chunk)
     out: dict[str, Any] = {**scores(c), **c.as_dict(), "pixels": c.total}
     out.update(
@@ -402,9 +425,6 @@ def evaluate(
         otsu_threshold=None,
         slide=None,
     )
-    if slide is None:
-        path = meta.get("slide_path")
-        slide = path if path and Path(path).exists() else None
     if slide is not None:
         otsu = otsu_tissue_mask(slide)
         otsu_r = _Shifted(otsu, (y0, x0)) if (y0, x0) != (0, 0) else otsu

@@ -40,6 +40,7 @@ def save_model(
     train_config: dict[str, Any] | None = None,
     history: list[dict[str, Any]] | None = None,
     validation: dict[str, Any] | None = None,
+    resolution: dict[str, Any] | None = None,
 ) -> str:
     """Write ``model`` to a self-contained ``.keras`` file, atomically.
 
@@ -47,9 +48,11 @@ def save_model(
     compiled with one, so training resumes exactly); the geometry, model
     config, training config and history are added as a JSON entry
     (:data:`META_ENTRY`) inside the same zip, with the validation
-    bookkeeping (``validation``: best step, its Dice and file) when given.
-    The file appears under its name only once complete (temporary file in
-    the same folder, then rename).
+    bookkeeping (``validation``: best step, its Dice and file) and the working
+    ``resolution`` the model was trained at (:func:`.resolution.model_resolution`:
+    um/px when the slide had it, the downsample from level 0 always; absent =
+    level 0) when given. The file appears under its name only once complete
+    (temporary file in the same folder, then rename).
 
     Returns
     -------
@@ -70,6 +73,8 @@ def save_model(
     }
     if validation is not None:
         meta["validation"] = validation
+    if resolution is not None:
+        meta["resolution"] = resolution
     tmp = ""
     try:
         os.makedirs(folder, exist_ok=True)

@@ -231,7 +231,7 @@ class PredictionStore:
     probability: list[Any]
     mask: list[Any]
     downsamples: list[float]
-    offset: tuple[int, int] = (0, 0)
+    offset: tuple[float, float] = (0, 0)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -318,7 +318,10 @@ def open_prediction(path: str | os.PathLike) -> PredictionStore:
         probability=prob,
         mask=mask,
         downsamples=downs,
-        offset=tuple(int(v) for v in meta.get("offset", (0, 0))),  # type: ignore[arg-type]
+        # Level-0 pixels; fractional when the working resolution's downsample is.
+        offset=tuple(  # type: ignore[arg-type]
+            int(v) if float(v).is_integer() else float(v) for v in meta.get("offset", (0, 0))
+        ),
         metadata=meta,
     )
 

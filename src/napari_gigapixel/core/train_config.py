@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import GigapixelError
+from .resolution import Resolution
 from .unet import ModelConfig
 
 #: Learning-rate schedules, and the fraction of ``lr`` the cosine ends at.
@@ -62,7 +63,7 @@ class TrainConfig:
         run resumed for ``steps`` more follows one curve over all its steps
         (stop + resume gives the uninterrupted run's weights).
     tile
-        Core size in level-0 pixels (rounded to the model's stride), or
+        Core size in pixels of the working resolution (rounded to the model's stride), or
         ``"auto"``: the largest that fits ``memory_gb``; the whole image in one
         tile when it fits.
     memory_gb
@@ -120,6 +121,12 @@ class TrainConfig:
         Score the validation regions every this many steps (and after the
         last step). The model with the best validation Dice is kept as
         ``<out>.best.keras`` beside ``out``.
+    resolution
+        Working resolution (:class:`.resolution.Resolution`: ``mpp`` um/px or
+        a pyramid ``level``). None (default): level 0, or with ``resume`` the
+        resolution the checkpoint was trained at. Tiles, halo and ``tile`` are in
+        its pixels; masks are resampled to it; the model file records it and
+        ``predict`` uses it by default.
     """
 
     images: list[Any] = field(default_factory=list)
@@ -148,6 +155,7 @@ class TrainConfig:
     val_masks: list[Any] = field(default_factory=list)
     val_roi: Any = None
     val_every: int = 10
+    resolution: Resolution | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (arrays are described, not stored)."""
@@ -157,6 +165,7 @@ class TrainConfig:
         d["val_images"] = [_describe(v) for v in self.val_images]
         d["val_masks"] = [_describe(v) for v in self.val_masks]
         d["model"] = self.model.to_dict()
+        d["resolution"] = None if self.resolution is None else self.resolution.to_dict()
         return d
 
     def _has_arrays(self) -> bool:
@@ -228,6 +237,10 @@ def _validate(cfg: TrainConfig) -> None:
     if not (isinstance(cfg.val_every, int) and cfg.val_every >= 1):
         raise TrainConfigError(
             f"val_every must be a positive number of steps, not {cfg.val_every!r}."
+        )
+    if cfg.resolution is not None and not isinstance(cfg.resolution, Resolution):
+        raise TrainConfigError(
+            f"resolution must be a Resolution(mpp=..., level=...), not {cfg.resolution!r}."
         )
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise TrainConfigError(

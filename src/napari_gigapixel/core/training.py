@@ -129,8 +129,10 @@ def preflight(cfg: TrainConfig) -> None:
     check_output(cfg.out, overwrite=cfg.overwrite or same_as_resume, what="model file")
     if cfg.cache_dir is not None and not os.path.isdir(cfg.cache_dir):
         raise TrainConfigError(f"cache_dir {cfg.cache_dir}: no such folder; create it first.")
+    from .resolution import as_slide, resolve
     from .validation import best_path, val_rois
 
+    resolution = cfg.resolution if cfg.resolution is not None else _resumed_resolution(cfg.resume)
     vrois = val_rois(cfg)  # a malformed val_roi fails here
     if cfg.validates:
         # The best-validation model is an output too: never replaced unasked.
@@ -139,21 +141,24 @@ def preflight(cfg: TrainConfig) -> None:
         )
 
     def shape_of(img):
+        """Level-0 shape, a name, and the working resolution's downsample."""
         if isinstance(img, (str, os.PathLike)):
             with open_slide(check_input(img, "slide")) as slide:
-                return slide.shape, os.fspath(img)
+                # resolve: the slide has the level or um/px asked for
+                return slide.shape, os.fspath(img), resolve(slide, resolution).downsample
         from ._train_data import open_image_source
 
         arr, name, close = open_image_source(img)
         close()
-        return (int(arr.shape[0]), int(arr.shape[1])), name
+        d = resolve(as_slide(arr), resolution).downsample
+        return (int(arr.shape[0]), int(arr.shape[1])), name, d
 
     rois = cfg.rois or [None] * len(cfg.images)
     pairs = [*zip(cfg.images, cfg.masks, rois, vrois)]
     pairs += [(img, msk, None, None) for img, msk in zip(cfg.val_images, cfg.val_masks)]
     cache_bytes = 0
     for img, msk, roi, vroi in pairs:
-        shape, name = shape_of(img)
+        shape, name, d = shape_of(img)
         if isinstance(msk, (str, os.PathLike)):
             check_input(msk, "mask")
         open_mask_source(msk, shape, cfg.mask_kind)
@@ -161,7 +166,8 @@ def preflight(cfg: TrainConfig) -> None:
         if vroi is not None:
             check_roi(vroi, shape, f"{name} (validation ROI)")
         if isinstance(img, (str, os.PathLike)):
-            cache_bytes += (y1 - y0) * (x1 - x0) * 3  # decoded once into a cache
+            # Decoded once into a cache, at the working resolution.
+            cache_bytes += int((y1 - y0) * (x1 - x0) * 3 / d**2)
     _check_cache_room(cfg, cache_bytes)
 
 
@@ -228,6 +234,11 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
             return True
         return False
 
+    resolution = cfg.resolution
+    if resolution is None:
+        resolution = _resumed_resolution(cfg.resume)
+        if cfg.resume and not resolution.is_level0:
+            yield Message(f"continuing at the checkpoint's resolution, {resolution.describe()}")
     datas = []
     vdatas: list[Any] = []
     try:
@@ -243,19 +254,32 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
                     output_stride=os_,
                     cache_in_memory=in_memory,
                     cache_dir=cfg.cache_dir,
+                    resolution=resolution,
                 )
             )
+            yield Message(f"image {i + 1} at {datas[-1].resolution['describe']}")
             yield Progress("cache", i + 1, len(cfg.images))
         if cfg.validates:
             from .validation import build_validation
 
-            vdatas = yield from build_validation(cfg, datas, os_, in_memory)
+            vdatas = yield from build_validation(cfg, datas, os_, in_memory, resolution)
         yield from _run(
             cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget, t_start
         )
     finally:
         for d in [*datas, *vdatas]:
             d.close()
+
+
+def _resumed_resolution(resume: str | None) -> Any:
+    """The resolution a checkpoint was trained at (level 0 without one)."""
+    from .model_io import read_model_meta
+    from .resolution import Resolution
+
+    if not resume:
+        return Resolution()
+    rec = read_model_meta(resume).get("resolution") or {}
+    return Resolution.from_dict(rec.get("request"))
 
 
 def _train_data():
@@ -311,6 +335,9 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
     completed = start_step
     step_seconds: list[float] = []
     train_config = cfg.to_dict()
+    resolution = {k: v for k, v in datas[0].resolution.items() if k != "describe"}
+    if len({round(d.downsample, 6) for d in datas}) > 1:
+        resolution["downsamples"] = [d.downsample for d in datas]
 
     def checkpoint(path=cfg.out):
         save_model(
@@ -321,6 +348,7 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
             train_config=train_config,
             history=history,
             validation=best.meta() if vdatas else None,
+            resolution=resolution,
         )
         return CheckpointEvent(path=os.fspath(path), step=completed)
 
@@ -371,7 +399,7 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
                         PreviewEvent(
                             image_index=i,
                             probability=res.preview,
-                            downsample=float(f * os_),
+                            downsample=float(f * os_ * d.downsample),
                             offset=d.offset,
                         )
                     )
@@ -462,5 +490,6 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
         "best_step": best.step,
         "best_val_dice": best.dice,
         "best_model": os.path.abspath(best.path) if best.step is not None else None,
+        "resolution": resolution,
     }
     yield Finished(result=result, stopped=stopped)

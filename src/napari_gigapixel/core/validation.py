@@ -73,8 +73,13 @@ def build_validation(
     datas: list[Any],
     output_stride: int,
     cache_in_memory: Callable[[int], bool],
+    resolution: Any = None,
 ) -> Iterator[Any]:
     """Build the validation regions; leave ROI regions out of the training images.
+
+    Validation slides are read at the training's working ``resolution``; a
+    validation ROI needs level 0 (its snapping to output pixels is in level-0
+    pixels), else it is refused with a message.
 
     A generator (it yields ``Message`` events) returning the list of
     validation :class:`._train_data.ImageData`; the caller closes them.
@@ -101,12 +106,19 @@ def build_validation(
                     output_stride=output_stride,
                     cache_in_memory=cache_in_memory,
                     cache_dir=cfg.cache_dir,
+                    resolution=resolution,
                 )
             )
         for i, roi in enumerate(val_rois(cfg)):
             if roi is None:
                 continue
             d = datas[i]
+            if abs(float(getattr(d, "downsample", 1.0)) - 1.0) > 1e-9:
+                raise TrainConfigError(
+                    f"{d.name}: a validation ROI works at level 0 only; at "
+                    f"{d.resolution.get('describe', 'this resolution')} give a validation "
+                    "slide instead (--val-image/--val-mask)."
+                )
             slide_shape = _slide_shape(cfg.images[i])
             rect = td.check_roi(roi, slide_shape, f"{d.name} (validation ROI)")
             rect = td.snap_rect(rect, d.offset, output_stride, slide_shape)

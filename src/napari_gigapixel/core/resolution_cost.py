@@ -1,0 +1,150 @@
+"""What each working resolution costs: the choices the Train and Predict pickers list.
+
+A simple measured model, no TensorFlow (it runs in napari's process):
+
+* seconds per training step = megapixels / :data:`TRAIN_MPX_PER_S`;
+* seconds of a prediction = megapixels / :data:`PREDICT_MPX_PER_S`;
+* training peak memory = :data:`~._resources.BASELINE_BYTES` + the decoded
+  cache when it is kept in memory (as the trainer decides) + the working set
+  of the largest window :func:`~._resources.auto_core` fits in the budget,
+  at :data:`BYTES_PER_PIXEL` (the default model's
+  :func:`~._resources.bytes_per_pixel`);
+* prediction peak memory: measured chunk-bound (about constant above one chunk).
+
+The constants were measured with ``benchmarks/bench_train.py`` and
+``benchmarks/bench_predict.py`` on 2 shared cores (see each); a test checks
+that the model constants still match the default model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._resources import BASELINE_BYTES, auto_core, cpu_has_bf16
+from .geometry import Geometry
+from .resolution import COMMON_MPP, Resolution, ResolutionError, ResolvedResolution, resolve
+
+#: Training throughput of the default model and loss (dice+bce, output stride 4,
+#: bf16 where the CPU has it). ``bench_train.py --sizes 16 67 --steps 3 --loss
+#: dice+bce --modes stream`` on 2 shared EPYC cores (bf16) measured 22.6 Mpx/s
+#: at 16.8 Mpx (peak 1.30 GiB) and 27.3 Mpx/s at 67 Mpx (2.46 s/step, peak
+#: 2.79 GiB, one tile in 3.5 GiB); the README's quieter dice runs reach 64-100
+#: Mpx/s, so on a busy machine this errs long.
+TRAIN_MPX_PER_S = 25.0
+#: End-to-end prediction throughput (``bench_predict.py``, 1 Gpx JPEG slide,
+#: threaded scheduler: 71-86 Mpx/s).
+PREDICT_MPX_PER_S = 70.0
+#: Peak RSS of a prediction above one chunk (``bench_predict.py``: 2.7 GB at 1 Gpx).
+PREDICT_PEAK_BYTES = int(2.7e9)
+#: Working set per window pixel of the default model (``bytes_per_pixel``), in
+#: bf16 (used where the CPU has it, as training's ``"auto"``) and float32. With
+#: them the model above estimates 1.43 / 3.35 GiB for the 16.8 / 67 Mpx runs
+#: that peaked at 1.30 / 2.79 GiB: it errs 10-20% high.
+BYTES_PER_PIXEL = {"bf16": 37.64, "float32": 48.66}
+#: The default model's geometry (``model_geometry(build_unet(ModelConfig()))``;
+#: napari's process never builds a model, so the estimate keeps a copy, and
+#: ``tests/core/test_resolution_cost.py`` checks it against the built model).
+DEFAULT_GEOMETRY = Geometry(stride=32, output_stride=4, rf_before=48, rf_after=68)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One entry of a resolution picker."""
+
+    label: str
+    request: Resolution | None  # None: the model's own resolution (predict)
+    resolved: ResolvedResolution
+    seconds: float
+    peak_bytes: int
+
+
+def train_cost(
+    shape: tuple[int, int],
+    memory_gb: float,
+    geometry: Geometry = DEFAULT_GEOMETRY,
+    bpp: float | None = None,
+) -> tuple[float, int]:
+    """(seconds per step, peak bytes) of training on ``shape`` pixels within ``memory_gb``."""
+    bpp = bpp or default_bpp()
+    h, w = int(shape[0]), int(shape[1])
+    px = h * w
+    budget = float(memory_gb) * 2**30
+    cache = 3 * px + px // geometry.output_stride**2
+    in_memory = cache if cache <= 0.35 * max(budget - BASELINE_BYTES, 0) else 0
+    compute = budget - BASELINE_BYTES - in_memory
+    core = auto_core((h, w), geometry, bpp, compute)
+    hw = min(h, core + 2 * geometry.halo) * min(w, core + 2 * geometry.halo)
+    return px / 1e6 / TRAIN_MPX_PER_S, int(BASELINE_BYTES + in_memory + hw * bpp)
+
+
+def default_bpp() -> float:
+    """The default model's working set per pixel on this CPU (bf16 where it has it)."""
+    return BYTES_PER_PIXEL["bf16" if cpu_has_bf16() else "float32"]
+
+
+def predict_cost(shape: tuple[int, int], bpp: float | None = None) -> tuple[float, int]:
+    """(seconds, peak bytes) of predicting ``shape`` pixels."""
+    bpp = bpp or default_bpp()
+    px = int(shape[0]) * int(shape[1])
+    return px / 1e6 / PREDICT_MPX_PER_S, int(min(PREDICT_PEAK_BYTES, BASELINE_BYTES + px * bpp))
+
+
+def _requests(slide: Any) -> list[Resolution]:
+    out = [Resolution(level=i) for i in range(len(slide.levels))]
+    if getattr(slide, "mpp", None):
+        out += [Resolution(mpp=m) for m in COMMON_MPP]
+    return out
+
+
+def _label(head: str, r: ResolvedResolution, seconds: float, peak: int, per: str) -> str:
+    um = f"{r.mpp:.3g} um/px · " if r.mpp else ""
+    mp = r.megapixels
+    mpx = f"{mp:,.0f}" if mp >= 100 else f"{mp:.3g}" if mp >= 0.01 else "<0.01"
+    sec = f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.2g}" if seconds >= 0.01 else "<0.01"
+    sec = sec if sec.startswith("<") else f"~{sec}"
+    return f"{head} · {um}{mpx} Mpx · {sec} s{per} · {peak / 2**30:.1f} GiB"
+
+
+def choices(
+    slide: Any,
+    *,
+    kind: str = "train",
+    memory_gb: float = 3.5,
+    model_meta: dict[str, Any] | None = None,
+) -> list[Choice]:
+    """The resolutions a picker lists for ``slide``, with their cost.
+
+    Each pyramid level, then (when the slide has um/px) 1, 2, 4, 8 and 16
+    um/px, those that resolve and do not repeat a level. ``kind="predict"``
+    puts first the model's own resolution (``model_meta``) and estimates the
+    whole prediction instead of one training step.
+    """
+    from .resolution import default_for_model, describe_request
+
+    out: list[Choice] = []
+    seen: set[tuple[int, int]] = set()
+
+    def cost(r: ResolvedResolution) -> tuple[float, int]:
+        return predict_cost(r.shape) if kind == "predict" else train_cost(r.shape, memory_gb)
+
+    per = "" if kind == "predict" else "/step"
+    if kind == "predict" and model_meta is not None:
+        r, _ = default_for_model(slide, model_meta)
+        s, p = cost(r)
+        head = f"as trained ({describe_request(model_meta)})"
+        out.append(Choice(_label(head, r, s, p, per), None, r, s, p))
+    for req in _requests(slide):
+        try:
+            r = resolve(slide, req)
+        except ResolutionError:
+            continue
+        if (r.level, r.factor) in seen:
+            continue
+        seen.add((r.level, r.factor))
+        s, p = cost(r)
+        head = f"level {r.level}"
+        if r.factor > 1:
+            head += f", {r.factor}x{r.factor} mean"
+        out.append(Choice(_label(head, r, s, p, per), req, r, s, p))
+    return out

@@ -1,0 +1,55 @@
+"""The resolution pickers' choices and their measured cost model."""
+
+from __future__ import annotations
+
+import pytest
+from test_resolution import _slide
+
+from napari_gigapixel.core import resolution_cost as rc
+from napari_gigapixel.core.resolution import Resolution
+
+
+def test_choices_list_levels_then_common_mpp_with_their_cost():
+    s = _slide((2048, 4096), mpp=0.25, n_levels=4)  # downsamples 1, 2, 4, 8
+    ch = rc.choices(s, memory_gb=3.5)
+    heads = [c.label.split(" · ")[0] for c in ch]
+    # 1 um/px is level 2 and 2 um/px level 3 (listed once); 4 um/px: 2x2 of level 3...
+    assert heads == ["level 0", "level 1", "level 2", "level 3"] + [
+        f"level 3, {k}x{k} mean" for k in (2, 4, 8)
+    ]
+    first, last = ch[0], ch[-1]
+    assert (
+        "0.25 um/px" in first.label
+        and "8.39 Mpx · ~0.34 s/step" in first.label
+        and "s/step" in first.label
+    )
+    assert last.request == Resolution(mpp=16.0) and last.resolved.downsample == 64.0
+    assert "16 um/px · <0.01 Mpx · <0.01 s/step" in last.label
+    # Coarser is cheaper; the estimates are the measured model's.
+    assert [c.seconds for c in ch] == sorted((c.seconds for c in ch), reverse=True)
+    assert first.seconds == pytest.approx(2048 * 4096 / 1e6 / rc.TRAIN_MPX_PER_S)
+    assert rc.BASELINE_BYTES < last.peak_bytes < first.peak_bytes
+
+
+def test_without_mpp_only_levels_and_predict_puts_the_model_first():
+    s = _slide((512, 1024), mpp=None, n_levels=2)
+    assert [c.request for c in rc.choices(s)] == [Resolution(level=0), Resolution(level=1)]
+    ch = rc.choices(s, kind="predict", model_meta={"resolution": {"mpp": 1, "downsample": 2}})
+    assert ch[0].request is None and ch[0].label.startswith("as trained (1 um/px)")
+    assert ch[0].resolved.downsample == 2.0 and "s/step" not in ch[0].label
+
+
+def test_the_training_memory_model_follows_the_budget():
+    small_budget = rc.train_cost((16384, 16384), 2.0)[1]
+    big_budget = rc.train_cost((16384, 16384), 8.0)[1]
+    assert small_budget <= 2.0 * 2**30 < big_budget <= 8.0 * 2**30
+
+
+def test_the_model_constants_match_the_default_model():
+    pytest.importorskip("tensorflow")
+    from napari_gigapixel.core._resources import bytes_per_pixel
+    from napari_gigapixel.core.unet import ModelConfig, build_unet, model_geometry
+
+    m = build_unet(ModelConfig(), seed=0)
+    assert model_geometry(m) == rc.DEFAULT_GEOMETRY
+    assert bytes_per_pixel(m) == pytest.approx(rc.BYTES_PER_PIXEL["float32"], abs=0.01)

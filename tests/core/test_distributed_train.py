@@ -67,10 +67,8 @@ def _cfg(pairs, out, **kw):
 
 
 def _run(cfg, scheduler=None):
-    if scheduler is None:
-        return list(train(cfg))
-    cfg.scheduler = scheduler
-    return list(train_distributed(cfg))
+    cfg.scheduler = scheduler  # train() hands a run with a scheduler to the cluster
+    return list(train(cfg))
 
 
 def _rel_diff(a_path, b_path) -> float:
@@ -116,13 +114,12 @@ def test_a_worker_lost_between_steps_is_replaced(slides, cluster, tmp_path):
     pairs = slides[:1]
     kw = dict(tile=256, loss="dice+bce")
     _run(_cfg(pairs, tmp_path / "one.keras", **kw))
-    cfg = _cfg(pairs, tmp_path / "dist.keras", **kw)
-    cfg.scheduler = cluster.scheduler_address
+    cfg = _cfg(pairs, tmp_path / "dist.keras", scheduler=cluster.scheduler_address, **kw)
     killed = False
     with distributed.Client(cluster.scheduler_address) as client:
         victim = sorted(client.scheduler_info()["workers"])[0]
         events = []
-        for ev in train_distributed(cfg):
+        for ev in train(cfg):
             events.append(ev)
             if isinstance(ev, StepEvent) and ev.step == 1 and not killed:
                 client.restart_workers([victim])
@@ -145,3 +142,19 @@ def test_bad_inputs_fail_cleanly(slides, tmp_path, monkeypatch):
     with pytest.raises(DistributedTrainError, match="cannot reach"):
         list(train_distributed(cfg))
     assert not (tmp_path / "m.keras").exists()
+
+
+def test_cli_trains_a_cohort_on_the_cluster(slides, cluster, tmp_path, capsys):
+    import json
+
+    from napari_gigapixel.cli import main
+
+    out = tmp_path / "cli.keras"
+    args = ["train", "--steps", "2", "--seed", "3", "--precision", "float32"]
+    for img, msk in slides:
+        args += ["--image", img, "--mask", msk]
+    args += ["--out", str(out), "--scheduler", cluster.scheduler_address, "--json"]
+    assert main(args) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["workers"] == 2 and figures["steps"] == 2 and out.exists()
+    assert load_model(out)[1]["train_config"]["scheduler"] == cluster.scheduler_address

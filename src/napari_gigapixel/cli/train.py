@@ -135,6 +135,13 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
     p.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="run each step across the workers of a dask.distributed cluster (slides and "
+        "tiles split over workers, the same weights as one process); the slide paths must "
+        "be readable on the workers",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=positive_int("--checkpoint-every"),
         default=d.checkpoint_every,
@@ -184,6 +191,7 @@ def build_config(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every,
         mask_kind=args.mask_kind,
         overwrite=args.overwrite,
+        scheduler=args.scheduler,
     )
 
 
@@ -207,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         "n_tiles": result.get("n_tiles"),
         "megapixels": result.get("megapixels"),
         "out": result.get("out"),
+        "workers": result.get("workers"),
         "stopped": stopped,
     }
     if args.json:

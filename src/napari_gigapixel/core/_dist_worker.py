@@ -4,8 +4,8 @@ Each worker process keeps, between steps, TensorFlow, the model and its
 compiled tile step (keyed by the model config and dtype) and the decoded
 training images (keyed by the run), so a step only ships the weights
 (about 20 KB) and returns gradients of the same size. The tasks reuse the
-single-process trainer's per-tile functions (:func:`.training._tile_inputs`,
-:class:`._backend.TileStep`, :func:`.training.image_step`), so a unit of work
+single-process trainer's per-tile functions (:func:`.image_step._tile_inputs`,
+:class:`._backend.TileStep`, :func:`.image_step.image_step`), so a unit of work
 computes exactly what the trainer computes for those tiles.
 
 A unit is either a whole image (both Dice passes run on the worker, one round
@@ -91,8 +91,8 @@ def _image(spec: RunSpec, i: int):
         _STATE["images"] = {}
         _STATE["run"] = spec.run_id
     if i not in _STATE["images"]:
+        from ._resources import BASELINE_BYTES, current_rss_bytes
         from ._train_data import build_image_data
-        from .training import BASELINE_BYTES, current_rss_bytes
 
         budget = float(spec.memory_gb) * 2**30
         room = [0.35 * max(budget - max(BASELINE_BYTES, current_rss_bytes()), 0)]
@@ -148,8 +148,8 @@ def whole_image(
     spec: RunSpec, weights: list[np.ndarray], i: int, step_no: int, tiles: list[Any]
 ) -> dict[str, Any]:
     """The exact step of a whole image on this worker (the trainer's own function)."""
-    from .training import image_step
-    from .unet import Geometry
+    from .geometry import Geometry
+    from .image_step import image_step
 
     with _LOCK:
         model, step_fn = _model(spec)
@@ -187,7 +187,7 @@ def tile_share(
     ``coeff`` is ``(c_bce, c_da, c_db)``: the BCE weight ``1/N`` and Dice's
     closed-form coefficients from the client-reduced forward sums.
     """
-    from .training import _tile_inputs
+    from .image_step import _tile_inputs
 
     with _LOCK:
         model, step_fn = _model(spec)

@@ -34,13 +34,9 @@ import numpy as np
 
 from .errors import GigapixelError
 from .events import (
-    CheckpointEvent,
-    Finished,
     JobStopped,
     Message,
-    PreviewEvent,
     Progress,
-    StepEvent,
     StopFlag,
     stop_requested,
 )
@@ -154,7 +150,9 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
         Scheduler unreachable, no workers, or a step that failed on the cluster.
     """
     from . import _dist_worker as dw
-    from .training import TrainConfigError, _describe, _make_model, _validate, preview_factor
+    from .image_step import preview_factor
+    from .train_config import TrainConfigError, _describe, _validate
+    from .training import _make_model
 
     _validate(cfg)
     if not all(isinstance(p, (str, os.PathLike)) for p in cfg.images):
@@ -162,6 +160,17 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
             "distributed training reads the slides on the workers: give images as paths "
             "that every worker can reach."
         )
+    # The slides are checked on the workers (the client may not see their paths);
+    # the outputs and the checkpoint here, before anything runs.
+    from .model_io import read_model_meta
+    from .preflight import check_input, check_output
+
+    if cfg.resume:
+        read_model_meta(check_input(cfg.resume, "checkpoint"))
+    same = bool(cfg.resume) and os.path.abspath(os.fspath(cfg.resume)) == os.path.abspath(
+        os.fspath(cfg.out)
+    )
+    check_output(cfg.out, overwrite=cfg.overwrite or same, what="model file")
     from ._quiet_tf import load_keras_quietly
 
     load_keras_quietly()
@@ -241,22 +250,13 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
 
 def _cores(cfg, model, geometry, infos) -> list[int]:
     """Core size per image, chosen as the single-process trainer chooses it."""
-    from .tiling import padded_shape, round_up
-    from .training import BASELINE_BYTES, auto_core, bytes_per_pixel
+    from ._resources import BASELINE_BYTES, bytes_per_pixel
+    from .training import core_size
 
     bpp = bytes_per_pixel(model)
+    # A worker's budget: its RSS holds TensorFlow (the baseline) and the caches.
     budget = float(cfg.memory_gb) * 2**30 - BASELINE_BYTES
-    cores = []
-    for d in infos:
-        shape = tuple(d["shape"])
-        if cfg.mode == "whole":
-            core = max(padded_shape(shape, geometry.stride))
-        elif cfg.tile == "auto":
-            core = auto_core(shape, geometry, bpp, budget)
-        else:
-            core = round_up(int(cfg.tile), geometry.stride)
-        cores.append(min(core, max(padded_shape(shape, geometry.stride))))
-    return cores
+    return [core_size(cfg, tuple(d["shape"]), geometry, bpp, budget) for d in infos]
 
 
 def _submitter(plan: _Plan, workers: list[str]):
@@ -305,13 +305,15 @@ def _one_step(plan: _Plan, spec, weights, step_no: int, geometry, stop, label: s
 
     Whole images run on one worker each (both Dice passes there); an image
     split over workers runs a forward round for Dice's sums, reduced here,
-    then a gradient round. Returns a list of per-image dicts (``grads``,
-    ``loss``, ``dice``, ``soft_dice``, ``preview`` or None when augmented).
+    then a gradient round. Returns ``(ImageStep, PreviewEvent or None)`` per
+    image, as :func:`._step_loop.run_steps` wants.
     """
     from types import SimpleNamespace
 
     from . import _dist_worker as dw
+    from ._step_loop import preview_event
     from ._train_augment import SlideView, augment_params
+    from .image_step import ImageStep
     from .losses import dice_grad_coefficients
     from .tiling import tile_grid
 
@@ -365,123 +367,47 @@ def _one_step(plan: _Plan, spec, weights, step_no: int, geometry, stop, label: s
         per_image[i] = _reduce_split(
             got, fwd[i] if use_dice else got, coeff[i], views[i].shape, os_, f, bce_on, use_dice
         )
-    out = [per_image[i] for i in range(len(plan.infos))]
-    for i, r in enumerate(out):
-        if views[i].k or views[i].flip:
-            r["preview"] = None
+    out = []
+    for i in range(len(plan.infos)):
+        res = ImageStep(**per_image[i])
+        offset = plan.infos[i]["offset"]
+        out.append((res, preview_event(i, res, views[i], f, os_, offset)))
     return out
 
 
 def _run_steps(cfg, stop, model, mcfg, history, geometry, plan: _Plan, spec, t_start):
-    """The step loop: the single-process trainer's bookkeeping around :func:`_one_step`."""
-    from . import _backend
+    """The shared step loop (:func:`._step_loop.run_steps`) over cluster-computed steps."""
+    from ._step_loop import run_steps
     from .tiling import tile_grid
-    from .training import learning_rate, peak_rss_bytes
-    from .unet import save_model
 
-    os_, f = geometry.output_stride, spec.preview_factor
     n_tiles = sum(
         len(tile_grid(tuple(d["shape"]), c, geometry.halo, geometry.stride))
         for d, c in zip(plan.infos, plan.cores)
     )
     n_workers = len(_workers(plan.client))
     yield Message(
-        f"model: stride {geometry.stride}, output stride {os_}, halo {geometry.halo}; "
-        f"tiles: {n_tiles} (core {max(plan.cores)} px) on {n_workers} workers, "
-        + ("tiles split over the workers" if plan.split else "whole slides per worker")
+        f"model: stride {geometry.stride}, output stride {geometry.output_stride}, halo "
+        f"{geometry.halo}; tiles: {n_tiles} (core {max(plan.cores)} px) on {n_workers} "
+        "workers, " + ("tiles split over the workers" if plan.split else "whole slides per worker")
     )
-    start_step = len(history)
-    last_saved = start_step if cfg.resume else -1
-    completed = start_step
-    step_seconds: list[float] = []
-    train_config = cfg.to_dict()
 
-    def checkpoint():
-        save_model(
-            model,
-            cfg.out,
-            geometry=geometry,
-            model_config=mcfg,
-            train_config=train_config,
-            history=history,
+    def compute(step_no: int):
+        weights = [v.numpy() for v in model.trainable_variables]
+        return (
+            yield from _one_step(plan, spec, weights, step_no, geometry, stop, f"step {step_no}")
         )
-        return CheckpointEvent(path=os.fspath(cfg.out), step=completed)
 
-    stopped = False
-    try:
-        for k in range(int(cfg.steps)):
-            step_no = start_step + k + 1
-            t0 = time.perf_counter()
-            lr_k = learning_rate(
-                cfg.lr, cfg.lr_schedule, start_step + k, start_step + int(cfg.steps)
-            )
-            model.optimizer.learning_rate = lr_k
-            weights = [v.numpy() for v in model.trainable_variables]
-            per_image = yield from _one_step(
-                plan, spec, weights, step_no, geometry, stop, f"step {step_no}"
-            )
-            if stop_requested(stop):
-                raise JobStopped()
-            # Sum in float64, in image order, as the single-process trainer does.
-            grads = [np.array(g, np.float64) for g in per_image[0]["grads"]]
-            for r in per_image[1:]:
-                for acc, g in zip(grads, r["grads"]):
-                    acc += g
-            _backend.apply_gradients(model, grads)
-            completed = step_no
-            seconds = time.perf_counter() - t0
-            step_seconds.append(seconds)
-            entry = {
-                "step": step_no,
-                "loss": float(sum(r["loss"] for r in per_image)),
-                "dice": float(np.mean([r["dice"] for r in per_image])),
-                "soft_dice": float(np.mean([r["soft_dice"] for r in per_image])),
-                "seconds": seconds,
-                "lr": lr_k,
-            }
-            history.append(entry)
-            for i, r in enumerate(per_image):
-                if r["preview"] is not None:
-                    yield PreviewEvent(
-                        image_index=i,
-                        probability=r["preview"],
-                        downsample=float(f * os_),
-                        offset=tuple(plan.infos[i]["offset"]),
-                    )
-            yield StepEvent(
-                step=step_no,
-                total_steps=start_step + int(cfg.steps),
-                loss=entry["loss"],
-                dice=entry["dice"],
-                seconds=seconds,
-                peak_rss_bytes=peak_rss_bytes(),
-                tile=max(plan.cores),
-                n_tiles=n_tiles,
-                extra={"soft_dice": entry["soft_dice"], "lr": lr_k, "workers": n_workers},
-            )
-            if cfg.checkpoint_every and (k + 1) % int(cfg.checkpoint_every) == 0:
-                yield checkpoint()
-                last_saved = completed
-    except JobStopped:
-        stopped = True
-    if completed != last_saved and completed > 0:
-        yield checkpoint()
-    steady = step_seconds[1:] or step_seconds
-    result = {
-        "steps": completed - start_step,
-        "total_steps": completed,
-        "loss": history[-1]["loss"] if history else None,
-        "dice": history[-1]["dice"] if history else None,
-        "seconds_per_step": float(np.mean(steady)) if steady else None,
-        "first_step_seconds": step_seconds[0] if step_seconds else None,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "tile": max(plan.cores),
-        "n_tiles": n_tiles,
-        "megapixels": sum(d["shape"][0] * d["shape"][1] for d in plan.infos) / 1e6,
-        "seconds": time.perf_counter() - t_start,
-        "out": os.fspath(cfg.out) if completed != start_step or cfg.resume else None,
-        "geometry": geometry.to_dict(),
-        "workers": n_workers,
-        "scheduler": cfg.scheduler,
-    }
-    yield Finished(result=result, stopped=stopped)
+    yield from run_steps(
+        cfg,
+        stop,
+        model,
+        mcfg,
+        history,
+        geometry,
+        compute,
+        tile=max(plan.cores),
+        n_tiles=n_tiles,
+        megapixels=sum(d["shape"][0] * d["shape"][1] for d in plan.infos) / 1e6,
+        t_start=t_start,
+        extra={"workers": n_workers, "scheduler": cfg.scheduler},
+    )

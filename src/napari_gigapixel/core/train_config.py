@@ -104,6 +104,12 @@ class TrainConfig:
         Replace an existing ``out``. Without it a run refuses to start when
         ``out`` exists (checked before any compute), unless ``out`` is the
         ``resume`` checkpoint itself (the run continues that file).
+    scheduler
+        Address of a ``dask.distributed`` scheduler (``"tcp://host:port"``):
+        each step runs across its workers (:mod:`.distributed_train`), with the
+        same weights as the single-process run. Images must then be paths the
+        workers can read; ``memory_gb`` is each worker's budget. ``None``
+        (default): this process.
     """
 
     images: list[Any] = field(default_factory=list)
@@ -128,6 +134,7 @@ class TrainConfig:
     mask_kind: str | None = None
     cache_dir: str | None = None
     overwrite: bool = False
+    scheduler: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (arrays are described, not stored)."""
@@ -187,6 +194,11 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if int(cfg.checkpoint_every) < 0:
         raise TrainConfigError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}.")
+    if cfg.scheduler is not None and "://" not in str(cfg.scheduler):
+        raise TrainConfigError(
+            f"scheduler must be a dask.distributed address like tcp://host:8786, "
+            f"not {cfg.scheduler!r}."
+        )
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise TrainConfigError(
             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {cfg.lr_schedule!r}."

@@ -15,6 +15,7 @@ a spawned worker, never in napari's process).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor

@@ -62,7 +62,7 @@ def run_steps(
         Added to every step event's ``extra`` and to the result.
     """
     from . import _backend
-    from .unet import save_model
+    from .model_io import save_model
 
     extra = dict(extra or {})
     start_step = len(history)

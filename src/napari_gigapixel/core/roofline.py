@@ -71,7 +71,7 @@ class LayerCost:
 
 def _tensor_geometry(model: Any) -> dict[int, tuple[int, int, int]]:
     """(stride, before, after) of every tensor of the model, keyed by ``id``."""
-    from .unet import _layer_geometry
+    from .geometry import _layer_geometry
 
     memo: dict[int, tuple[int, int, int]] = {}
 

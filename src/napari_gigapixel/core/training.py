@@ -128,8 +128,9 @@ def preflight(cfg: TrainConfig) -> None:
         else:
             from ._train_data import open_image_source
 
-            arr, name = open_image_source(img)
+            arr, name, close = open_image_source(img)
             shape = (int(arr.shape[0]), int(arr.shape[1]))
+            close()
         if isinstance(msk, (str, os.PathLike)):
             check_input(msk, "mask")
         open_mask_source(msk, shape, cfg.mask_kind)

@@ -18,6 +18,7 @@ and the roofline fraction when ``--limit-s-per-gpx`` (from
 Usage::
 
     python benchmarks/bench_scale.py --side 4096 --steps 3 --limit-s-per-gpx 4.35
+    python benchmarks/bench_scale.py --slides 1 --tile 2048 --limit-s-per-gpx 4.35
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def child(args) -> dict:
         out=os.path.join(args.work, f"scale_{os.getpid()}.keras"),
         steps=args.steps,
         loss=args.loss,
+        tile=args.tile if args.tile == "auto" else int(args.tile),
         memory_gb=args.memory_gb,
         checkpoint_every=0,
         scheduler=scheduler,
@@ -115,8 +117,9 @@ def bytes_per_step(n_slides: int, workers: int, n_tiles: int, mpx: float, loss: 
     params = 4761  # the default model (core.unet.count_params); float32 out, float64 back
     if workers <= 1:
         return 0
-    tasks = n_slides if n_slides >= workers else min(workers, n_tiles)
-    rounds = 2 if (n_slides < workers and "dice" in loss) else 1
+    split = n_slides < workers and n_tiles > n_slides  # tiles shared out (one slide here)
+    tasks = min(workers, n_tiles) if split else n_slides
+    rounds = 2 if (split and "dice" in loss) else 1
     preview = mpx * 1e6 / 32**2 * 4  # float32 preview at 1/32
     return int(tasks * rounds * 4 * params + tasks * 8 * params + preview)
 
@@ -129,6 +132,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--loss", default="dice+bce")
     p.add_argument("--memory-gb", type=float, default=3.5)
+    p.add_argument("--tile", default="auto", help="core size: 'auto' or pixels")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bench_scale"))
     p.add_argument("--limit-s-per-gpx", type=float, default=None)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -157,6 +161,8 @@ def main() -> None:
                 args.loss,
                 "--memory-gb",
                 str(args.memory_gb),
+                "--tile",
+                str(args.tile),
                 "--work",
                 args.work,
             ]
@@ -180,6 +186,7 @@ def main() -> None:
                 "cpu_count": os.cpu_count(),
                 "loss": args.loss,
                 "side": args.side,
+                "tile": args.tile,
                 "runs": runs,
             }
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,12 @@ from napari_gigapixel.core.distributed_train import (  # noqa: E402
     DistributedTrainError,
     train_distributed,
 )
-from napari_gigapixel.core.events import Finished, Progress, StepEvent  # noqa: E402
+from napari_gigapixel.core.events import (  # noqa: E402
+    CheckpointEvent,
+    Finished,
+    Progress,
+    StepEvent,
+)
 from napari_gigapixel.core.training import TrainConfig, TrainConfigError, train  # noqa: E402
 from napari_gigapixel.core.unet import ModelConfig, load_model  # noqa: E402
 
@@ -108,24 +115,56 @@ def test_same_weights_as_the_single_process_run(slides, cluster, tmp_path, case)
 
 
 @pytest.mark.slow
-def test_a_worker_lost_between_steps_is_replaced(slides, cluster, tmp_path):
-    """Kill one worker process after the first step: the nanny restarts it, the
-    next steps decode the slide again there, and the weights still match."""
+def test_a_worker_lost_mid_step_is_replaced(slides, cluster, tmp_path):
+    """Kill one worker process in the middle of step 2 (after its first task came back):
+    its tasks are rerun, the restarted worker decodes the slide again, and the weights
+    still match the single-process run."""
     pairs = slides[:1]
     kw = dict(tile=256, loss="dice+bce")
     _run(_cfg(pairs, tmp_path / "one.keras", **kw))
     cfg = _cfg(pairs, tmp_path / "dist.keras", scheduler=cluster.scheduler_address, **kw)
     killed = False
     with distributed.Client(cluster.scheduler_address) as client:
-        victim = sorted(client.scheduler_info()["workers"])[0]
+        victim = sorted(client.scheduler_info()["workers"])[1]
         events = []
         for ev in train(cfg):
             events.append(ev)
-            if isinstance(ev, StepEvent) and ev.step == 1 and not killed:
+            mid_step_2 = (
+                isinstance(ev, Progress) and ev.stage == "tiles" and "step 2" in ev.message
+            )
+            if mid_step_2 and not killed:
                 client.restart_workers([victim])
                 killed = True
     assert killed and isinstance(events[-1], Finished) and events[-1].result["steps"] == 3
     assert _rel_diff(tmp_path / "dist.keras", tmp_path / "one.keras") <= 1e-5
+
+
+def test_no_workers_left_fails_cleanly_and_keeps_the_checkpoint(slides, tmp_path, monkeypatch):
+    import napari_gigapixel.core.distributed_train as dt
+
+    monkeypatch.setattr(dt, "NO_WORKER_SECONDS", 1.0)
+    out = tmp_path / "m.keras"
+    # In-process workers: cheap to start, and TensorFlow is already loaded here.
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster.scheduler_address) as client,
+    ):
+        cfg = _cfg(slides[:1], out, scheduler=cluster.scheduler_address, checkpoint_every=1)
+        seen = []
+        with pytest.raises(DistributedTrainError, match="no worker"):
+            for ev in train(cfg):
+                seen.append(ev)
+                if isinstance(ev, CheckpointEvent) and ev.step == 1:
+                    cluster.scale(0)  # every worker gone, none restarted
+                    for _ in range(100):
+                        if not client.scheduler_info()["workers"]:
+                            break
+                        time.sleep(0.1)
+    assert any(isinstance(e, CheckpointEvent) for e in seen)
+    _, meta = load_model(out)
+    assert [h["step"] for h in meta["history"]] == [1]
 
 
 def test_bad_inputs_fail_cleanly(slides, tmp_path, monkeypatch):

@@ -45,6 +45,10 @@ from .events import (
 RETRIES = 2
 #: Seconds to wait for the scheduler.
 CONNECT_TIMEOUT = 30.0
+#: How often a step checks the stop flag and the workers while it waits.
+POLL_SECONDS = 0.5
+#: A step fails after the cluster had no worker this long.
+NO_WORKER_SECONDS = 60.0
 
 
 class DistributedTrainError(GigapixelError):
@@ -92,16 +96,41 @@ def _gather(
     stage: str = "tiles",
     label: str = "",
 ):
-    """Results of ``futures`` in order; yields Progress as they complete."""
-    from distributed import as_completed
+    """Results of ``futures`` in order; yields Progress as they complete.
 
+    Polls every :data:`POLL_SECONDS`: checks the stop flag, and fails the step
+    when the cluster has had no worker for :data:`NO_WORKER_SECONDS` (tasks
+    would otherwise wait forever).
+    """
+    pending = list(futures)
+    waited = 0.0
+    without_workers = 0.0
     try:
-        for _ in as_completed(futures, loop=client.loop):
+        while pending:
             if stop_requested(stop):
                 client.cancel(futures)
                 raise JobStopped()
-            done[0] += 1
-            yield Progress(stage, done[0], total, label)
+            newly = [f for f in pending if f.done()]
+            if not newly:
+                time.sleep(0.02)
+                waited += 0.02
+                if waited >= POLL_SECONDS:
+                    waited = 0.0
+                    if client.scheduler_info()["workers"]:
+                        without_workers = 0.0
+                    else:
+                        without_workers += POLL_SECONDS
+                    if without_workers >= NO_WORKER_SECONDS:
+                        raise DistributedTrainError(
+                            f"the dask cluster has had no worker for {without_workers:.0f} s "
+                            "in the middle of a step; the last checkpoint is unchanged. "
+                            "Start workers, then resume from the checkpoint."
+                        )
+                continue
+            pending = [f for f in pending if not f.done()]
+            for _ in newly:
+                done[0] += 1
+                yield Progress(stage, done[0], total, label)
         return client.gather(futures)
     except (JobStopped, GigapixelError):
         raise

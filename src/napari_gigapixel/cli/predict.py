@@ -4,11 +4,15 @@ Runs a trained model over the whole slide chunk by chunk (dask; local threads,
 or a dask.distributed cluster with --scheduler) and writes the probability and
 the tissue mask as OME-Zarr pyramids at the model's output stride. The output
 appears only when complete; an existing one is replaced only with --overwrite.
+Several --image (or a folder, or a list file) predict a cohort into the --out
+folder, one slide per cluster task with --scheduler; a slide that fails is
+reported and the others go on (exit status 1 at the end).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from ._common import (
     EXIT_OK,
@@ -31,8 +35,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
     p.add_argument("--model", required=True, help="model file (.keras) from 'train'")
-    p.add_argument("--image", required=True, help="slide to predict")
-    p.add_argument("--out", required=True, help="output OME-Zarr folder, e.g. slide_pred.zarr")
+    p.add_argument(
+        "--image",
+        required=True,
+        action="append",
+        help="slide to predict; repeat it, or give a folder of slides or a list file "
+        "(.txt, one path a line) to predict many",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output OME-Zarr folder, e.g. slide_pred.zarr; for many slides a folder that "
+        "gets <name>_pred.zarr per slide",
+    )
     p.add_argument(
         "--scheduler",
         default=None,
@@ -63,8 +78,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _is_many(items: list[str]) -> bool:
+    from ..core.predict_many import LIST_EXTENSIONS
+    from ..core.slide import is_slide_path
+
+    if len(items) != 1:
+        return True
+    p = items[0]
+    return (os.path.isdir(p) and not is_slide_path(p)) or (
+        os.path.isfile(p) and p.lower().endswith(LIST_EXTENSIONS)
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    """Predict with a tqdm progress bar; 0 on success, 130 when stopped."""
+    """Predict with a tqdm progress bar; 0 on success, 130 when stopped.
+
+    Many slides: 1 when any slide failed (the others are still predicted).
+    """
     from ..core.inference import PredictConfig, predict
     from ..core.training import use_mixed_precision
     from . import _resolution
@@ -72,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = PredictConfig(
         model=args.model,
-        image=args.image,
+        image=args.image[0],
         out=args.out,
         overwrite=args.overwrite,
         chunk=args.chunk,
@@ -83,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         mixed_precision=use_mixed_precision(PRECISIONS[args.precision]),
         resolution=_resolution.from_args(args),
     )
+    if _is_many(args.image):
+        return _run_many(cfg, args)
     finished = follow(predict(cfg), unit="chunk", desc="predict", quiet=args.quiet)
     if finished is None or finished.stopped:
         return stopped_exit("predict (nothing was written)", args.quiet)
@@ -97,3 +129,27 @@ def run(args: argparse.Namespace) -> int:
             f"tissue {100 * res['tissue_fraction']:.1f}%"
         )
     return EXIT_OK
+
+
+def _run_many(cfg, args: argparse.Namespace) -> int:
+    """A cohort into the --out folder: 0 all done, 1 a slide failed, 130 stopped."""
+    from ..core.model_io import read_model_meta
+    from ..core.predict_many import expand_images, predict_many
+    from ._progress import follow
+
+    images = expand_images(args.image)
+    read_model_meta(cfg.model)  # a bad model fails once, not once per slide
+    finished = follow(
+        predict_many(cfg, images, args.out), unit="slide", desc="slides", quiet=args.quiet
+    )
+    if finished is None or finished.stopped:
+        return stopped_exit("predict (finished slides are kept)", args.quiet)
+    res = finished.result
+    if args.json:
+        print_json(res)
+    elif not args.quiet:
+        print(
+            f"predicted {res['ok']} of {res['total']} slides into {args.out}"
+            + (f"; {res['failed']} failed" if res["failed"] else "")
+        )
+    return 1 if res["failed"] else EXIT_OK

@@ -182,6 +182,13 @@ def add_parser(subparsers: Any) -> None:
     _resolution.add_arguments(p, "level 0, every pixel; with --resume, the checkpoint's")
     p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
     p.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="run each step across the workers of a dask.distributed cluster (slides and "
+        "tiles split over workers, the same weights as one process); the slide paths must "
+        "be readable on the workers",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=positive_int("--checkpoint-every"),
         default=d.checkpoint_every,
@@ -249,6 +256,7 @@ def build_config(args: argparse.Namespace):
         val_roi=val_roi,
         val_every=args.val_every,
         resolution=_resolution.from_args(args),
+        scheduler=args.scheduler,
     )
 
 
@@ -278,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
         "best_val_dice": result.get("best_val_dice"),
         "best_model": result.get("best_model"),
         "resolution": result.get("resolution"),
+        "workers": result.get("workers"),
         "stopped": stopped,
     }
     if args.json:

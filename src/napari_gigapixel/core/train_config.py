@@ -127,6 +127,12 @@ class TrainConfig:
         resolution the checkpoint was trained at. Tiles, halo and ``tile`` are in
         its pixels; masks are resampled to it; the model file records it and
         ``predict`` uses it by default.
+    scheduler
+        Address of a ``dask.distributed`` scheduler (``"tcp://host:port"``):
+        each step runs across its workers (:mod:`.distributed_train`), with the
+        same weights as the single-process run. Images must then be paths the
+        workers can read; ``memory_gb`` is each worker's budget. ``None``
+        (default): this process.
     """
 
     images: list[Any] = field(default_factory=list)
@@ -156,6 +162,7 @@ class TrainConfig:
     val_roi: Any = None
     val_every: int = 10
     resolution: Resolution | None = None
+    scheduler: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (arrays are described, not stored)."""
@@ -241,6 +248,19 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.resolution is not None and not isinstance(cfg.resolution, Resolution):
         raise TrainConfigError(
             f"resolution must be a Resolution(mpp=..., level=...), not {cfg.resolution!r}."
+        )
+    if cfg.scheduler is not None and "://" not in str(cfg.scheduler):
+        raise TrainConfigError(
+            f"scheduler must be a dask.distributed address like tcp://host:8786, "
+            f"not {cfg.scheduler!r}."
+        )
+    if cfg.scheduler is not None and (
+        cfg.validates or (cfg.resolution is not None and not cfg.resolution.is_level0)
+    ):
+        raise TrainConfigError(
+            "training on a dask.distributed cluster (scheduler) runs at level 0 without "
+            "validation for now; drop the validation data and the resolution, or train "
+            "in this process."
         )
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise TrainConfigError(

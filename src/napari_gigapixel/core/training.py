@@ -21,8 +21,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from ._resources import (
     ACTIVATION_FACTOR,
     BASELINE_BYTES,
@@ -36,19 +34,13 @@ from ._resources import (
 from ._train_augment import SlideView as _View
 from ._train_augment import augment_params as _augment_params
 from .events import (
-    CheckpointEvent,
-    Finished,
-    JobStopped,
     Message,
-    PreviewEvent,
     Progress,
-    StepEvent,
     StopFlag,
     ValidationEvent,
-    stop_requested,
 )
 from .image_step import ImageStep, image_step, iter_image_step, preview_factor
-from .tiling import Tile, padded_shape, round_up, tile_grid
+from .tiling import padded_shape, round_up, tile_grid
 from .train_config import (
     LR_FLOOR,
     LR_SCHEDULES,
@@ -203,6 +195,9 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     there is validation data), ``StepEvent``, ``CheckpointEvent`` and last
     ``Finished``.
 
+    With ``cfg.scheduler`` set, the steps run on a dask.distributed cluster
+    (:func:`.distributed_train.train_distributed`, same weights and events).
+
     On stop (between tiles) the half-done step is dropped, the model after
     the last complete step is checkpointed, and ``Finished(stopped=True)`` is
     the last event. Nothing is written before the inputs were validated.
@@ -213,6 +208,11 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         Bad configuration, slides, masks or output location (raised by
         :func:`preflight`, before TensorFlow loads and before anything is written).
     """
+    if cfg.scheduler:
+        from .distributed_train import train_distributed
+
+        yield from train_distributed(cfg, stop)
+        return
     preflight(cfg)
     from ._quiet_tf import load_keras_quietly
 
@@ -288,34 +288,20 @@ def _train_data():
     return _train_data
 
 
-def _core(cfg, shape, geometry, bpp, compute_budget) -> int:
-    """Tile core size of one image (``tile``, ``"auto"`` or whole-image mode)."""
-    if cfg.mode == "whole":
-        return max(padded_shape(shape, geometry.stride))
-    if cfg.tile == "auto":
-        return auto_core(shape, geometry, bpp, compute_budget)
-    return round_up(int(cfg.tile), geometry.stride)
-
-
 def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget, t_start):
     from . import _backend
-    from .unet import save_model
+    from ._step_loop import preview_event, run_steps
     from .validation import BestTracker, describe_validation, iter_validate
 
     os_ = geometry.output_stride
     bpp = bytes_per_pixel(model)
     # The RSS now holds the interpreter, TensorFlow and the in-memory caches.
     compute_budget = budget - max(BASELINE_BYTES, current_rss_bytes())
-    grids: list[list[Tile]] = []
-    cores: list[int] = []
-    for d in datas:
-        core = _core(cfg, d.shape, geometry, bpp, compute_budget)
-        grid = tile_grid(d.shape, core, geometry.halo, geometry.stride)
-        cores.append(min(core, max(padded_shape(d.shape, geometry.stride))))
-        grids.append(grid)
+    cores = [core_size(cfg, d.shape, geometry, bpp, compute_budget) for d in datas]
+    grids = [tile_grid(d.shape, c, geometry.halo, geometry.stride) for d, c in zip(datas, cores)]
     n_tiles = sum(len(g) for g in grids)
     vgrids = [
-        tile_grid(v.shape, _core(cfg, v.shape, geometry, bpp, compute_budget), *hs)
+        tile_grid(v.shape, core_size(cfg, v.shape, geometry, bpp, compute_budget), *hs)
         for v in vdatas
         for hs in [(geometry.halo, geometry.stride)]
     ]
@@ -330,166 +316,104 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
         f"model: stride {geometry.stride}, output stride {os_}, halo {geometry.halo}; "
         f"tiles: {n_tiles} (core {max(cores)} px)"
     )
-    start_step = len(history)
-    last_saved = start_step if cfg.resume else -1
-    completed = start_step
-    step_seconds: list[float] = []
-    train_config = cfg.to_dict()
+    # The working resolution, recorded in every checkpoint (predict uses it).
     resolution = {k: v for k, v in datas[0].resolution.items() if k != "describe"}
     if len({round(d.downsample, 6) for d in datas}) > 1:
         resolution["downsamples"] = [d.downsample for d in datas]
-
-    def checkpoint(path=cfg.out):
-        save_model(
-            model,
-            path,
-            geometry=geometry,
-            model_config=mcfg,
-            train_config=train_config,
-            history=history,
-            validation=best.meta() if vdatas else None,
-            resolution=resolution,
-        )
-        return CheckpointEvent(path=os.fspath(path), step=completed)
-
-    last_val: ValidationEvent | None = None
-
     pool = ThreadPoolExecutor(1)
-    stopped = False
+
+    def compute(step_no: int):
+        out = []
+        for i, (d, grid) in enumerate(zip(datas, grids)):
+            view = _View(d, os_, _augment_params(cfg.seed, step_no, cfg.augment))
+            if (view.k or view.flip) and view.shape != d.shape:
+                grid = tile_grid(view.shape, cores[i], geometry.halo, geometry.stride)
+            res = yield from iter_image_step(
+                step_fn,
+                view,
+                grid,
+                geometry,
+                cfg.loss,
+                d.n_labelled,
+                f,
+                stop=stop,
+                pool=pool,
+                label=f"step {step_no}, image {i + 1}",
+            )
+            pe = preview_event(i, res, view, f * d.downsample, os_, d.offset)
+            out.append((res, pe))
+        return out
+
+    def validate(step_no: int, last: bool, save: Any):
+        """Every ``val_every`` steps (and after the last): score, keep the best model."""
+        if not vdatas or not (step_no % int(cfg.val_every) == 0 or last):
+            return None
+        score = yield from iter_validate(
+            step_fn,
+            vdatas,
+            vgrids,
+            geometry,
+            cfg.loss,
+            f,
+            stop=stop,
+            pool=pool,
+            label=f"validation after step {step_no}",
+        )
+        improved = best.update(step_no, score.dice)
+        if improved:
+            save(best.path)
+        yield ValidationEvent(
+            step=step_no,
+            dice=score.dice,
+            soft_dice=score.soft_dice,
+            loss=score.loss,
+            best_step=best.step,
+            best_dice=best.dice,
+            best_path=os.path.abspath(best.path),
+            improved=improved,
+        )
+        return {"val_dice": score.dice, "val_soft_dice": score.soft_dice, "val_loss": score.loss}
+
+    def result_extra() -> dict[str, Any]:
+        last = next((h for h in reversed(history) if "val_dice" in h), None)
+        return {
+            "val_dice": last["val_dice"] if last else None,
+            "val_loss": last["val_loss"] if last else None,
+            "best_step": best.step,
+            "best_val_dice": best.dice,
+            "best_model": os.path.abspath(best.path) if best.step is not None else None,
+            "resolution": resolution,
+        }
+
     try:
-        for k in range(int(cfg.steps)):
-            step_no = start_step + k + 1
-            t0 = time.perf_counter()
-            # Set per step (not a Keras schedule object: a resumed run's optimizer
-            # comes from the file). Steps count from the first run, so stop +
-            # resume follows the same curve as the uninterrupted run.
-            lr_k = learning_rate(
-                cfg.lr, cfg.lr_schedule, start_step + k, start_step + int(cfg.steps)
-            )
-            model.optimizer.learning_rate = lr_k
-            total_grads: list[np.ndarray] | None = None
-            losses, dices, softs = [], [], []
-            previews = []
-            for i, (d, grid) in enumerate(zip(datas, grids)):
-                view = _View(d, os_, _augment_params(cfg.seed, step_no, cfg.augment))
-                if (view.k or view.flip) and view.shape != d.shape:
-                    grid = tile_grid(view.shape, cores[i], geometry.halo, geometry.stride)
-                res = yield from iter_image_step(
-                    step_fn,
-                    view,
-                    grid,
-                    geometry,
-                    cfg.loss,
-                    d.n_labelled,
-                    f,
-                    stop=stop,
-                    pool=pool,
-                    label=f"step {step_no}, image {i + 1}",
-                )
-                if total_grads is None:
-                    total_grads = res.grads
-                else:
-                    for acc, g in zip(total_grads, res.grads):
-                        acc += g
-                losses.append(res.loss)
-                dices.append(res.dice)
-                softs.append(res.soft_dice)
-                if not (view.k or view.flip):
-                    previews.append(
-                        PreviewEvent(
-                            image_index=i,
-                            probability=res.preview,
-                            downsample=float(f * os_ * d.downsample),
-                            offset=d.offset,
-                        )
-                    )
-            if stop_requested(stop):
-                raise JobStopped()
-            _backend.apply_gradients(model, total_grads)
-            completed = step_no
-            seconds = time.perf_counter() - t0
-            step_seconds.append(seconds)
-            entry = {
-                "step": step_no,
-                "loss": float(sum(losses)),
-                "dice": float(np.mean(dices)),
-                "soft_dice": float(np.mean(softs)),
-                "seconds": seconds,
-                "lr": lr_k,
-            }
-            history.append(entry)
-            yield from previews
-            extra = {"soft_dice": entry["soft_dice"], "lr": lr_k}
-            if vdatas and (step_no % int(cfg.val_every) == 0 or k + 1 == int(cfg.steps)):
-                score = yield from iter_validate(
-                    step_fn,
-                    vdatas,
-                    vgrids,
-                    geometry,
-                    cfg.loss,
-                    f,
-                    stop=stop,
-                    pool=pool,
-                    label=f"validation after step {step_no}",
-                )
-                entry.update(
-                    val_dice=score.dice, val_soft_dice=score.soft_dice, val_loss=score.loss
-                )
-                improved = best.update(step_no, score.dice)
-                if improved:
-                    checkpoint(best.path)
-                last_val = ValidationEvent(
-                    step=step_no,
-                    dice=score.dice,
-                    soft_dice=score.soft_dice,
-                    loss=score.loss,
-                    best_step=best.step,
-                    best_dice=best.dice,
-                    best_path=os.path.abspath(best.path),
-                    improved=improved,
-                )
-                yield last_val
-                extra.update(val_dice=score.dice, val_loss=score.loss)
-            yield StepEvent(
-                step=step_no,
-                total_steps=start_step + int(cfg.steps),
-                loss=entry["loss"],
-                dice=entry["dice"],
-                seconds=seconds,
-                peak_rss_bytes=peak_rss_bytes(),
-                tile=max(cores),
-                n_tiles=n_tiles,
-                extra=extra,
-            )
-            if cfg.checkpoint_every and (k + 1) % int(cfg.checkpoint_every) == 0:
-                yield checkpoint()
-                last_saved = completed
-    except JobStopped:
-        stopped = True
+        yield from run_steps(
+            cfg,
+            stop,
+            model,
+            mcfg,
+            history,
+            geometry,
+            compute,
+            tile=max(cores),
+            n_tiles=n_tiles,
+            megapixels=sum(d.shape[0] * d.shape[1] for d in datas) / 1e6,
+            t_start=t_start,
+            save_meta=lambda: {
+                "validation": best.meta() if vdatas else None,
+                "resolution": resolution,
+            },
+            validate=validate if vdatas else None,
+            result_extra=result_extra,
+        )
     finally:
         pool.shutdown(wait=True)
-    if completed != last_saved and completed > 0:
-        yield checkpoint()
-    steady = step_seconds[1:] or step_seconds
-    result = {
-        "steps": completed - start_step,
-        "total_steps": completed,
-        "loss": history[-1]["loss"] if history else None,
-        "dice": history[-1]["dice"] if history else None,
-        "seconds_per_step": float(np.mean(steady)) if steady else None,
-        "first_step_seconds": step_seconds[0] if step_seconds else None,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "tile": max(cores),
-        "n_tiles": n_tiles,
-        "megapixels": sum(d.shape[0] * d.shape[1] for d in datas) / 1e6,
-        "seconds": time.perf_counter() - t_start,
-        "out": os.fspath(cfg.out) if completed != start_step or cfg.resume else None,
-        "geometry": geometry.to_dict(),
-        "val_dice": last_val.dice if last_val else None,
-        "val_loss": last_val.loss if last_val else None,
-        "best_step": best.step,
-        "best_val_dice": best.dice,
-        "best_model": os.path.abspath(best.path) if best.step is not None else None,
-        "resolution": resolution,
-    }
-    yield Finished(result=result, stopped=stopped)
+
+
+def core_size(cfg: TrainConfig, shape, geometry, bpp: float, budget: float) -> int:
+    """Core size (level-0 pixels) of an image of ``shape``: ``cfg.tile``, auto or whole."""
+    full = max(padded_shape(shape, geometry.stride))
+    if cfg.mode == "whole":
+        return full
+    if cfg.tile == "auto":
+        return min(auto_core(shape, geometry, bpp, budget), full)
+    return min(round_up(int(cfg.tile), geometry.stride), full)

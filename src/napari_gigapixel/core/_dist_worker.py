@@ -1,0 +1,231 @@
+"""Worker side of distributed training: tasks that run inside dask workers.
+
+Each worker process keeps, between steps, TensorFlow, the model and its
+compiled tile step (keyed by the model config and dtype) and the decoded
+training images (keyed by the run), so a step only ships the weights
+(about 20 KB) and returns gradients of the same size. The tasks reuse the
+single-process trainer's per-tile functions (:func:`.image_step._tile_inputs`,
+:class:`._backend.TileStep`, :func:`.image_step.image_step`), so a unit of work
+computes exactly what the trainer computes for those tiles.
+
+A unit is either a whole image (both Dice passes run on the worker, one round
+trip) or a share of an image's tiles (``"forward"``: Dice's global sums;
+``"grad"``: gradients with the client-reduced Dice coefficients).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: One lock per worker process: tasks share the model's variables.
+_LOCK = threading.Lock()
+#: The worker's cache: ``model_key``, ``model``, ``step_fn``, ``run``, ``images``.
+_STATE: dict[str, Any] = {"model_key": None, "run": None, "images": {}}
+
+
+@dataclass
+class RunSpec:
+    """What every task of one run needs (sent once, as a scattered future).
+
+    Attributes
+    ----------
+    run_id
+        Unique per training run: the worker drops images of other runs.
+    images, masks, rois
+        Slide paths (readable on the workers), masks (paths or
+        :class:`.masks.AnnotationMask`) and ROIs, one per image.
+    mask_kind, loss, seed, augment, memory_gb, cache_dir
+        As in :class:`.training.TrainConfig`.
+    model_config
+        :meth:`.unet.ModelConfig.to_dict` of the model.
+    dtype
+        ``"float32"``, ``"float64"`` or ``"mixed_bfloat16"``.
+    output_stride, preview_factor
+        Geometry of the outputs and of the preview.
+    """
+
+    run_id: str
+    images: list[str]
+    masks: list[Any]
+    rois: list[Any]
+    mask_kind: str
+    loss: str
+    seed: int
+    augment: bool
+    memory_gb: float
+    cache_dir: str | None
+    model_config: dict[str, Any]
+    dtype: str
+    output_stride: int
+    preview_factor: int
+    geometry: dict[str, int] = field(default_factory=dict)
+
+
+def _model(spec: RunSpec):
+    """The worker's model and tile step for this spec (built once per config)."""
+    key = json.dumps([spec.model_config, spec.dtype, spec.preview_factor], sort_keys=True)
+    if _STATE["model_key"] != key:
+        from ._quiet_tf import load_keras_quietly
+
+        load_keras_quietly()
+        from . import _backend
+        from .unet import ModelConfig, build_unet
+
+        model = build_unet(ModelConfig.from_dict(spec.model_config), seed=0, dtype=spec.dtype)
+        _STATE["model"] = model
+        _STATE["step_fn"] = _backend.TileStep(model, spec.preview_factor)
+        _STATE["model_key"] = key
+    return _STATE["model"], _STATE["step_fn"]
+
+
+def _image(spec: RunSpec, i: int):
+    """Decoded image ``i`` of the run (decoded once per worker and run)."""
+    if _STATE["run"] != spec.run_id:
+        for d in _STATE["images"].values():
+            d.close()
+        _STATE["images"] = {}
+        _STATE["run"] = spec.run_id
+    if i not in _STATE["images"]:
+        from ._resources import BASELINE_BYTES, current_rss_bytes
+        from ._train_data import build_image_data
+
+        budget = float(spec.memory_gb) * 2**30
+        room = [0.35 * max(budget - max(BASELINE_BYTES, current_rss_bytes()), 0)]
+
+        def in_memory(nbytes: int) -> bool:
+            if nbytes <= room[0]:
+                room[0] -= nbytes
+                return True
+            return False
+
+        import dask
+
+        # Inside a task, dask would send the slide's read graph (open file
+        # handles) to the cluster: decode synchronously in this worker.
+        with dask.config.set(scheduler="sync"):
+            _STATE["images"][i] = build_image_data(
+                spec.images[i],
+                spec.masks[i],
+                roi=spec.rois[i],
+                kind=spec.mask_kind,
+                output_stride=spec.output_stride,
+                cache_in_memory=in_memory,
+                cache_dir=spec.cache_dir,
+            )
+    return _STATE["images"][i]
+
+
+def _set_weights(model: Any, weights: list[np.ndarray]) -> None:
+    for v, w in zip(model.trainable_variables, weights):
+        v.assign(w)
+
+
+def describe_image(spec: RunSpec, i: int) -> dict[str, Any]:
+    """Decode image ``i`` on this worker; its shape, offset and labelled pixels."""
+    with _LOCK:
+        d = _image(spec, i)
+        return {
+            "name": d.name,
+            "shape": tuple(d.shape),
+            "offset": tuple(d.offset),
+            "n_labelled": float(d.n_labelled),
+        }
+
+
+def _view(spec: RunSpec, i: int, step_no: int):
+    from ._train_augment import SlideView, augment_params
+
+    d = _image(spec, i)
+    return SlideView(d, spec.output_stride, augment_params(spec.seed, step_no, spec.augment))
+
+
+def whole_image(
+    spec: RunSpec, weights: list[np.ndarray], i: int, step_no: int, tiles: list[Any]
+) -> dict[str, Any]:
+    """The exact step of a whole image on this worker (the trainer's own function)."""
+    from .geometry import Geometry
+    from .image_step import image_step
+
+    with _LOCK:
+        model, step_fn = _model(spec)
+        _set_weights(model, weights)
+        d = _image(spec, i)
+        res = image_step(
+            step_fn,
+            _view(spec, i, step_no),
+            tiles,
+            Geometry(**spec.geometry),
+            spec.loss,
+            d.n_labelled,
+            spec.preview_factor,
+        )
+        return {
+            "grads": res.grads,
+            "loss": res.loss,
+            "dice": res.dice,
+            "soft_dice": res.soft_dice,
+            "preview": res.preview,
+        }
+
+
+def tile_share(
+    spec: RunSpec,
+    weights: list[np.ndarray] | None,
+    i: int,
+    step_no: int,
+    tiles: list[Any],
+    which: str,
+    coeff: tuple[float, float, float],
+) -> dict[str, Any]:
+    """Forward sums (``which="forward"``) or gradients (``"grad"``) of some tiles.
+
+    ``coeff`` is ``(c_bce, c_da, c_db)``: the BCE weight ``1/N`` and Dice's
+    closed-form coefficients from the client-reduced forward sums.
+    """
+    from .image_step import _tile_inputs
+
+    with _LOCK:
+        model, step_fn = _model(spec)
+        if weights is not None:
+            _set_weights(model, weights)
+        view = _view(spec, i, step_no)
+        os_, f = spec.output_stride, spec.preview_factor
+        stats = np.zeros(8)
+        grads: list[np.ndarray] | None = None
+        patches = []
+        for tile in tiles:
+            inputs = _tile_inputs(view, tile, os_)
+            if inputs is None:
+                continue
+            x, y, wgt, oy, ox = inputs
+            if which == "forward":
+                r = step_fn.forward(x, y, wgt, oy, ox)
+            else:
+                r = step_fn.gradient(
+                    x, y, wgt, oy, ox, c_bce=coeff[0], c_da=coeff[1], c_db=coeff[2]
+                )
+                if grads is None:
+                    grads = [g.astype(np.float64) for g in r.grads]
+                else:
+                    for acc, g in zip(grads, r.grads):
+                        acc += g
+            stats += r.stats
+            patches.append((tile.core[0] // os_ // f, tile.core[2] // os_ // f, r.preview))
+        return {"stats": stats, "grads": grads, "patches": patches}
+
+
+def drop_run(run_id: str) -> bool:
+    """Free a finished run's decoded images on this worker (``client.run``)."""
+    with _LOCK:
+        if _STATE["run"] == run_id:
+            for d in _STATE["images"].values():
+                d.close()
+            _STATE["images"] = {}
+            _STATE["run"] = None
+            return True
+        return False

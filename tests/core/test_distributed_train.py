@@ -1,0 +1,199 @@
+"""Distributed training on a LocalCluster: the single-process run's weights, exactly."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+distributed = pytest.importorskip("distributed")
+
+from napari_gigapixel.core.distributed_train import (  # noqa: E402
+    DistributedTrainError,
+    train_distributed,
+)
+from napari_gigapixel.core.events import (  # noqa: E402
+    CheckpointEvent,
+    Finished,
+    Progress,
+    StepEvent,
+)
+from napari_gigapixel.core.training import TrainConfig, TrainConfigError, train  # noqa: E402
+from napari_gigapixel.core.unet import ModelConfig, load_model  # noqa: E402
+
+SMALL = ModelConfig(widths=(4, 6, 8), decoder_widths=(3, 4, 4))
+
+
+def _pair(shape, seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    tissue = (np.sin(yy / 53.0) * np.cos(xx / 71.0)) > 0.1
+    img = np.where(tissue[..., None], [180, 90, 160], [235, 230, 235]).astype(np.float64)
+    img = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+    return img, tissue[::4, ::4].astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    """Slide files (plain TIFF) and 1/4-level masks: workers read them by path."""
+    import tifffile
+
+    d = tmp_path_factory.mktemp("slides")
+    out = []
+    for seed, shape in [(0, (512, 1024)), (1, (384, 512))]:
+        img, mask = _pair(shape, seed)
+        tifffile.imwrite(d / f"s{seed}.tif", img, tile=(256, 256))
+        tifffile.imwrite(d / f"s{seed}_mask.tif", mask)
+        out.append((str(d / f"s{seed}.tif"), str(d / f"s{seed}_mask.tif")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as c:
+        yield c
+
+
+def _cfg(pairs, out, **kw):
+    base = dict(
+        images=[p[0] for p in pairs],
+        masks=[p[1] for p in pairs],
+        out=str(out),
+        steps=3,
+        model=SMALL,
+        seed=3,
+        mixed_precision=False,  # float32: the comparison is to 1e-5
+        checkpoint_every=0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _run(cfg, scheduler=None):
+    cfg.scheduler = scheduler  # train() hands a run with a scheduler to the cluster
+    return list(train(cfg))
+
+
+def _rel_diff(a_path, b_path) -> float:
+    a = load_model(a_path)[0].get_weights()
+    b = load_model(b_path)[0].get_weights()
+    return max(float(np.linalg.norm(x - y) / np.linalg.norm(y)) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # One slide, its tiles split over the 2 workers (Dice sums reduced on the client).
+        dict(n=1, tile=256, loss="dice+bce"),
+        dict(n=1, tile=256, loss="bce"),
+        # A cohort: whole slides per worker.
+        dict(n=2, tile="auto", loss="dice+bce"),
+    ],
+    ids=["split-dice+bce", "split-bce", "cohort"],
+)
+def test_same_weights_as_the_single_process_run(slides, cluster, tmp_path, case):
+    pairs = slides[: case["n"]]
+    kw = dict(tile=case["tile"], loss=case["loss"])
+    single = _run(_cfg(pairs, tmp_path / "one.keras", **kw))
+    events = _run(_cfg(pairs, tmp_path / "dist.keras", **kw), cluster.scheduler_address)
+    fin = events[-1]
+    assert isinstance(fin, Finished) and not fin.stopped
+    assert fin.result["workers"] == 2 and fin.result["steps"] == 3
+    assert fin.result["n_tiles"] == single[-1].result["n_tiles"]
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    ref = [e for e in single if isinstance(e, StepEvent)]
+    assert [s.step for s in steps] == [1, 2, 3]
+    for s, r in zip(steps, ref):
+        assert s.loss == pytest.approx(r.loss, rel=1e-5)
+        assert s.dice == pytest.approx(r.dice, abs=1e-4)
+    assert any(isinstance(e, Progress) and e.stage == "tiles" for e in events)
+    assert _rel_diff(tmp_path / "dist.keras", tmp_path / "one.keras") <= 1e-5
+
+
+@pytest.mark.slow
+def test_a_worker_lost_mid_step_is_replaced(slides, cluster, tmp_path):
+    """Kill one worker process in the middle of step 2 (after its first task came back):
+    its tasks are rerun, the restarted worker decodes the slide again, and the weights
+    still match the single-process run."""
+    pairs = slides[:1]
+    kw = dict(tile=256, loss="dice+bce")
+    _run(_cfg(pairs, tmp_path / "one.keras", **kw))
+    cfg = _cfg(pairs, tmp_path / "dist.keras", scheduler=cluster.scheduler_address, **kw)
+    killed = False
+    with distributed.Client(cluster.scheduler_address) as client:
+        victim = sorted(client.scheduler_info()["workers"])[1]
+        events = []
+        for ev in train(cfg):
+            events.append(ev)
+            mid_step_2 = (
+                isinstance(ev, Progress) and ev.stage == "tiles" and "step 2" in ev.message
+            )
+            if mid_step_2 and not killed:
+                client.restart_workers([victim])
+                killed = True
+    assert killed and isinstance(events[-1], Finished) and events[-1].result["steps"] == 3
+    assert _rel_diff(tmp_path / "dist.keras", tmp_path / "one.keras") <= 1e-5
+
+
+def test_no_workers_left_fails_cleanly_and_keeps_the_checkpoint(slides, tmp_path, monkeypatch):
+    import napari_gigapixel.core.distributed_train as dt
+
+    monkeypatch.setattr(dt, "NO_WORKER_SECONDS", 1.0)
+    out = tmp_path / "m.keras"
+    # In-process workers: cheap to start, and TensorFlow is already loaded here.
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster.scheduler_address) as client,
+    ):
+        cfg = _cfg(slides[:1], out, scheduler=cluster.scheduler_address, checkpoint_every=1)
+        seen = []
+        with pytest.raises(DistributedTrainError, match="no worker"):
+            for ev in train(cfg):
+                seen.append(ev)
+                if isinstance(ev, CheckpointEvent) and ev.step == 1:
+                    cluster.scale(0)  # every worker gone, none restarted
+                    for _ in range(100):
+                        if not client.scheduler_info()["workers"]:
+                            break
+                        time.sleep(0.1)
+    assert any(isinstance(e, CheckpointEvent) for e in seen)
+    _, meta = load_model(out)
+    assert [h["step"] for h in meta["history"]] == [1]
+
+
+def test_bad_inputs_fail_cleanly(slides, tmp_path, monkeypatch):
+    import napari_gigapixel.core.distributed_train as dt
+
+    monkeypatch.setattr(dt, "CONNECT_TIMEOUT", 2.0)
+    cfg = _cfg(slides[:1], tmp_path / "m.keras")
+    cfg.images = [np.zeros((64, 64, 3), np.uint8)]
+    cfg.scheduler = "tcp://127.0.0.1:1"
+    with pytest.raises(TrainConfigError, match="paths"):
+        list(train_distributed(cfg))
+    cfg = _cfg(slides[:1], tmp_path / "m.keras")
+    cfg.scheduler = "tcp://127.0.0.1:1"
+    with pytest.raises(DistributedTrainError, match="cannot reach"):
+        list(train_distributed(cfg))
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_cli_trains_a_cohort_on_the_cluster(slides, cluster, tmp_path, capsys):
+    import json
+
+    from napari_gigapixel.cli import main
+
+    out = tmp_path / "cli.keras"
+    args = ["train", "--steps", "2", "--seed", "3", "--precision", "float32"]
+    for img, msk in slides:
+        args += ["--image", img, "--mask", msk]
+    args += ["--out", str(out), "--scheduler", cluster.scheduler_address, "--json"]
+    assert main(args) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["workers"] == 2 and figures["steps"] == 2 and out.exists()
+    assert load_model(out)[1]["train_config"]["scheduler"] == cluster.scheduler_address

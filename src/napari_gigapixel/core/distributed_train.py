@@ -206,7 +206,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
     from .unet import model_geometry
 
     t_start = time.perf_counter()
-    model, mcfg, history = _make_model(cfg)
+    model, mcfg, history, _meta = _make_model(cfg)
     geometry = model_geometry(model)
     n = len(cfg.images)
     spec = dw.RunSpec(

@@ -54,11 +54,11 @@ def test_export_json_overwrite_and_exit_codes(prediction, tmp_path, capsys):
     back = load_mask(out, (200, 320)).read_window(0, 200, 0, 320, 4)
     assert int(back.sum()) == 20 * 20 - 25 + 10 * 35
 
-    # An existing output is refused (exit 2, one line, file intact) unless --overwrite.
+    # An existing output is refused (exit 1, one line, file intact) unless --overwrite.
     before = open(out).read()
     rc = main(["export", prediction, out, "--quiet"])
     err = capsys.readouterr().err
-    assert rc == 2 and "already exists" in err and "--overwrite" in err
+    assert rc == 1 and "already exists" in err and "--overwrite" in err
     assert "Traceback" not in err and open(out).read() == before
     rc = main(["export", prediction, out, "--overwrite", "--tolerance", "0", "--min-area", "0"])
     text = capsys.readouterr().out
@@ -69,8 +69,9 @@ def test_export_json_overwrite_and_exit_codes(prediction, tmp_path, capsys):
 
 
 def test_export_bad_input(prediction, tmp_path, capsys):
-    assert main(["export", str(tmp_path / "missing.zarr"), str(tmp_path / "o.geojson")]) == 2
-    assert "no such prediction" in capsys.readouterr().err
+    # docs/cli.md: bad input is an error (1), contradictory or malformed flags usage (2).
+    assert main(["export", str(tmp_path / "missing.zarr"), str(tmp_path / "o.geojson")]) == 1
+    assert "missing.zarr" in capsys.readouterr().err
     rc = main(["export", prediction, str(tmp_path / "o.geojson"), "--tolerance", "-1"])
     assert rc == 2 and "--tolerance" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # argparse: usage error
@@ -86,7 +87,7 @@ def test_export_a_mask_file_needs_the_slide(tmp_path, capsys):
     )
     out = str(tmp_path / "m.geojson")
     # The synthetic mask does not state its level: the slide must say how big level 0 is.
-    assert main(["export", str(mask), out, "--quiet"]) == 2
+    assert main(["export", str(mask), out, "--quiet"]) == 1
     assert "--slide" in capsys.readouterr().err
     rc = main(
         ["export", str(mask), out, "--slide", str(slide), "--json", "--quiet", "--overwrite"]

@@ -32,9 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--kind",
         choices=("dense", "scribble"),
-        default="dense",
+        default=None,
         help="mask file labels: dense (nonzero = tissue) or scribble (1 background, "
-        "2 tissue; both are exported) (default: %(default)s)",
+        "2 tissue; both are exported) (default: the kind the file records, else dense)",
     )
     p.add_argument(
         "--tolerance",

@@ -95,7 +95,7 @@ def open_source(
     *,
     slide_shape: tuple[int, int] | None = None,
     downsample: float | None = None,
-    kind: str = "dense",
+    kind: str | None = None,
 ) -> ExportSource:
     """Place a prediction or a mask on its slide for export.
 
@@ -113,7 +113,8 @@ def open_source(
     downsample
         Level-0 pixels per pixel of a bare array (default 1).
     kind
-        ``"dense"`` or ``"scribble"`` for a mask file or a bare array.
+        ``"dense"`` or ``"scribble"`` for a mask file (default: the kind the
+        file records, else dense) or a bare array (default dense).
 
     Raises
     ------
@@ -136,7 +137,7 @@ def open_source(
         mask = AnnotationMask(source.mask[0], source.downsample, "dense", Path(source.path).name)
         return ExportSource(mask, tuple(map(float, source.offset)), source.region_shape, mask.name)
     if hasattr(source, "shape") and len(source.shape) == 2:
-        mask = AnnotationMask(source, float(downsample or 1.0), kind, "array")  # type: ignore[arg-type]
+        mask = AnnotationMask(source, float(downsample or 1.0), kind or "dense", "array")  # type: ignore[arg-type]
         return ExportSource(mask, name=mask.name)
     raise ExportError(
         f"cannot export a {type(source).__name__}: give a prediction folder, a mask file, "
@@ -144,7 +145,9 @@ def open_source(
     )
 
 
-def _open_mask_file(path: Path, slide_shape: tuple[int, int] | None, kind: str) -> ExportSource:
+def _open_mask_file(
+    path: Path, slide_shape: tuple[int, int] | None, kind: str | None
+) -> ExportSource:
     from .mask_io import load_mask
 
     if not path.exists():
@@ -160,7 +163,7 @@ def _open_mask_file(path: Path, slide_shape: tuple[int, int] | None, kind: str) 
         from .mask_io import _open_tiff, _open_zarr
         from .mask_write import _as_2d
 
-        raw = _open_zarr(path) if path.is_dir() else _open_tiff(path)
+        raw, _ = _open_zarr(path) if path.is_dir() else _open_tiff(path)
         h, w = _as_2d(raw, str(path)).shape
         slide_shape = (int(round(h * d)), int(round(w * d)))
     mask = load_mask(path, slide_shape, kind=kind)  # type: ignore[arg-type]
@@ -365,7 +368,7 @@ def export_events(
         raise ExportError(f"{out}: the folder {out.parent} does not exist; create it first.")
     if tolerance is not None and tolerance < 0 or min_area is not None and min_area < 0:
         raise ExportError("tolerance and min-area must be zero or positive.")
-    src = open_source(source, slide_shape=slide_shape, kind=kind or "dense")
+    src = open_source(source, slide_shape=slide_shape, kind=kind)
     mask = src.mask
     kind = kind or mask.kind
     f = working_factor(mask.shape, max_pixels)

@@ -351,12 +351,11 @@ def score_prediction(
     truth
         The ground truth over the whole slide (any level).
     """
-    meta = store.metadata
-    slide_shape = tuple(int(v) for v in meta["slide_shape"])
-    y0, y1, x0, x1 = meta.get("roi") or (0, slide_shape[0], 0, slide_shape[1])
-    truth_r = _Shifted(truth, (y0, x0)) if (y0, x0) != (0, 0) else truth
+    # The region's origin and size as the store records them (no ROI order to parse).
+    oy, ox = (int(v) for v in store.offset)
+    truth_r = _Shifted(truth, (oy, ox)) if (oy, ox) != (0, 0) else truth
     pred_m = AnnotationMask(store.mask[0], downsample=store.downsample, name=str(store.path))
-    return confusion(pred_m, truth_r, shape=(y1 - y0, x1 - x0), chunk=chunk)
+    return confusion(pred_m, truth_r, shape=store.region_shape, chunk=chunk)
 
 
 def evaluate(

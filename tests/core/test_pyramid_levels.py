@@ -52,6 +52,19 @@ def _levels_down(a: np.ndarray, how: str, n: int) -> list[np.ndarray]:
     return out
 
 
+def _majority_down(mask01: np.ndarray, n: int) -> list[np.ndarray]:
+    """Area majority: the level-0 fraction of each block (mean over existing pixels, no
+    rounding on the way down) at least one half."""
+    out, frac = [mask01], mask01.astype(np.float64)
+    for _ in range(n - 1):
+        h, w = frac.shape
+        f = np.full((h + h % 2, w + w % 2), np.nan)
+        f[:h, :w] = frac
+        frac = np.nanmean(f.reshape(f.shape[0] // 2, 2, f.shape[1] // 2, 2), axis=(1, 3))
+        out.append((frac >= 0.5).astype(np.uint8))
+    return out
+
+
 def test_level_shapes_ceil_half_until_the_longer_side_fits():
     assert level_shapes((5, 9), 2) == [(5, 9), (3, 5), (2, 3), (1, 2)]
     assert level_shapes((8, 8), 8) == [(8, 8)]
@@ -139,17 +152,20 @@ def test_every_label_writer_gives_the_same_levels_and_right_translations(tmp_pat
     group = zarr.open_group(path, mode="r")
     n_mask = len(group.attrs["multiscales"][0]["datasets"])
     mask_levels = [group[str(k)][:] for k in range(n_mask)]
-    # 2. predictions (prediction_store): the mask pyramid
+    # 2. predictions (prediction_store): the predicted 0/1 mask by area majority
+    # (majority_levels), the probability by the mean rule.
+    predicted = (labels > 0).astype(np.uint8)
     prob, mask = create_store(tmp_path / "p.zarr", SHAPE, 512, {"downsample": 4.0})
-    mask[:] = labels
+    mask[:] = predicted
     prob[:] = labels * 100
     build_pyramids(tmp_path / "p.zarr")
     proot = zarr.open_group(tmp_path / "p.zarr", mode="r")
     pred_levels = [proot["labels/mask"][str(k)][:] for k in range(3)]
     prob_levels = [proot[str(k)][:] for k in range(3)]
+    majority = _majority_down(predicted, 3)
     for k in range(3):
         np.testing.assert_array_equal(mask_levels[k], ref[k])
-        np.testing.assert_array_equal(pred_levels[k], ref[k])
+        np.testing.assert_array_equal(pred_levels[k], majority[k])
         np.testing.assert_array_equal(prob_levels[k], _levels_down(labels * 100, "mean", 3)[k])
     # Translations: a single tissue pixel's level pixel is centred on its block.
     dot, (y, x) = _tissue_dot()

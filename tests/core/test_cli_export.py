@@ -54,7 +54,7 @@ def test_export_json_overwrite_and_exit_codes(prediction, tmp_path, capsys):
     back = load_mask(out, (200, 320)).read_window(0, 200, 0, 320, 4)
     assert int(back.sum()) == 20 * 20 - 25 + 10 * 35
 
-    # An existing output is refused (exit 2, one line, file intact) unless --overwrite.
+    # An existing output is refused (exit 1, one line, file intact) unless --overwrite.
     before = open(out).read()
     rc = main(["export", prediction, out, "--quiet"])
     err = capsys.readouterr().err

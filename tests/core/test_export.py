@@ -244,3 +244,16 @@ def test_trace_polygons_empty_and_full():
     # A mask full to its border is traced along the border, clipped to the extent.
     assert ring[:, 0].min() == 0 and ring[:, 0].max() == 12
     assert ring[:, 1].min() == 0 and ring[:, 1].max() == 8
+
+
+def test_a_scribble_mask_file_exports_by_its_recorded_kind(tmp_path):
+    s = np.zeros((40, 60), np.uint8)
+    s[5:15, 5:30] = 2
+    s[25:35, 10:50] = 1
+    write_mask(tmp_path / "s.ome.zarr", s, downsample=4, kind="scribble")
+    res = export_geojson(tmp_path / "s.ome.zarr", tmp_path / "s.geojson")
+    names = sorted(
+        f["properties"]["classification"]["name"]
+        for f in json.loads((tmp_path / "s.geojson").read_text())["features"]
+    )
+    assert names == ["Background", "Tissue"] and res["working_downsample"] == 4.0

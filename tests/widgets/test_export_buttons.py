@@ -61,14 +61,24 @@ def test_review_exports_the_prediction_being_reviewed(slide_viewer, tmp_path, qt
     out = tmp_path / "pred.geojson"
     w.export_path.value = str(out)
     w.export_button.clicked.emit()  # as a user: the path typed, then the button
+    # The export runs in a thread; the button is back when it has ended.
+    assert not w.export_button.enabled
+    qtbot.waitUntil(lambda: w.export_button.enabled, timeout=30_000)
     assert out.exists() and "1 annotations, 1 holes" in w.export_status.value
     # Level 0 of the slide, the region's offset included: rows 128-320, cols 256-512.
     assert _bbox(out) == (256.0, 512.0, 128.0, 320.0)
     back = load_mask(out, TINY_SHAPE).read_window(64, 448, 128, 896, 4)
     np.testing.assert_array_equal(back, level)
     # Pressed again: the file is replaced (the save dialog asked about that).
+    out.write_text("old")
     w.export_button.clicked.emit()
-    assert "1 annotations" in w.export_status.value
+    qtbot.waitUntil(lambda: w.export_button.enabled, timeout=30_000)
+    assert "1 annotations" in w.export_status.value and out.read_text() != "old"
+    # An error in the thread becomes a notification and a status line.
+    w.export_path.value = str(tmp_path / "no-such-folder" / "x.geojson")
+    w.export_button.clicked.emit()
+    qtbot.waitUntil(lambda: w.export_button.enabled, timeout=30_000)
+    assert "export failed" in w.export_status.value
 
 
 def test_review_exports_a_plain_labels_layer(make_napari_viewer, tmp_path):
@@ -102,6 +112,7 @@ def test_annotate_exports_the_painted_mask(slide_viewer, tmp_path, qtbot, monkey
         widgets, "show_file_dialog", lambda **kw: asked.append(kw) or str(tmp_path / "m")
     )
     w.export_button.clicked.emit()
+    qtbot.waitUntil(lambda: w.export_button.enabled, timeout=30_000)
     out = tmp_path / "m.geojson"
     assert asked and asked[0]["mode"] == "w" and out.exists()
     assert str(w.export_path.value) == str(out)

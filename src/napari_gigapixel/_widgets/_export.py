@@ -1,7 +1,9 @@
 """Export a Labels layer (a prediction or a mask) as QuPath GeoJSON: the widgets' share.
 
-The Review and Annotate widgets each show a "save to" field and an Export
-button built here; the work is :func:`napari_gigapixel.core.export.export_geojson`.
+The Review and Annotate widgets each show an "export to" field and an Export
+button built here; the work is :func:`napari_gigapixel.core.export.export_events`,
+run in a thread worker by the button (:func:`start_export`) and directly by the
+widgets' ``export(path)`` methods.
 A prediction layer added from a store (``metadata["path"]``) is traced from the
 store itself (its finest level, strip by strip); any other Labels layer from
 its finest level under the mask budget, placed on the slide by its scale and
@@ -89,6 +91,55 @@ def export_layer(layer: Any, slide_layer: Any, path: str | os.PathLike) -> dict[
     if layer is None or slide_layer is None:
         raise LayerError("Pick the layer to export and the slide it lies on.")
     return export_geojson(layer_source(layer, slide_layer), path, overwrite=True)
+
+
+def start_export(
+    layer: Any, slide_layer: Any, path: str | os.PathLike, *, button: Any, status: Any
+) -> Any:
+    """Export ``layer`` in a background thread, so the viewer stays responsive.
+
+    The layer is read here (in the GUI thread); the tracing and writing run in
+    a napari thread worker. ``button`` is disabled until it ends; ``status``
+    shows the progress, then :func:`summary` or the error (also as a
+    notification). Returns the started worker.
+    """
+    from napari.qt.threading import thread_worker
+    from napari.utils.notifications import show_error, show_info
+
+    from ..core.events import Finished, Progress
+    from ..core.export import export_events
+
+    if layer is None or slide_layer is None:
+        raise LayerError("Pick the layer to export and the slide it lies on.")
+    source = layer_source(layer, slide_layer)
+
+    # Errors go to on_error (a notification), not re-raised in the event loop.
+    @thread_worker(start_thread=False, ignore_errors=True)
+    def work() -> Any:
+        yield from export_events(source, path, overwrite=True)
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, Progress):
+            status.value = f"exporting: {event.message}"
+        elif isinstance(event, Finished):
+            status.value = summary(event.result)
+            show_info(f"Exported {event.result['features']} annotations to {path}")
+
+    def on_error(exc: BaseException) -> None:
+        status.value = "export failed: see notification"
+        show_error(str(exc))
+
+    def on_done() -> None:
+        button.enabled = True
+
+    worker = work()
+    worker.yielded.connect(on_event)
+    worker.errored.connect(on_error)
+    worker.finished.connect(on_done)
+    button.enabled = False
+    status.value = f"exporting to {os.path.basename(str(path))}..."
+    worker.start()
+    return worker
 
 
 def summary(result: dict[str, Any]) -> str:

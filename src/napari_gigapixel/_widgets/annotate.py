@@ -20,7 +20,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..core.errors import GigapixelError
 from ..core.masks import AnnotationMask, labels_to_uint8
-from ._export import ask_path, export_controls, export_layer, summary
+from ._export import ask_path, export_controls, export_layer, start_export, summary
 from ._layers import (
     ANNOTATION_LEVELS,
     LayerError,
@@ -108,9 +108,7 @@ class AnnotateWidget(Container):
         self.load_button.changed.connect(self._guard(lambda: self.load_file(self.file.value)))
         self.shapes_button.changed.connect(self._guard(self.from_shapes))
         self.save_button.changed.connect(self._guard(lambda: self.save(self.save_path.value)))
-        self.export_button.changed.connect(
-            self._guard(lambda: self.export(ask_path(self.export_path)))
-        )
+        self.export_button.changed.connect(self._guard(self._export_clicked))
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
         self._on_slide_changed(self.slide.value)
@@ -255,12 +253,24 @@ class AnnotateWidget(Container):
         show_info(f"Saved mask to {path}")
         return written
 
-    def export(self, path: str | os.PathLike) -> dict[str, Any]:
-        """Write the mask layer as QuPath GeoJSON (scribbles: Tissue and Background)."""
+    def _mask_layer(self) -> Labels:
         name = self.mask_name.value or "tissue mask"
         if name not in self.viewer.layers:
             raise LayerError(f"No mask layer named '{name}' to export; make or load one first.")
-        result = export_layer(self.viewer.layers[name], self._slide_layer(), path)
+        return self.viewer.layers[name]
+
+    def _export_clicked(self) -> Any:
+        """The Export button: ask where (when no path is set), export in a thread."""
+        layer, slide = self._mask_layer(), self._slide_layer()
+        path = ask_path(self.export_path)
+        self._export_worker = start_export(
+            layer, slide, path, button=self.export_button, status=self.status
+        )
+        return self._export_worker
+
+    def export(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Write the mask layer as QuPath GeoJSON (scribbles: Tissue and Background)."""
+        result = export_layer(self._mask_layer(), self._slide_layer(), path)
         self.status.value = summary(result)
         show_info(f"Exported mask to {path}")
         return result

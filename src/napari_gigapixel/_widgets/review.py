@@ -19,7 +19,7 @@ from napari.utils.notifications import show_error
 
 from ..core.errors import GigapixelError
 from ..core.masks import AnnotationMask, infer_downsample
-from ._export import ask_path, export_controls, export_layer, summary
+from ._export import ask_path, export_controls, export_layer, start_export, summary
 from ._layers import (
     MAX_MASK_PIXELS,
     LayerError,
@@ -132,7 +132,16 @@ class ReviewWidget(Container):
 
     def _export_clicked(self, *_: Any) -> None:
         try:
-            self.export(ask_path(self.export_path))
+            if self.prediction.value is None or self.slide.value is None:
+                raise LayerError("Pick the prediction layer and the slide it lies on.")
+            path = ask_path(self.export_path)
+            self._export_worker = start_export(
+                self.prediction.value,
+                self.slide.value,
+                path,
+                button=self.export_button,
+                status=self.export_status,
+            )
         except GigapixelError as exc:
             show_error(str(exc))
             self.export_status.value = "export failed: see notification"

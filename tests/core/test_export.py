@@ -228,9 +228,9 @@ def test_refuses_to_replace_and_writes_nothing_half_done(prediction, tmp_path):
 
 
 def test_progress_is_reported_per_strip(prediction, tmp_path, monkeypatch):
-    from napari_gigapixel.core import export
+    from napari_gigapixel.core import _trace
 
-    monkeypatch.setattr(export, "STRIP_ELEMENTS", 326 * 40)  # 40 rows of the 1/4 mask
+    monkeypatch.setattr(_trace, "STRIP_ELEMENTS", 326 * 40)  # 40 rows of the 1/4 mask
     events = list(export_events(prediction, tmp_path / "p.geojson"))
     progress = [e for e in events if isinstance(e, Progress)]
     assert [p.done for p in progress] == list(range(1, 6)) and progress[-1].total == 5

@@ -342,3 +342,41 @@ def unit_to_um(unit: str | None) -> float | None:
     if unit is None:
         return 1.0
     return _UNIT_TO_UM.get(str(unit).strip().lower().replace("\u00b5", "µ"))
+
+
+# -- helpers of the format back-ends (_slide_formats, _zarr_format, _openslide_format) --
+
+
+def _make_slide(
+    path: str,
+    levels: list[da.Array],
+    downsamples: list[float],
+    mpp: tuple[float, float] | None,
+    meta: dict[str, Any],
+    *closers: Any,
+) -> Slide:
+    """The :class:`Slide` every back-end returns: stored levels finished
+    (:func:`finish_levels`), named after the file, ``closers`` run on close."""
+    levels, downsamples = finish_levels(levels, downsamples, meta)
+    return Slide(
+        path=path,
+        name=slide_name(path),
+        levels=levels,
+        downsamples=downsamples,
+        mpp=mpp,
+        metadata=meta,
+        _closers=list(closers),
+    )
+
+
+def _ratio_downsamples(levels: list[da.Array]) -> list[float]:
+    h0, w0 = levels[0].shape[:2]
+    return [snap_downsample((h0 / lvl.shape[0] + w0 / lvl.shape[1]) / 2) for lvl in levels]
+
+
+def channel_names_are_rgba(names: list[Any]) -> bool:
+    """True for four channel names that spell red, green, blue, alpha (R/G/B/A too)."""
+    want = (("r", "red"), ("g", "green"), ("b", "blue"), ("a", "alpha"))
+    if len(names) != 4:
+        return False
+    return all(str(n).strip().lower() in ok for n, ok in zip(names, want))

@@ -133,6 +133,31 @@ def add_parser(subparsers: Any) -> None:
         default="stream",
         help="'whole' forces one tile per slide (for comparison)",
     )
+    p.add_argument(
+        "--white-balance",
+        action=argparse.BooleanOptionalAction,
+        default=d.white_balance,
+        help="scale each slide's glass to one white, here and when predicting (default on)",
+    )
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=d.standardize,
+        help="standardise the input with the training slides' per-channel statistics (default on)",
+    )
+    p.add_argument(
+        "--head-prior",
+        action=argparse.BooleanOptionalAction,
+        default=d.head_prior,
+        help="start the head's bias at the tissue fraction (default off)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=d.warmup,
+        metavar="STEPS",
+        help="linear learning-rate warmup steps (default %(default)s)",
+    )
     p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
     p.add_argument(
         "--checkpoint-every",
@@ -184,6 +209,10 @@ def build_config(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every,
         mask_kind=args.mask_kind,
         overwrite=args.overwrite,
+        white_balance=args.white_balance,
+        standardize=args.standardize,
+        head_prior=args.head_prior,
+        warmup=args.warmup,
     )
 
 

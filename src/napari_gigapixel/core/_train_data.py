@@ -215,8 +215,12 @@ def build_image_data(
     cache_dir: str | None = None,
     band_rows: int = 2048,
     on_band: Callable[[int, int], None] | None = None,
+    balance: np.ndarray | None = None,
 ) -> ImageData:
     """Decode one image (its ROI) and its labels into caches, band by band.
+
+    ``balance`` is a :func:`.input_norm.balance_table` applied to the pixels
+    as they are cached (per-slide white balance).
 
     Raises
     ------
@@ -263,7 +267,12 @@ def _build_image_data(
     os_ = output_stride
     ho, wo = -(-h // os_), -(-w // os_)
     if isinstance(array, np.ndarray):
-        image = ArrayCache.wrap(array[y0:y1, x0:x1])
+        roi_px = array[y0:y1, x0:x1]
+        if balance is not None:
+            from .input_norm import apply_balance
+
+            roi_px = apply_balance(roi_px, balance)
+        image = ArrayCache.wrap(roi_px)
     else:
         image = ArrayCache((h, w, 3), in_memory=cache_in_memory(h * w * 3), folder=cache_dir)
     labels = ArrayCache((ho, wo), in_memory=cache_in_memory(ho * wo), folder=cache_dir)
@@ -275,6 +284,10 @@ def _build_image_data(
             by1 = min(by + band, h)
             if not isinstance(array, np.ndarray):
                 block = np.asarray(array[y0 + by : y0 + by1, x0:x1])
+                if balance is not None:
+                    from .input_norm import apply_balance
+
+                    block = apply_balance(block, balance)
                 image.write_rows(by, block)
             lab = mask.read_window(y0 + by, y0 + by1, x0, x0 + w, stride=os_)
             labels.write_rows(by // os_, lab)
@@ -309,3 +322,28 @@ def _build_image_data(
         n_labelled=n_lab,
         n_positive=n_pos,
     )
+
+
+def input_statistics(
+    datas: list[ImageData], band_rows: int = 1024
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of every pixel of the training images.
+
+    One pass over the decoded caches, band by band, with float64 sums (the
+    same figures whatever the band size, up to rounding). A standard
+    deviation below 1 grey level is raised to 1 (a flat image).
+    """
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    count = 0
+    for d in datas:
+        h, w = d.shape
+        for y0 in range(0, h, band_rows):
+            block = d.image.read(y0, min(h, y0 + band_rows), 0, w).reshape(-1, 3)
+            f = block.astype(np.float64)
+            total += f.sum(axis=0)
+            squares += np.einsum("ij,ij->j", f, f)
+            count += block.shape[0]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+    return tuple(float(v) for v in mean), tuple(float(max(v, 1.0)) for v in std)

@@ -104,6 +104,26 @@ class TrainConfig:
         Replace an existing ``out``. Without it a run refuses to start when
         ``out`` exists (checked before any compute), unless ``out`` is the
         ``resume`` checkpoint itself (the run continues that file).
+    standardize
+        Standardise the input per channel with the mean and standard deviation
+        of every pixel of the training slides (one pass over the decoded
+        pixels before the first step). The constants live in the model's
+        input layer (and ``ModelConfig.input_mean``/``input_std``), so
+        prediction applies the same transform and tiling stays exact. Pale
+        tissue differs from glass by a few grey levels; standardised, those
+        differences are large enough for the first layer to learn quickly.
+        Ignored when resuming or when ``model`` already carries statistics.
+    white_balance
+        Scale each slide's channels so its glass lands on one white
+        (:mod:`.input_norm`), here and when the model predicts: glass colour
+        differs between slides, and without it a model trained on one slide
+        calls a darker or bluer glass on another slide pale tissue.
+    head_prior
+        Start the head's bias at the logit of the training masks' tissue
+        fraction, so the first steps learn features instead of the base rate.
+    warmup
+        Steps over which the learning rate rises linearly to ``lr`` before the
+        schedule (0: none).
     """
 
     images: list[Any] = field(default_factory=list)
@@ -128,6 +148,10 @@ class TrainConfig:
     mask_kind: str | None = None
     cache_dir: str | None = None
     overwrite: bool = False
+    standardize: bool = True
+    white_balance: bool = True
+    head_prior: bool = False
+    warmup: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (arrays are described, not stored)."""
@@ -187,18 +211,24 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if int(cfg.checkpoint_every) < 0:
         raise TrainConfigError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}.")
+    if int(cfg.warmup) < 0:
+        raise TrainConfigError(f"warmup must be >= 0 steps, got {cfg.warmup}.")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise TrainConfigError(
             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {cfg.lr_schedule!r}."
         )
 
 
-def learning_rate(lr: float, schedule: str, k: int, steps: int) -> float:
+def learning_rate(lr: float, schedule: str, k: int, steps: int, warmup: int = 0) -> float:
     """Learning rate of step ``k`` (0-based) of a run of ``steps`` steps.
 
-    ``"cosine"`` goes from ``lr`` at the first step to ``lr * LR_FLOOR`` at the
-    last; ``"constant"`` is ``lr``.
+    ``"cosine"`` goes from ``lr`` at the first step after the warmup to
+    ``lr * LR_FLOOR`` at the last; ``"constant"`` is ``lr``. During the first
+    ``warmup`` steps the rate rises linearly to ``lr``.
     """
+    if k < warmup:
+        return float(lr) * (k + 1) / (warmup + 1)
+    k, steps = k - warmup, steps - warmup
     if schedule == "constant" or steps <= 1:
         return float(lr)
     t = k / (steps - 1)

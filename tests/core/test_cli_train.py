@@ -113,3 +113,29 @@ def test_foreign_model_to_resume_is_refused(files, tmp_path, capsys):
     code = _train(files, tmp_path / "m.keras", "--resume", str(foreign))
     assert code != 0 and "foreign.keras" in capsys.readouterr().err
     assert not (tmp_path / "m.keras").exists()
+
+
+def test_recipe_switches_reach_the_config_and_default_to_train_config():
+    from napari_gigapixel.cli import build_parser
+    from napari_gigapixel.cli.train import build_config
+    from napari_gigapixel.core.training import TrainConfig
+
+    base = ["train", "--image", "a.tif", "--mask", "m.tif", "--out", "m.keras"]
+    cfg = build_config(build_parser().parse_args(base))
+    d = TrainConfig()
+    assert (cfg.steps, cfg.lr, cfg.white_balance, cfg.standardize, cfg.head_prior, cfg.warmup) == (
+        d.steps,
+        d.lr,
+        d.white_balance,
+        d.standardize,
+        d.head_prior,
+        d.warmup,
+    )
+    args = [*base, "--no-white-balance", "--no-standardize", "--head-prior", "--warmup", "5"]
+    cfg = build_config(build_parser().parse_args(args))
+    assert (cfg.white_balance, cfg.standardize, cfg.head_prior, cfg.warmup) == (
+        False,
+        False,
+        True,
+        5,
+    )

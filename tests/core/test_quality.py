@@ -15,8 +15,11 @@ from napari_gigapixel.core.texture_slides import family_region
 
 SHAPE = (1024, 2048)
 STEPS = 60
-# family: threshold on the worst held-out Dice over seeds 0, 1, 2.
-THRESHOLDS = {"synthetic-he": 0.95, "ihc": 0.95, "ihc-as-he": 0.95}
+# family: threshold on the worst held-out Dice over seeds 0, 1, 2; measured worst
+# (seed-wise: synthetic-he 0.9795 0.9840 0.9827; ihc 0.9652 0.9517 0.9641;
+# ihc-as-he 0.9768 0.9860 0.9735) less a margin of about 0.02. Each case took
+# 90-170 s with the 2 cores shared by about 10 busy processes.
+THRESHOLDS = {"synthetic-he": 0.96, "ihc": 0.93, "ihc-as-he": 0.95}
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray, downsample: int) -> float:

@@ -45,14 +45,15 @@ class TrainConfig:
         (``dice+bce``, ``lr`` 1e-2, cosine schedule, 200 steps, white balance
         and input standardisation) are the recipe measured by
         ``benchmarks/bench_quality.py`` on synthetic and real-texture slides
-        (chosen on tuning slides, see the README's Quality section). ``"dice"`` alone is not a good start from random
-        weights: for a near-uniform prediction, raising every probability
-        always raises soft Dice, so it runs to "everything is tissue", the
-        sigmoid saturates and its gradient vanishes (stuck at Dice
-        ``2f / (1 + f)`` for a tissue fraction ``f``). ``"bce"`` alone can let
-        the last decoder layer's few ReLUs die on a slide that is half tissue
-        (the prediction then stays at the base rate). Use ``"dice"`` to
-        fine-tune (``resume``) a model that already separates tissue.
+        (chosen on tuning slides, see the README's Quality section).
+        ``"dice"`` alone is not a good start from random weights: for a
+        near-uniform prediction, raising every probability always raises soft
+        Dice, so it runs to "everything is tissue", the sigmoid saturates and
+        its gradient vanishes (stuck at Dice ``2f / (1 + f)`` for a tissue
+        fraction ``f``). ``"bce"`` alone can let the last decoder layer's few
+        ReLUs die on a slide that is half tissue (the prediction then stays at
+        the base rate). Use ``"dice"`` to fine-tune (``resume``) a model that
+        already separates tissue.
     lr
         Adam learning rate (the peak of the schedule).
     lr_schedule

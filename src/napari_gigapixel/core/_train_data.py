@@ -241,6 +241,7 @@ def build_image_data(
             cache_dir,
             band_rows,
             on_band,
+            balance,
         )
     finally:
         close()  # the pixels are in the caches now: release the slide file
@@ -257,6 +258,7 @@ def _build_image_data(
     cache_dir: str | None,
     band_rows: int,
     on_band: Callable[[int, int], None] | None,
+    balance: np.ndarray | None = None,
 ) -> ImageData:
     if len(array.shape) != 3 or array.shape[2] != 3:
         raise SlideInputError(f"{name}: a training image must be RGB; got shape {array.shape}.")

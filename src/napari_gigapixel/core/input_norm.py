@@ -60,14 +60,14 @@ def white_point(source: Any) -> tuple[float, float, float]:
     if isinstance(source, str | os.PathLike):
         from .slide import open_slide
 
-        levels = open_slide(os.fspath(source)).levels
-        arr = levels[0]
-        for lev in levels[1:]:
-            if int(lev.shape[0]) * int(lev.shape[1]) >= SAMPLE_PIXELS // 4:
-                arr = lev
+        with open_slide(os.fspath(source)) as slide:
+            arr = slide.levels[0]
+            for lev in slide.levels[1:]:
+                if int(lev.shape[0]) * int(lev.shape[1]) >= SAMPLE_PIXELS // 4:
+                    arr = lev
+            px = _sample(arr)
     else:
-        arr = source
-    px = _sample(arr)
+        px = _sample(source)
     out = []
     for c in range(3):
         counts = np.bincount(px[:, c], minlength=256)

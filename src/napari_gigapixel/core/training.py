@@ -255,7 +255,8 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
             if balanced:
                 from .input_norm import balance_table, white_point
 
-                _train_data().open_image_source(img)  # a missing/non-RGB slide's own error
+                # A missing or non-RGB slide fails with its own error first.
+                _train_data().open_image_source(img)[2]()
                 white = white_point(img)
                 table = balance_table(white)
                 yield Message("glass colour " + ", ".join(f"{v:.0f}" for v in white))

@@ -18,7 +18,7 @@ STEPS = 60
 # family: threshold on the worst held-out Dice over seeds 0, 1, 2; measured worst
 # (seed-wise: synthetic-he 0.9795 0.9840 0.9827; ihc 0.9652 0.9517 0.9641;
 # ihc-as-he 0.9768 0.9860 0.9735) less a margin of about 0.02. Each case took
-# 90-170 s with the 2 cores shared by about 10 busy processes.
+# 22-27 s on the 2 shared cores (90-170 s while about 10 other processes ran).
 THRESHOLDS = {"synthetic-he": 0.96, "ihc": 0.93, "ihc-as-he": 0.95}
 
 

@@ -84,6 +84,8 @@ def child(args) -> dict:
         checkpoint_every=0,
         scheduler=scheduler,
         overwrite=True,
+        white_balance=False,  # plain inputs: what the cluster trainer supports for now
+        standardize=False,
     )
     t0 = time.perf_counter()
     steps, result = [], {}

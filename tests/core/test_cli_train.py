@@ -167,3 +167,29 @@ def test_bad_validation_flags_are_usage_errors(files, tmp_path, capsys, extra, m
     assert code == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_recipe_switches_reach_the_config_and_default_to_train_config():
+    from napari_gigapixel.cli import build_parser
+    from napari_gigapixel.cli.train import build_config
+    from napari_gigapixel.core.training import TrainConfig
+
+    base = ["train", "--image", "a.tif", "--mask", "m.tif", "--out", "m.keras"]
+    cfg = build_config(build_parser().parse_args(base))
+    d = TrainConfig()
+    assert (cfg.steps, cfg.lr, cfg.white_balance, cfg.standardize, cfg.head_prior, cfg.warmup) == (
+        d.steps,
+        d.lr,
+        d.white_balance,
+        d.standardize,
+        d.head_prior,
+        d.warmup,
+    )
+    args = [*base, "--no-white-balance", "--no-standardize", "--head-prior", "--warmup", "5"]
+    cfg = build_config(build_parser().parse_args(args))
+    assert (cfg.white_balance, cfg.standardize, cfg.head_prior, cfg.warmup) == (
+        False,
+        False,
+        True,
+        5,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -106,7 +107,12 @@ def test_events_checkpoint_metadata_and_learning(data, tmp_path):
     assert [c.step for c in ckpts] == [2, 4, 6]
     _, meta = _weights(cfg.out)
     assert [h["step"] for h in meta["history"]] == [1, 2, 3, 4, 5, 6]
-    assert meta["train_config"]["loss"] == "dice" and meta["model_config"] == SMALL
+    assert meta["train_config"]["loss"] == "dice"
+    # The architecture asked for, plus the recipe's input statistics and white balance.
+    mcfg = meta["model_config"]
+    assert mcfg.white_balance is True and mcfg.input_mean is not None
+    plain = dataclasses.replace(mcfg, input_mean=None, input_std=None, white_balance=False)
+    assert plain == SMALL
     fin = events[-1].result
     assert fin["steps"] == 6 and fin["tile"] == 64 and 0 <= fin["dice"] <= 1
 

@@ -30,7 +30,13 @@ def test_default_recipe():
     # Soft Dice alone collapses to "everything is tissue" from scratch (see
     # TrainConfig's docstring); the default is the measured recipe instead.
     cfg = TrainConfig()
-    assert (cfg.loss, cfg.lr, cfg.lr_schedule, cfg.steps) == ("dice+bce", 1e-2, "cosine", 100)
+    assert (cfg.loss, cfg.lr, cfg.lr_schedule, cfg.steps) == ("dice+bce", 1e-2, "cosine", 200)
+    assert (cfg.white_balance, cfg.standardize, cfg.head_prior, cfg.warmup) == (
+        True,
+        True,
+        False,
+        0,
+    )
 
 
 def test_unknown_schedule_is_refused_before_anything_runs(tmp_path):

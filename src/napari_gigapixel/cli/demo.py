@@ -40,11 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out-dir", default="runs/demo", help="where results go (default: %(default)s)"
     )
+    from ..core.train_config import TrainConfig
+
     p.add_argument(
         "--steps",
         type=positive_int("--steps"),
-        default=100,
-        help="training steps (default: %(default)s)",
+        default=TrainConfig.steps,
+        help="training steps (default: %(default)s, the training recipe's)",
     )
     p.add_argument(
         "--shape", default="4096x16384", help="sample slide shape HxW (default: %(default)s)"

@@ -1,9 +1,11 @@
-"""``napari-gigapixel sample``: write a synthetic H&E slide and its tissue mask.
+"""``napari-gigapixel sample``: write a synthetic slide and its tissue mask.
 
-Generates a deterministic H&E-like whole-slide image of any size tile by
-tile (pyramidal OME-TIFF, JPEG by default) and its ground-truth mask
-(pyramidal TIFF, lossless) beside it, then prints the two paths. Both state
-their pixel size (--mpp, microns per pixel) as a scanner's files do.
+Generates a deterministic whole-slide image of any size tile by tile
+(pyramidal OME-TIFF, JPEG by default) and its ground-truth mask (pyramidal
+TIFF, lossless) beside it, then prints the two paths. Both state their pixel
+size (--mpp, microns per pixel) as a scanner's files do. ``--family`` picks
+the kind of slide: the synthetic H&E (default), or real tissue texture from a
+photograph that scikit-image ships (``ihc``, ``ihc-as-he``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ..core.texture_slides import FAMILIES
 from . import UserError
 from ._common import EXIT_OK, add_overwrite, add_report, print_json, stopped_exit
 
@@ -20,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``sample`` sub-command."""
     p = sub.add_parser(
         "sample",
-        help="write a synthetic H&E slide with its ground-truth mask",
+        help="write a synthetic slide with its ground-truth mask",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
     p.add_argument("out", help="slide path, e.g. slide.ome.tif")
@@ -30,6 +33,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="level-0 size HEIGHTxWIDTH (default: %(default)s; the paper's is 16000x64000)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="synthetic-he",
+        help="kind of slide (default: %(default)s): the synthetic H&E, real IHC texture, "
+        "or that texture recoloured as H&E",
+    )
     p.add_argument("--mask-out", default=None, help="mask path (default: <stem>_mask.tif)")
     p.add_argument(
         "--compression",
@@ -45,6 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="microns per level-0 pixel written into the files' OME-TIFF metadata and "
         "resolution tags (default: %(default)s, a 20x scan; 0.25 is a 40x scan)",
     )
+    p.add_argument(
+        "--hard-out",
+        default=None,
+        help="also write the hard negatives (glass under pen 1, dust 2, bubble rims 3) here",
+    )
     add_overwrite(p, "the slide and mask files")
     add_report(p)
     p.set_defaults(func=run)
@@ -52,13 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the pair with a tqdm progress bar; print both paths; 0 on success."""
-    from ..core.synthetic import (
-        SyntheticError,
-        check_mpp,
-        default_mask_path,
-        iter_make_synthetic_slide,
-        parse_shape,
-    )
+    from ..core.synthetic import SyntheticError, check_mpp, default_mask_path, parse_shape
+    from ..core.texture_slides import iter_make_family_slide
     from ._progress import follow
 
     try:
@@ -73,13 +83,17 @@ def run(args: argparse.Namespace) -> int:
     mask = Path(args.mask_out) if args.mask_out else default_mask_path(out)
     from ..core.preflight import check_output
 
-    for path in (out, mask):
-        check_output(path, overwrite=args.overwrite, what="slide")
-    events = iter_make_synthetic_slide(
+    hard = Path(args.hard_out) if args.hard_out else None
+    for path in (out, mask, hard):
+        if path is not None:
+            check_output(path, overwrite=args.overwrite, what="slide")
+    events = iter_make_family_slide(
         os.fspath(out),
+        family=args.family,
         shape=shape,
         seed=args.seed,
         mask_out=os.fspath(mask),
+        hard_out=None if hard is None else os.fspath(hard),
         compression=args.compression,
         mpp=mpp,
     )
@@ -92,4 +106,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(result["slide"])
         print(result["mask"])
+        if result["hard"]:
+            print(result["hard"])
     return EXIT_OK

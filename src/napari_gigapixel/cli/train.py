@@ -180,6 +180,31 @@ def add_parser(subparsers: Any) -> None:
         help="'whole' forces one tile per slide (for comparison)",
     )
     _resolution.add_arguments(p, "level 0, every pixel; with --resume, the checkpoint's")
+    p.add_argument(
+        "--white-balance",
+        action=argparse.BooleanOptionalAction,
+        default=d.white_balance,
+        help="scale each slide's glass to one white, here and when predicting (default on)",
+    )
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=d.standardize,
+        help="standardise the input with the training slides' per-channel statistics (default on)",
+    )
+    p.add_argument(
+        "--head-prior",
+        action=argparse.BooleanOptionalAction,
+        default=d.head_prior,
+        help="start the head's bias at the tissue fraction (default off)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=d.warmup,
+        metavar="STEPS",
+        help="linear learning-rate warmup steps (default %(default)s)",
+    )
     p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
     p.add_argument(
         "--scheduler",
@@ -257,6 +282,10 @@ def build_config(args: argparse.Namespace):
         val_every=args.val_every,
         resolution=_resolution.from_args(args),
         scheduler=args.scheduler,
+        white_balance=args.white_balance,
+        standardize=args.standardize,
+        head_prior=args.head_prior,
+        warmup=args.warmup,
     )
 
 

@@ -106,7 +106,11 @@ def run_steps(
             # comes from the file). Steps count from the first run, so stop +
             # resume follows the same curve as the uninterrupted run.
             lr_k = learning_rate(
-                cfg.lr, cfg.lr_schedule, start_step + k, start_step + int(cfg.steps)
+                cfg.lr,
+                cfg.lr_schedule,
+                start_step + k,
+                start_step + int(cfg.steps),
+                int(getattr(cfg, "warmup", 0)),
             )
             model.optimizer.learning_rate = lr_k
             per_image = yield from compute(step_no)

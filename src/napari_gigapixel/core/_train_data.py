@@ -301,6 +301,7 @@ def build_image_data(
     band_rows: int = 2048,
     on_band: Callable[[int, int], None] | None = None,
     resolution: Any = None,
+    balance: np.ndarray | None = None,
 ) -> ImageData:
     """Decode one image (its ROI) and its labels into caches, band by band.
 
@@ -310,7 +311,9 @@ def build_image_data(
     and labels are read from the mask at the centre of each output pixel's
     level-0 block (nearest neighbour), whatever the mask's level. ``roi`` stays
     in level-0 pixels ``(y0, x0, y1, x1)`` and is mapped to the resolution
-    (rounded outwards to whole pixels).
+    (rounded outwards to whole pixels). ``balance`` is a
+    :func:`.input_norm.balance_table` applied to the pixels as they are cached
+    (per-slide white balance).
 
     Raises
     ------
@@ -335,6 +338,7 @@ def build_image_data(
             band_rows,
             on_band,
             resolution or Resolution(),
+            balance,
         )
     finally:
         close()  # the pixels are in the caches now: release the slide file
@@ -352,6 +356,7 @@ def _build_image_data(
     band_rows: int,
     on_band: Callable[[int, int], None] | None,
     resolution: Any,
+    balance: np.ndarray | None = None,
 ) -> ImageData:
     from .resolution import as_slide, map_roi, model_resolution, resolution_array, resolve
 
@@ -374,7 +379,12 @@ def _build_image_data(
     os_ = output_stride
     ho, wo = -(-h // os_), -(-w // os_)
     if isinstance(array, np.ndarray):
-        image = ArrayCache.wrap(array[ry0:ry1, rx0:rx1])
+        roi_px = array[ry0:ry1, rx0:rx1]
+        if balance is not None:
+            from .input_norm import apply_balance
+
+            roi_px = apply_balance(roi_px, balance)
+        image = ArrayCache.wrap(roi_px)
     else:
         image = ArrayCache((h, w, 3), in_memory=cache_in_memory(h * w * 3), folder=cache_dir)
     labels = ArrayCache((ho, wo), in_memory=cache_in_memory(ho * wo), folder=cache_dir)
@@ -386,6 +396,10 @@ def _build_image_data(
             by1 = min(by + band, h)
             if not isinstance(array, np.ndarray):
                 block = np.asarray(array[ry0 + by : ry0 + by1, rx0:rx1])
+                if balance is not None:
+                    from .input_norm import apply_balance
+
+                    block = apply_balance(block, balance)
                 image.write_rows(by, block)
             # Output pixel (i, j) covers resolution pixels [i os, (i+1) os): its
             # label is the mask at the centre of that block in level-0 pixels.
@@ -424,3 +438,28 @@ def _build_image_data(
         downsample=d,
         resolution={**model_resolution(slide, res), "describe": res.describe()},
     )
+
+
+def input_statistics(
+    datas: list[ImageData], band_rows: int = 1024
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of every pixel of the training images.
+
+    One pass over the decoded caches, band by band, with float64 sums (the
+    same figures whatever the band size, up to rounding). A standard
+    deviation below 1 grey level is raised to 1 (a flat image).
+    """
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    count = 0
+    for d in datas:
+        h, w = d.shape
+        for y0 in range(0, h, band_rows):
+            block = d.image.read(y0, min(h, y0 + band_rows), 0, w).reshape(-1, 3)
+            f = block.astype(np.float64)
+            total += f.sum(axis=0)
+            squares += np.einsum("ij,ij->j", f, f)
+            count += block.shape[0]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+    return tuple(float(v) for v in mean), tuple(float(max(v, 1.0)) for v in std)

@@ -254,6 +254,16 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         what="prediction",
     )
     yield Message(resolution_note)
+    mcfg = model_meta.get("model_config") or {}
+    if mcfg.get("white_balance") if isinstance(mcfg, dict) else mcfg.white_balance:
+        # The model was trained on white-balanced slides: balance this one
+        # the same way (one constant per channel, so exact under chunking).
+        from .input_norm import apply_balance, balance_table, white_point
+
+        white = white_point(cfg.image)
+        image = image.map_blocks(apply_balance, table=balance_table(white), dtype=np.uint8)
+        info["white_point"] = list(white)
+        yield Message("glass colour " + ", ".join(f"{v:.0f}" for v in white))
     ref = ModelRef(model_path, bool(cfg.mixed_precision))
     if distributed:
         model: Any = ref  # each worker process loads it once

@@ -119,68 +119,61 @@ def _tmp_path(final: Path) -> str:
     return str(final.with_name(f".{final.name}.{os.getpid()}.partial.tif"))
 
 
-def iter_make_synthetic_slide(
-    out: str | os.PathLike,
-    shape: tuple[int, int] = SAMPLE_SHAPE,
-    seed: int = 0,
-    mask_out: str | os.PathLike | None = None,
-    compression: str = "jpeg",
-    tile: int = 512,
-    stop: StopFlag | None = None,
-    workers: int = 2,
-    mpp: float = MPP,
-) -> Iterator[Progress | Finished]:
-    """Generator form of :func:`make_synthetic_slide`.
-
-    Yields :class:`~.events.Progress` (stage ``"slide"`` then ``"mask"``,
-    counting tiles of all levels) and ends with :class:`~.events.Finished`
-    whose result holds ``slide``, ``mask``, ``shape``, ``seed`` and ``mpp``. When
-    ``stop`` is set (or the generator is closed early) it removes its
-    temporary files and raises :class:`~.events.JobStopped`.
-    """
-    shape = _check_shape(shape)
+def check_writer_args(compression: str, tile: int) -> None:
+    """Raise :class:`SyntheticError` for an unknown compression or a bad tile size."""
     if compression not in _COMPRESSION:
         raise SyntheticError(
             f"compression {compression!r} is not one of {', '.join(_COMPRESSION)}."
         )
     if tile <= 0 or tile % 16:
         raise SyntheticError(f"tile must be a positive multiple of 16, got {tile}.")
-    mpp = check_mpp(mpp)
-    slide_path = Path(out)
-    mask_path = Path(mask_out) if mask_out is not None else default_mask_path(slide_path)
-    if slide_path.resolve() == mask_path.resolve():
-        raise SyntheticError(f"{slide_path}: the slide and its mask need different paths.")
-    for p in (slide_path, mask_path):
-        if not p.parent.is_dir():
-            raise SyntheticError(f"{p}: the folder {p.parent} does not exist; create it first.")
-    scene = get_scene(shape, int(seed))
-    # Both files have the same tile grid: progress counts the slide's tiles,
-    # then the mask's, out of one total.
-    per_file = sum(-(-h // tile) * -(-w // tile) for h, w in level_shapes(shape, tile))
-    total = 2 * per_file
 
+
+def rgb_write_kwargs(compression: str, mpp: float = MPP) -> dict:
+    """tifffile arguments of an RGB slide level (OME axes and pixel size in um)."""
     # OME PhysicalSize (unit: um, the OME default) and, in write_pyramid, the
     # TIFF resolution tags of every level (pixels per cm), as scanners write them.
     metadata = {"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp}
-    rgb_kwargs = {"photometric": "rgb", **_COMPRESSION[compression], "metadata": metadata}
-    mask_kwargs = {
+    return {"photometric": "rgb", **_COMPRESSION[compression], "metadata": metadata}
+
+
+def label_write_kwargs(mpp: float = MPP) -> dict:
+    """tifffile arguments of a label image (mask): always lossless."""
+    return {
         "compression": "adobe_deflate",
         "compressionargs": {"level": 6},
         "photometric": "minisblack",
         "metadata": {"axes": "YX", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp},
     }
-    tmp_slide, tmp_mask = _tmp_path(slide_path), _tmp_path(mask_path)
-    jobs = [
-        ("slide", tmp_slide, 3, lambda w: render_window(scene, w)[0], reduce_rgb, rgb_kwargs),
-        (
-            "mask",
-            tmp_mask,
-            1,
-            lambda w: render_window(scene, w, rgb=False)[1],
-            reduce_mask,
-            mask_kwargs,
-        ),
-    ]
+
+
+def iter_write_files(
+    files: list[tuple[str, Path, int, Callable, Callable, dict]],
+    shape: tuple[int, int],
+    tile: int,
+    stop: StopFlag | None,
+    workers: int,
+    mpp: float = MPP,
+) -> Iterator[Progress]:
+    """Write several pyramidal TIFFs of one shape, tile by tile, atomically.
+
+    ``files`` lists ``(stage, path, channels, source, reduce, write_kwargs)``;
+    ``source`` maps a level-0 window ``(y0, y1, x0, x1)`` to its pixels. Yields
+    :class:`~.events.Progress` counting the tiles of all files; the files
+    replace their paths together at the end, in the given order (put the
+    slide first and its mask last: a set with a mask is complete). On stop
+    (or when the generator is closed early) nothing is left behind and
+    :class:`~.events.JobStopped` is raised.
+    """
+    paths = [Path(f[1]) for f in files]
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise SyntheticError(f"{paths[0]}: the slide and its mask need different paths.")
+    for p in paths:
+        if not p.parent.is_dir():
+            raise SyntheticError(f"{p}: the folder {p.parent} does not exist; create it first.")
+    per_file = sum(-(-h // tile) * -(-w // tile) for h, w in level_shapes(shape, tile))
+    total = len(files) * per_file
+    tmps = [_tmp_path(p) for p in paths]
     # tifffile pulls tiles from an iterator, so the writer runs in a thread
     # and its per-tile callback feeds this generator's events through a queue.
     events: queue.Queue = queue.Queue(maxsize=256)
@@ -190,22 +183,21 @@ def iter_make_synthetic_slide(
     def work() -> None:
         count = [0]
         try:
-            for stage, tmp, channels, source, reduce, kwargs in jobs:
+            for (stage, _, channels, source, reduce, kwargs), tmp in zip(files, tmps):
 
                 def on_tile(stage: str = stage) -> None:
                     count[0] += 1
                     # Raising inside the writer's iterator aborts the file.
                     if abort.is_set() or stop_requested(stop):
-                        raise JobStopped(f"{slide_path}: stopped while writing the {stage}.")
+                        raise JobStopped(f"{paths[0]}: stopped while writing the {stage}.")
                     if count[0] % 32 == 0 or count[0] == total:
                         events.put(Progress(stage, count[0], total))
 
                 write_pyramid(
                     tmp, shape, channels, tile, source, reduce, kwargs, on_tile, workers, mpp
                 )
-            # The mask is replaced last: a pair with a mask is a complete pair.
-            os.replace(tmp_slide, slide_path)
-            os.replace(tmp_mask, mask_path)
+            for tmp, path in zip(tmps, paths):
+                os.replace(tmp, path)
             events.put(done)
         except BaseException as exc:  # relayed to the consumer below
             events.put(exc)
@@ -228,9 +220,55 @@ def iter_make_synthetic_slide(
             except queue.Empty:
                 pass
         thread.join()
-        for tmp in (tmp_slide, tmp_mask):
+        for tmp in tmps:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def iter_make_synthetic_slide(
+    out: str | os.PathLike,
+    shape: tuple[int, int] = SAMPLE_SHAPE,
+    seed: int = 0,
+    mask_out: str | os.PathLike | None = None,
+    compression: str = "jpeg",
+    tile: int = 512,
+    stop: StopFlag | None = None,
+    workers: int = 2,
+    mpp: float = MPP,
+) -> Iterator[Progress | Finished]:
+    """Generator form of :func:`make_synthetic_slide`.
+
+    Yields :class:`~.events.Progress` (stage ``"slide"`` then ``"mask"``,
+    counting tiles of all levels) and ends with :class:`~.events.Finished`
+    whose result holds ``slide``, ``mask``, ``shape``, ``seed`` and ``mpp``. When
+    ``stop`` is set (or the generator is closed early) it removes its
+    temporary files and raises :class:`~.events.JobStopped`.
+    """
+    shape = _check_shape(shape)
+    check_writer_args(compression, tile)
+    mpp = check_mpp(mpp)
+    slide_path = Path(out)
+    mask_path = Path(mask_out) if mask_out is not None else default_mask_path(slide_path)
+    scene = get_scene(shape, int(seed))
+    files = [
+        (
+            "slide",
+            slide_path,
+            3,
+            lambda w: render_window(scene, w)[0],
+            reduce_rgb,
+            rgb_write_kwargs(compression, mpp),
+        ),
+        (
+            "mask",
+            mask_path,
+            1,
+            lambda w: render_window(scene, w, rgb=False)[1],
+            reduce_mask,
+            label_write_kwargs(mpp),
+        ),
+    ]
+    yield from iter_write_files(files, shape, tile, stop, workers, mpp)
     yield Finished(
         {
             "slide": str(slide_path),

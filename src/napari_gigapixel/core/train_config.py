@@ -43,16 +43,18 @@ class TrainConfig:
         Optimizer steps to run (each sees every pixel of every image).
     loss
         ``"dice+bce"`` (default), ``"bce"`` or ``"dice"``. The defaults
-        (``dice+bce``, ``lr`` 1e-2, cosine schedule, 100 steps) are the recipe
-        measured by ``benchmarks/bench_quality.py``: held-out Dice >= 0.98 on
-        synthetic slides. ``"dice"`` alone is not a good start from random
-        weights: for a near-uniform prediction, raising every probability
-        always raises soft Dice, so it runs to "everything is tissue", the
-        sigmoid saturates and its gradient vanishes (stuck at Dice
-        ``2f / (1 + f)`` for a tissue fraction ``f``). ``"bce"`` alone can let
-        the last decoder layer's few ReLUs die on a slide that is half tissue
-        (the prediction then stays at the base rate). Use ``"dice"`` to
-        fine-tune (``resume``) a model that already separates tissue.
+        (``dice+bce``, ``lr`` 1e-2, cosine schedule, 200 steps, white balance
+        and input standardisation) are the recipe measured by
+        ``benchmarks/bench_quality.py`` on synthetic and real-texture slides
+        (chosen on tuning slides, see the README's Quality section).
+        ``"dice"`` alone is not a good start from random weights: for a
+        near-uniform prediction, raising every probability always raises soft
+        Dice, so it runs to "everything is tissue", the sigmoid saturates and
+        its gradient vanishes (stuck at Dice ``2f / (1 + f)`` for a tissue
+        fraction ``f``). ``"bce"`` alone can let the last decoder layer's few
+        ReLUs die on a slide that is half tissue (the prediction then stays at
+        the base rate). Use ``"dice"`` to fine-tune (``resume``) a model that
+        already separates tissue.
     lr
         Adam learning rate (the peak of the schedule).
     lr_schedule
@@ -133,12 +135,32 @@ class TrainConfig:
         same weights as the single-process run. Images must then be paths the
         workers can read; ``memory_gb`` is each worker's budget. ``None``
         (default): this process.
+    standardize
+        Standardise the input per channel with the mean and standard deviation
+        of every pixel of the training slides (one pass over the decoded
+        pixels before the first step). The constants live in the model's
+        input layer (and ``ModelConfig.input_mean``/``input_std``), so
+        prediction applies the same transform and tiling stays exact. Pale
+        tissue differs from glass by a few grey levels; standardised, those
+        differences are large enough for the first layer to learn quickly.
+        Ignored when resuming or when ``model`` already carries statistics.
+    white_balance
+        Scale each slide's channels so its glass lands on one white
+        (:mod:`.input_norm`), here and when the model predicts: glass colour
+        differs between slides, and without it a model trained on one slide
+        calls a darker or bluer glass on another slide pale tissue.
+    head_prior
+        Start the head's bias at the logit of the training masks' tissue
+        fraction, so the first steps learn features instead of the base rate.
+    warmup
+        Steps over which the learning rate rises linearly to ``lr`` before the
+        schedule (0: none).
     """
 
     images: list[Any] = field(default_factory=list)
     masks: list[Any] = field(default_factory=list)
     out: str = "model.keras"
-    steps: int = 100
+    steps: int = 200
     loss: str = "dice+bce"
     lr: float = 1e-2
     lr_schedule: str = "cosine"
@@ -163,6 +185,10 @@ class TrainConfig:
     val_every: int = 10
     resolution: Resolution | None = None
     scheduler: str | None = None
+    standardize: bool = True
+    white_balance: bool = True
+    head_prior: bool = False
+    warmup: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (arrays are described, not stored)."""
@@ -255,25 +281,36 @@ def _validate(cfg: TrainConfig) -> None:
             f"not {cfg.scheduler!r}."
         )
     if cfg.scheduler is not None and (
-        cfg.validates or (cfg.resolution is not None and not cfg.resolution.is_level0)
+        cfg.validates
+        or (cfg.resolution is not None and not cfg.resolution.is_level0)
+        or cfg.white_balance
+        or cfg.standardize
     ):
         raise TrainConfigError(
-            "training on a dask.distributed cluster (scheduler) runs at level 0 without "
-            "validation for now; drop the validation data and the resolution, or train "
-            "in this process."
+            "training on a dask.distributed cluster (scheduler) runs at level 0, without "
+            "validation and on plain inputs for now (the per-slide white balance and the "
+            "input statistics are not gathered across workers yet): drop the validation "
+            "data and the resolution and give --no-white-balance --no-standardize "
+            "(white_balance=False, standardize=False), or train in this process."
         )
+    if int(cfg.warmup) < 0:
+        raise TrainConfigError(f"warmup must be >= 0 steps, got {cfg.warmup}.")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise TrainConfigError(
             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {cfg.lr_schedule!r}."
         )
 
 
-def learning_rate(lr: float, schedule: str, k: int, steps: int) -> float:
+def learning_rate(lr: float, schedule: str, k: int, steps: int, warmup: int = 0) -> float:
     """Learning rate of step ``k`` (0-based) of a run of ``steps`` steps.
 
-    ``"cosine"`` goes from ``lr`` at the first step to ``lr * LR_FLOOR`` at the
-    last; ``"constant"`` is ``lr``.
+    ``"cosine"`` goes from ``lr`` at the first step after the warmup to
+    ``lr * LR_FLOOR`` at the last; ``"constant"`` is ``lr``. During the first
+    ``warmup`` steps the rate rises linearly to ``lr``.
     """
+    if k < warmup:
+        return float(lr) * (k + 1) / (warmup + 1)
+    k, steps = k - warmup, steps - warmup
     if schedule == "constant" or steps <= 1:
         return float(lr)
     t = k / (steps - 1)

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from ._resources import (
     ACTIVATION_FACTOR,
     BASELINE_BYTES,
@@ -75,8 +77,9 @@ __all__ = [
 ]
 
 
-def _make_model(cfg: TrainConfig):
-    """(model, model_config, history, metadata) from scratch or from ``cfg.resume``."""
+def _make_model(cfg: TrainConfig, mcfg=None):
+    """(model, model_config, history, metadata) from scratch (``mcfg``, default
+    ``cfg.model``) or from ``cfg.resume``."""
     import keras
 
     from .unet import build_unet, load_model
@@ -87,10 +90,44 @@ def _make_model(cfg: TrainConfig):
         if getattr(model, "optimizer", None) is None:
             model.compile(optimizer=keras.optimizers.Adam(cfg.lr))
         return model, mcfg, list(meta.get("history", [])), meta
+    mcfg = mcfg or cfg.model
     dtype = "mixed_bfloat16" if use_mixed_precision(cfg.mixed_precision) else cfg.dtype
-    model = build_unet(cfg.model, seed=cfg.seed, dtype=dtype)
+    model = build_unet(mcfg, seed=cfg.seed, dtype=dtype)
     model.compile(optimizer=keras.optimizers.Adam(cfg.lr))
-    return model, cfg.model, [], {}
+    return model, mcfg, [], {}
+
+
+def _fit_to_data(cfg: TrainConfig, model, mcfg, datas, balanced: bool):
+    """Input statistics and head prior from the decoded training data (fresh runs only).
+
+    The model is rebuilt from the same seed with the statistics in its input
+    layer, so its initial weights are those of the plain build.
+    """
+    import dataclasses
+
+    if cfg.resume:
+        return model, mcfg, None
+    note = []
+    if balanced and not mcfg.white_balance:
+        mcfg = dataclasses.replace(mcfg, white_balance=True)
+    if cfg.standardize and mcfg.input_mean is None:
+        mean, std = _train_data().input_statistics(datas)
+        mcfg = dataclasses.replace(mcfg, input_mean=mean, input_std=std)
+        model, mcfg, _, _ = _make_model(cfg, mcfg)
+        note.append(
+            "input standardised: mean "
+            + ", ".join(f"{v:.1f}" for v in mean)
+            + "; std "
+            + ", ".join(f"{v:.1f}" for v in std)
+        )
+    if cfg.head_prior:
+        pos = sum(d.n_positive for d in datas)
+        lab = sum(d.n_labelled for d in datas)
+        prior = min(max(pos / lab, 1e-3), 1 - 1e-3)
+        bias = model.get_layer("head").bias
+        bias.assign(np.full(bias.shape, np.log(prior / (1 - prior)), dtype="float32"))
+        note.append(f"head bias at the tissue prior {prior:.3f}")
+    return model, mcfg, "; ".join(note) or None
 
 
 def preflight(cfg: TrainConfig) -> None:
@@ -241,10 +278,21 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
             yield Message(f"continuing at the checkpoint's resolution, {resolution.describe()}")
     datas = []
     vdatas: list[Any] = []
+    # A resumed model keeps the input convention it was trained with.
+    balanced = mcfg.white_balance or (cfg.white_balance and not cfg.resume)
     try:
         rois = cfg.rois or [None] * len(cfg.images)
         for i, (img, msk) in enumerate(zip(cfg.images, cfg.masks)):
             yield Message(f"decoding image {i + 1}/{len(cfg.images)}: {_describe(img)}")
+            table = None
+            if balanced:
+                from .input_norm import balance_table, white_point
+
+                # A missing or non-RGB slide fails with its own error first.
+                _train_data().open_image_source(img)[2]()
+                white = white_point(img)
+                table = balance_table(white)
+                yield Message("glass colour " + ", ".join(f"{v:.0f}" for v in white))
             datas.append(
                 _train_data().build_image_data(
                     img,
@@ -255,14 +303,20 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
                     cache_in_memory=in_memory,
                     cache_dir=cfg.cache_dir,
                     resolution=resolution,
+                    balance=table,
                 )
             )
             yield Message(f"image {i + 1} at {datas[-1].resolution['describe']}")
             yield Progress("cache", i + 1, len(cfg.images))
+        model, mcfg, note = _fit_to_data(cfg, model, mcfg, datas, balanced)
+        if note:
+            yield Message(note)
         if cfg.validates:
             from .validation import build_validation
 
-            vdatas = yield from build_validation(cfg, datas, os_, in_memory, resolution)
+            vdatas = yield from build_validation(
+                cfg, datas, os_, in_memory, resolution, balanced=balanced
+            )
         yield from _run(
             cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget, t_start
         )

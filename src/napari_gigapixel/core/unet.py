@@ -71,6 +71,15 @@ class ModelConfig:
         Resolution of the output in level-0 pixels: 4 by default (logits at
         1/4, the fast setting), 1 for a full-resolution head. Must be 1 or a
         product of the first few encoder strides.
+    input_mean, input_std
+        Per-channel (R, G, B) statistics of the training slides' pixels: the
+        input layer computes ``(x - mean) / std``, constants saved with the
+        model, so prediction applies the same transform and tiling stays
+        exact. ``None`` (both): the fixed ``x / 127.5 - 1``.
+    white_balance
+        The model expects slides white-balanced (:mod:`.input_norm`: each
+        slide's glass scaled to one white) before its input layer; the trainer
+        and :func:`.inference.predict` do it per slide.
     """
 
     widths: tuple[int, ...] = (8, 8, 12)
@@ -79,6 +88,9 @@ class ModelConfig:
     decoder_widths: tuple[int, ...] = (4, 4, 6)
     decoder_kernel: int = 3
     output_stride: int = 4
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
+    white_balance: bool = False
 
     def __post_init__(self) -> None:
         # Lists come back from JSON; keep tuples so configs compare equal.
@@ -86,6 +98,15 @@ class ModelConfig:
         self.kernels = tuple(int(v) for v in self.kernels)
         self.strides = tuple(int(v) for v in self.strides)
         self.decoder_widths = tuple(int(v) for v in self.decoder_widths)
+        if (self.input_mean is None) != (self.input_std is None):
+            raise GigapixelError("ModelConfig: give both input_mean and input_std, or neither.")
+        if self.input_mean is not None:
+            self.input_mean = tuple(float(v) for v in self.input_mean)
+            self.input_std = tuple(float(v) for v in self.input_std)
+            if len(self.input_mean) != 3 or len(self.input_std) != 3 or min(self.input_std) <= 0:
+                raise GigapixelError(
+                    "ModelConfig: input_mean and input_std need 3 values (R, G, B), std > 0."
+                )
         n = len(self.widths)
         if not (n >= 1 and len(self.kernels) == n and len(self.strides) == n):
             raise GigapixelError(
@@ -168,7 +189,12 @@ def build_unet(cfg: ModelConfig | None = None, seed: int = 0, *, dtype: str = "f
     # Centred input ([-1, 1]): on mostly-white slides a [0, 1] input leaves
     # many first-layer ReLUs always on or always off at initialisation, and
     # plain BCE then sometimes never escapes (measured: stuck at ln 2).
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, dtype=main, name="rescale")(inp)
+    if cfg.input_mean is None:
+        scale, offset = 1.0 / 127.5, -1.0
+    else:  # standardised per channel with the training slides' statistics
+        scale = [1.0 / s for s in cfg.input_std]
+        offset = [-m / s for m, s in zip(cfg.input_mean, cfg.input_std)]
+    x = layers.Rescaling(scale, offset=offset, dtype=main, name="rescale")(inp)
     skips = [x]
     for i, (w, k, s) in enumerate(zip(cfg.widths, cfg.kernels, cfg.strides)):
         x = layers.Conv2D(

@@ -68,18 +68,27 @@ def describe_validation(cfg: TrainConfig) -> str | None:
     return "; ".join(parts) or None
 
 
+def _balance_of(img: Any) -> Any:
+    """The white-balance table of one slide (its own glass colour)."""
+    from .input_norm import balance_table, white_point
+
+    return balance_table(white_point(img))
+
+
 def build_validation(
     cfg: TrainConfig,
     datas: list[Any],
     output_stride: int,
     cache_in_memory: Callable[[int], bool],
     resolution: Any = None,
+    balanced: bool = False,
 ) -> Iterator[Any]:
     """Build the validation regions; leave ROI regions out of the training images.
 
     Validation slides are read at the training's working ``resolution``; a
     validation ROI needs level 0 (its snapping to output pixels is in level-0
-    pixels), else it is refused with a message.
+    pixels), else it is refused with a message. With ``balanced``, each slide
+    is white-balanced by its own glass colour, as the training slides are.
 
     A generator (it yields ``Message`` events) returning the list of
     validation :class:`._train_data.ImageData`; the caller closes them.
@@ -107,6 +116,7 @@ def build_validation(
                     cache_in_memory=cache_in_memory,
                     cache_dir=cfg.cache_dir,
                     resolution=resolution,
+                    balance=_balance_of(img) if balanced else None,
                 )
             )
         for i, roi in enumerate(val_rois(cfg)):
@@ -131,6 +141,7 @@ def build_validation(
                     output_stride=output_stride,
                     cache_in_memory=cache_in_memory,
                     cache_dir=cfg.cache_dir,
+                    balance=_balance_of(cfg.images[i]) if balanced else None,
                 )
             )
             left = d.exclude(rect, output_stride)

@@ -1,0 +1,95 @@
+"""Per-slide white balance: every slide's glass brought to one white before the model.
+
+Slides differ in the colour and brightness of their glass (scanner, lamp,
+mounting medium): a glass of (229, 232, 235) on one slide is the colour of
+pale stroma on a slide whose glass is (247, 243, 240). A model trained on one
+slide then calls the other's glass tissue. So the trainer and the predictor
+both scale each slide's channels so its glass (the per-channel 99th
+percentile of its pixels: glass is the brightest thing on a slide) lands on
+:data:`WHITE`.
+
+The gain is one constant per slide and channel, found in a first pass over a
+small level of the slide before any tile is processed, and applied by a
+per-channel lookup table on uint8 pixels: an element-wise map, so streamed
+tiles, whole images and any chunking see the same pixels (exact under
+tiling). Models record that they expect it (``ModelConfig.white_balance``);
+:func:`.inference.predict` applies it to each slide it predicts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+#: The white every slide's glass is scaled to.
+WHITE = 240.0
+#: Percentile of each channel taken as the slide's glass colour.
+PERCENTILE = 99.0
+#: Pixels sampled for the percentile at most (a pyramid level near this size is used).
+SAMPLE_PIXELS = 4_000_000
+
+
+def _sample(arr: Any) -> np.ndarray:
+    """Pixels ``(n, 3)`` uint8 of an (H, W, 3) array on a regular grid of at most SAMPLE_PIXELS."""
+    h, w = int(arr.shape[0]), int(arr.shape[1])
+    step = max(1, math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))
+    block = arr[::step, ::step, :3]
+    if hasattr(block, "compute"):
+        block = block.compute()
+    return np.asarray(block, dtype=np.uint8).reshape(-1, 3)
+
+
+def white_point(source: Any) -> tuple[float, float, float]:
+    """The glass colour of a slide: per-channel 99th percentile of its pixels.
+
+    Parameters
+    ----------
+    source
+        A slide path (the smallest pyramid level with at least a quarter of
+        :data:`SAMPLE_PIXELS` pixels is read, whole) or an ``(H, W, 3)`` uint8
+        array-like (sampled on a regular grid).
+
+    Returns
+    -------
+    (r, g, b)
+        Grey levels (at least 1).
+    """
+    if isinstance(source, str | os.PathLike):
+        from .slide import open_slide
+
+        with open_slide(os.fspath(source)) as slide:
+            arr = slide.levels[0]
+            for lev in slide.levels[1:]:
+                if int(lev.shape[0]) * int(lev.shape[1]) >= SAMPLE_PIXELS // 4:
+                    arr = lev
+            px = _sample(arr)
+    else:
+        px = _sample(source)
+    out = []
+    for c in range(3):
+        counts = np.bincount(px[:, c], minlength=256)
+        cum = np.cumsum(counts)
+        out.append(float(max(1, np.searchsorted(cum, PERCENTILE / 100.0 * cum[-1]))))
+    return out[0], out[1], out[2]
+
+
+def balance_table(white: tuple[float, float, float]) -> np.ndarray:
+    """Lookup table ``(3, 256)`` uint8 that scales each channel's ``white`` to :data:`WHITE`."""
+    levels = np.arange(256, dtype=np.float64)
+    return np.stack(
+        [np.clip(np.rint(levels * (WHITE / max(float(w), 1.0))), 0, 255) for w in white]
+    ).astype(np.uint8)
+
+
+def apply_balance(block: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """White-balance an ``(..., 3)`` uint8 block with a :func:`balance_table`."""
+    out = np.empty(block.shape, np.uint8)
+    for c in range(3):
+        out[..., c] = table[c][block[..., c]]
+    return out
+
+
+__all__ = ["PERCENTILE", "WHITE", "apply_balance", "balance_table", "white_point"]

@@ -132,9 +132,9 @@ def test_no_space_left_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.tif"))
 
-    from napari_gigapixel.core import synthetic
+    from napari_gigapixel.core import texture_slides
 
-    monkeypatch.setattr(synthetic, "iter_make_synthetic_slide", full)
+    monkeypatch.setattr(texture_slides, "iter_make_family_slide", full)
     code = main(["sample", str(tmp_path / "x.tif"), "--shape", "256x256", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1

@@ -42,6 +42,15 @@ def _sample(arr: Any) -> np.ndarray:
     return np.asarray(block, dtype=np.uint8).reshape(-1, 3)
 
 
+def _small_level(slide: Any) -> Any:
+    """The smallest pyramid level with at least a quarter of SAMPLE_PIXELS pixels."""
+    arr = slide.levels[0]
+    for lev in slide.levels[1:]:
+        if int(lev.shape[0]) * int(lev.shape[1]) >= SAMPLE_PIXELS // 4:
+            arr = lev
+    return arr
+
+
 def white_point(source: Any) -> tuple[float, float, float]:
     """The glass colour of a slide: per-channel 99th percentile of its pixels.
 
@@ -49,7 +58,8 @@ def white_point(source: Any) -> tuple[float, float, float]:
     ----------
     source
         A slide path (the smallest pyramid level with at least a quarter of
-        :data:`SAMPLE_PIXELS` pixels is read, whole) or an ``(H, W, 3)`` uint8
+        :data:`SAMPLE_PIXELS` pixels is read, whole), an open
+        :class:`.slide_base.Slide` (the same), or an ``(H, W, 3)`` uint8
         array-like (sampled on a regular grid).
 
     Returns
@@ -61,11 +71,9 @@ def white_point(source: Any) -> tuple[float, float, float]:
         from .slide import open_slide
 
         with open_slide(os.fspath(source)) as slide:
-            arr = slide.levels[0]
-            for lev in slide.levels[1:]:
-                if int(lev.shape[0]) * int(lev.shape[1]) >= SAMPLE_PIXELS // 4:
-                    arr = lev
-            px = _sample(arr)
+            px = _sample(_small_level(slide))
+    elif hasattr(source, "levels"):  # an open Slide (e.g. an array at a resolution)
+        px = _sample(_small_level(source))
     else:
         px = _sample(source)
     out = []

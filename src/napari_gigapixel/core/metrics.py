@@ -17,6 +17,7 @@ with Otsu's method (tissue is darker, or more saturated, than glass).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -189,8 +190,6 @@ def confusion(
     Confusion
         Integer counts of level-0 pixels.
     """
-    import dask
-
     pred_m = as_mask(pred, downsample=pred_downsample, name="prediction")
     truth_m = as_mask(truth, downsample=truth_downsample, name="truth")
     if shape is None:
@@ -200,16 +199,23 @@ def confusion(
     h, w = int(shape[0]), int(shape[1])
     stride = _common_stride(pred_m.downsample, truth_m.downsample)
     step = max(stride, (int(chunk) // stride) * stride)
-    tasks = [
-        dask.delayed(_count_tile)(
-            pred_m, truth_m, y0, min(y0 + step, h), x0, min(x0 + step, w), stride
-        )
+    windows = [
+        (y0, min(y0 + step, h), x0, min(x0 + step, w))
         for y0 in range(0, h, step)
         for x0 in range(0, w, step)
     ]
-    if not tasks:
+    if not windows:
         return Confusion(0, 0, 0, 0)
-    totals = np.sum(dask.compute(*tasks, scheduler=scheduler), axis=0)
+    # A thread pool over the tiles, each reading only its own windows. (Not
+    # dask.delayed: it unpacks dataclass arguments, so the masks' whole dask
+    # arrays became dependencies of every task and a 1 Gpx truth was computed
+    # whole: 24 GB of resident memory.)
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = 1 if scheduler == "sync" else max(1, min(len(windows), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda win: _count_tile(pred_m, truth_m, *win, stride), windows))
+    totals = np.sum(parts, axis=0)
     tp, fp, fn, tn = (int(round(v)) for v in totals)
     return Confusion(tp, fp, fn, tn)
 

@@ -8,6 +8,7 @@ chunk by chunk, so nothing full-resolution is built. Level-0 counts stay in
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -47,26 +48,23 @@ def confusion_grid(
     read at its centre (nearest neighbour), so the counts are in pixels of
     that resolution. ``chunk``: resolution pixels per side counted at a time.
     """
-    import dask
+    from concurrent.futures import ThreadPoolExecutor
 
     oy, ox = origin
     h, w = int(shape[0]), int(shape[1])
-    tasks = [
-        dask.delayed(_count_grid)(
-            pred,
-            truth,
-            oy + i * step,
-            ox + j * step,
-            min(chunk, h - i),
-            min(chunk, w - j),
-            step,
-        )
+    blocks = [
+        (oy + i * step, ox + j * step, min(chunk, h - i), min(chunk, w - j))
         for i in range(0, h, chunk)
         for j in range(0, w, chunk)
     ]
-    if not tasks:
+    if not blocks:
         return Confusion(0, 0, 0, 0)
-    totals = np.sum(dask.compute(*tasks, scheduler=scheduler), axis=0)
+    # A thread pool, not dask.delayed: dask unpacks dataclass arguments, which
+    # would make the masks' whole dask arrays a dependency of every task.
+    workers = 1 if scheduler == "sync" else max(1, min(len(blocks), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda b: _count_grid(pred, truth, *b, step), blocks))
+    totals = np.sum(parts, axis=0)
     tp, fp, fn, tn = (int(round(v)) for v in totals)
     return Confusion(tp, fp, fn, tn)
 

@@ -65,35 +65,19 @@ def bytes_per_pixel(model: Any) -> float:
     Sums every layer output's bytes per level-0 pixel (channels over stride
     squared, times the item size) and scales by :data:`ACTIVATION_FACTOR`.
     """
+    from .geometry import tensor_geometry
+
     total = 3.0  # the uint8 window itself
+    outs = [getattr(layer, "output", None) for layer in model.layers]
+    geo = tensor_geometry(model, [o for o in outs if o is not None and len(o.shape) == 4])
     for layer in model.layers:
         out = getattr(layer, "output", None)
         if out is None or len(out.shape) != 4:
             continue
-        tensor_stride = _tensor_stride(model, layer)
+        tensor_stride = geo[id(out)][0]
         item = np.dtype(str(out.dtype)).itemsize if str(out.dtype) != "bfloat16" else 2
         total += ACTIVATION_FACTOR * item * int(out.shape[-1]) / tensor_stride**2
     return total
-
-
-def _tensor_stride(model: Any, layer: Any) -> int:
-    # Cumulative stride of a layer's output, from the builder's naming scheme
-    # and layer types (model_geometry walks the same graph).
-    from .geometry import _layer_geometry
-
-    memo: dict[int, tuple[int, int, int]] = {}
-
-    def visit(tensor):
-        key = id(tensor)
-        if key not in memo:
-            op, ni, _ = tensor._keras_history
-            parents = list(op._inbound_nodes[ni].input_tensors)
-            memo[key] = (
-                (1, 0, 0) if not parents else _layer_geometry(op, [visit(p) for p in parents])
-            )
-        return memo[key]
-
-    return visit(layer.output)[0]
 
 
 def auto_core(shape: tuple[int, int], geometry: Geometry, bpp: float, budget_bytes: float) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .errors import GigapixelError
 
@@ -111,30 +112,40 @@ def _layer_geometry(layer, inputs: list[tuple[int, int, int]]) -> tuple[int, int
     )
 
 
-def model_geometry(model) -> Geometry:
-    """Derive ``S``, the receptive field and the halo from a built model.
+def tensor_geometry(model, extra: Any = ()) -> dict[int, tuple[int, int, int]]:
+    """``(stride, before, after)`` of every tensor of ``model``, keyed by ``id``.
 
-    Walks the functional graph from the output back to the input, composing
-    each layer's stride and receptive-field extent (analytic; the tests check
-    it by perturbing single input pixels).
+    Walks the functional graph from the outputs (and any ``extra`` tensors)
+    back to the input, composing each layer's stride and receptive-field
+    extent analytically. :func:`model_geometry`, the memory model
+    (``_resources.bytes_per_pixel``) and the roofline count all read it.
     """
     memo: dict[int, tuple[int, int, int]] = {}
 
     def visit(tensor) -> tuple[int, int, int]:
         key = id(tensor)
-        if key in memo:
-            return memo[key]
-        op, node_index, _ = tensor._keras_history
-        node = op._inbound_nodes[node_index]
-        parents = list(node.input_tensors)
-        if not parents:
-            geo = (1, 0, 0)
-        else:
-            geo = _layer_geometry(op, [visit(p) for p in parents])
-        memo[key] = geo
-        return geo
+        if key not in memo:
+            op, node_index, _ = tensor._keras_history
+            parents = list(op._inbound_nodes[node_index].input_tensors)
+            memo[key] = (
+                (1, 0, 0) if not parents else _layer_geometry(op, [visit(p) for p in parents])
+            )
+        return memo[key]
 
-    out_stride, before, after = visit(model.outputs[0])
+    for tensor in [*model.outputs, *extra]:
+        visit(tensor)
+    return memo
+
+
+def model_geometry(model) -> Geometry:
+    """Derive ``S``, the receptive field and the halo from a built model.
+
+    Composes each layer's stride and receptive-field extent along the graph
+    (:func:`tensor_geometry`; analytic, the tests check it by perturbing
+    single input pixels).
+    """
+    memo = tensor_geometry(model)
+    out_stride, before, after = memo[id(model.outputs[0])]
     # Total stride: the deepest level any layer reached.
     total = max(g[0] for g in memo.values())
     if total % out_stride:

@@ -69,27 +69,6 @@ class LayerCost:
     input_grad: bool = False
 
 
-def _tensor_geometry(model: Any) -> dict[int, tuple[int, int, int]]:
-    """(stride, before, after) of every tensor of the model, keyed by ``id``."""
-    from .geometry import _layer_geometry
-
-    memo: dict[int, tuple[int, int, int]] = {}
-
-    def visit(tensor):
-        key = id(tensor)
-        if key not in memo:
-            op, ni, _ = tensor._keras_history
-            parents = list(op._inbound_nodes[ni].input_tensors)
-            memo[key] = (
-                (1, 0, 0) if not parents else _layer_geometry(op, [visit(p) for p in parents])
-            )
-        return memo[key]
-
-    for out in model.outputs:
-        visit(out)
-    return memo
-
-
 def _dtype_name(d: Any) -> str:
     s = str(getattr(d, "name", d))
     return s.replace("<dtype: '", "").replace("'>", "")
@@ -97,7 +76,9 @@ def _dtype_name(d: Any) -> str:
 
 def layer_costs(model: Any) -> list[LayerCost]:
     """Per-layer forward and backward cost of a built U-Net, per input pixel."""
-    geo = _tensor_geometry(model)
+    from .geometry import tensor_geometry
+
+    geo = tensor_geometry(model)
     # Tensors that depend on a trainable weight need a gradient in backward.
     needs_grad: dict[int, bool] = {}
     rows: list[LayerCost] = []

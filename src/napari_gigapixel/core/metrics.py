@@ -155,6 +155,21 @@ def _count_tile(pred, truth, y0: int, y1: int, x0: int, x1: int, stride: int) ->
     return np.array([tp, fp, fn, tn])
 
 
+def sum_in_threads(count: Any, items: list[Any], scheduler: str = "threads") -> np.ndarray:
+    """``sum(count(item) for item in items)``, the items counted in a thread pool.
+
+    Each count reads only its own windows of the masks. (Not dask.delayed: it
+    unpacks dataclass arguments, so the masks' whole dask arrays became inputs
+    of every task and a 1 Gpx truth was computed whole: 24 GB resident.)
+    ``scheduler="sync"`` counts in this thread.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = 1 if scheduler == "sync" else max(1, min(len(items), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        return np.sum(list(pool.map(count, items)), axis=0)
+
+
 def confusion(
     pred: Any,
     truth: Any,
@@ -206,16 +221,9 @@ def confusion(
     ]
     if not windows:
         return Confusion(0, 0, 0, 0)
-    # A thread pool over the tiles, each reading only its own windows. (Not
-    # dask.delayed: it unpacks dataclass arguments, so the masks' whole dask
-    # arrays became dependencies of every task and a 1 Gpx truth was computed
-    # whole: 24 GB of resident memory.)
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = 1 if scheduler == "sync" else max(1, min(len(windows), os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(lambda win: _count_tile(pred_m, truth_m, *win, stride), windows))
-    totals = np.sum(parts, axis=0)
+    totals = sum_in_threads(
+        lambda win: _count_tile(pred_m, truth_m, *win, stride), windows, scheduler
+    )
     tp, fp, fn, tn = (int(round(v)) for v in totals)
     return Confusion(tp, fp, fn, tn)
 

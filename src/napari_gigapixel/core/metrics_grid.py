@@ -8,14 +8,13 @@ chunk by chunk, so nothing full-resolution is built. Level-0 counts stay in
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .metrics import Confusion, _Shifted, dice, iou, otsu_tissue_mask, scores
+from .metrics import Confusion, _Shifted, dice, iou, otsu_tissue_mask, scores, sum_in_threads
 
 
 def _count_grid(pred, truth, y0: float, x0: float, ny: int, nx: int, step: float) -> np.ndarray:
@@ -48,8 +47,6 @@ def confusion_grid(
     read at its centre (nearest neighbour), so the counts are in pixels of
     that resolution. ``chunk``: resolution pixels per side counted at a time.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     oy, ox = origin
     h, w = int(shape[0]), int(shape[1])
     blocks = [
@@ -59,12 +56,7 @@ def confusion_grid(
     ]
     if not blocks:
         return Confusion(0, 0, 0, 0)
-    # A thread pool, not dask.delayed: dask unpacks dataclass arguments, which
-    # would make the masks' whole dask arrays a dependency of every task.
-    workers = 1 if scheduler == "sync" else max(1, min(len(blocks), os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(lambda b: _count_grid(pred, truth, *b, step), blocks))
-    totals = np.sum(parts, axis=0)
+    totals = sum_in_threads(lambda b: _count_grid(pred, truth, *b, step), blocks, scheduler)
     tp, fp, fn, tn = (int(round(v)) for v in totals)
     return Confusion(tp, fp, fn, tn)
 

@@ -54,6 +54,7 @@ def add_parser(subparsers: Any) -> None:
     """Register the ``train`` sub-command."""
     from ..core.stain import AUGMENT_MODES
     from ..core.training import LR_FLOOR, LR_SCHEDULES, TrainConfig
+    from ..core.unet import PRESETS, preset_name
 
     d = TrainConfig  # the dataclass's defaults are the recipe; one place to change it
     p = subparsers.add_parser(
@@ -155,6 +156,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     p.add_argument("--mask-kind", choices=("dense", "scribble"), default=None)
     p.add_argument(
+        "--model-size",
+        choices=tuple(PRESETS),
+        default=preset_name(TrainConfig().model),
+        help="width of a new model: 'small' (about 4.8k parameters, like the paper's), "
+        "'medium' (31k), 'large' (123k) (default %(default)s)",
+    )
+    p.add_argument(
         "--output-stride",
         type=int,
         choices=(1, 4),
@@ -227,7 +235,7 @@ def add_parser(subparsers: Any) -> None:
 def build_config(args: argparse.Namespace):
     """A :class:`~napari_gigapixel.core.training.TrainConfig` from parsed arguments."""
     from ..core.training import TrainConfig
-    from ..core.unet import ModelConfig
+    from ..core.unet import preset_config
 
     if len(args.image) != len(args.mask):
         raise UserError(
@@ -269,7 +277,7 @@ def build_config(args: argparse.Namespace):
         mode=args.mode,
         rois=rois,
         seed=args.seed,
-        model=ModelConfig(output_stride=args.output_stride),
+        model=preset_config(args.model_size, output_stride=args.output_stride),
         resume=args.resume,
         augment=args.augment,
         mixed_precision=PRECISIONS[args.precision],

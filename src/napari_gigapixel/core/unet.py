@@ -39,10 +39,13 @@ __all__ = [
     "Geometry",
     "ModelConfig",
     "ModelFileError",
+    "PRESETS",
     "build_unet",
     "count_params",
     "load_model",
     "model_geometry",
+    "preset_config",
+    "preset_name",
     "read_model_meta",
     "save_model",
 ]
@@ -142,6 +145,32 @@ class ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are ignored (newer files)."""
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+#: Model sizes (encoder and decoder widths), shared by ``train --model-size``
+#: and the Train widget. "small" is the default :class:`ModelConfig`.
+PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
+    "small": {},
+    "medium": {"widths": (16, 24, 32), "decoder_widths": (8, 12, 16)},
+    "large": {"widths": (32, 48, 64), "decoder_widths": (16, 24, 32)},
+}
+
+
+def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    """The :class:`ModelConfig` of a size preset, with ``overrides`` (e.g. ``output_stride``)."""
+    if name not in PRESETS:
+        raise GigapixelError(f"unknown model size {name!r}; use one of {', '.join(PRESETS)}.")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+def preset_name(cfg: ModelConfig) -> str | None:
+    """The size preset whose widths ``cfg`` has, or None."""
+    base = ModelConfig()
+    for name, widths in PRESETS.items():
+        ref = {"widths": base.widths, "decoder_widths": base.decoder_widths, **widths}
+        if (cfg.widths, cfg.decoder_widths) == (ref["widths"], ref["decoder_widths"]):
+            return name
+    return None
 
 
 def _policy(dtype: str):

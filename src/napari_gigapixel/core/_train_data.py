@@ -61,19 +61,29 @@ class ImageData:
     n_positive: float
     downsample: float = 1.0  # level-0 pixels per pixel of the working resolution
     resolution: dict[str, Any] | None = None  # the resolved resolution and the model record
+    origin: tuple[int, int] | None = None  # ROI origin in pixels of the working resolution
+
+    @property
+    def origin_px(self) -> tuple[int, int]:
+        """The ROI's origin in pixels of the working resolution (integers)."""
+        if self.origin is not None:
+            return self.origin
+        d = float(self.downsample)
+        return (int(round(self.offset[0] / d)), int(round(self.offset[1] / d)))
 
     def labels_yw(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """Target and weight (uint8 0/1) of output pixels ``[y0, y1) x [x0, x1)``."""
         return codes_yw(self.labels.read(y0, y1, x0, x1), self.kind)
 
     def output_rect(self, rect: tuple[int, int, int, int], os_: int) -> tuple[int, ...] | None:
-        """Output-pixel rows/columns ``(oy0, oy1, ox0, ox1)`` of a level-0 slide rectangle.
+        """Output-pixel rows/columns ``(oy0, oy1, ox0, ox1)`` of a slide rectangle.
 
-        ``rect`` is ``(y0, x0, y1, x1)`` in slide pixels, aligned on this
+        ``rect`` is ``(y0, x0, y1, x1)`` in pixels of the working resolution
+        of the whole slide (level-0 pixels at level 0), aligned on this
         image's output grid (:func:`snap_rect`); None when it misses the image.
         """
         ho, wo = self.labels.shape
-        oy, ox = self.offset
+        oy, ox = self.origin_px
         y0, x0, y1, x1 = rect
         oy0, ox0 = max(0, (y0 - oy) // os_), max(0, (x0 - ox) // os_)
         oy1 = min(ho, -(-(y1 - oy) // os_))
@@ -85,6 +95,7 @@ class ImageData:
     def exclude(self, rect: tuple[int, int, int, int], os_: int) -> float:
         """Leave the labels of a slide rectangle out of the loss; return how many were labelled.
 
+        ``rect`` as in :meth:`output_rect` (pixels of the working resolution).
         The rectangle's output pixels get the :data:`EXCLUDED` code (weight 0),
         so the training loss is exactly the loss of the other pixels;
         ``n_labelled`` and ``n_positive`` drop by what it held.
@@ -200,7 +211,9 @@ def snap_rect(
     A validation ROI snapped to the training image's output grid covers
     whole output pixels of it, so the pixels left out of training are
     exactly the pixels scored. Clipped to the slide (a start that would fall
-    before 0 moves in by less than one output pixel).
+    before 0 moves in by less than one output pixel). All in one unit: pixels
+    of the working resolution (``rect`` from :func:`.resolution.map_roi`,
+    ``origin`` :attr:`ImageData.origin_px`, ``slide_shape`` the resolution's).
     """
     h, w = slide_shape
     y0, x0, y1, x1 = rect
@@ -228,6 +241,7 @@ def build_image_data(
     on_band: Callable[[int, int], None] | None = None,
     resolution: Any = None,
     balance: np.ndarray | None = None,
+    res_roi: tuple[int, int, int, int] | None = None,
 ) -> ImageData:
     """Decode one image (its ROI) and its labels into caches, band by band.
 
@@ -239,7 +253,9 @@ def build_image_data(
     in level-0 pixels ``(y0, x0, y1, x1)`` and is mapped to the resolution
     (rounded outwards to whole pixels). ``balance`` is a
     :func:`.input_norm.balance_table` applied to the pixels as they are cached
-    (per-slide white balance).
+    (per-slide white balance). ``res_roi`` ``(y0, x0, y1, x1)`` in pixels of
+    the working resolution replaces ``roi``'s mapping (a validation ROI
+    snapped to a training image's output grid: exactly those pixels).
 
     Raises
     ------
@@ -265,6 +281,7 @@ def build_image_data(
             on_band,
             resolution or Resolution(),
             balance,
+            res_roi,
         )
     finally:
         close()  # the pixels are in the caches now: release the slide file
@@ -283,6 +300,7 @@ def _build_image_data(
     on_band: Callable[[int, int], None] | None,
     resolution: Any,
     balance: np.ndarray | None = None,
+    res_roi: tuple[int, int, int, int] | None = None,
 ) -> ImageData:
     from .resolution import as_slide, map_roi, model_resolution, resolution_array, resolve
 
@@ -301,6 +319,14 @@ def _build_image_data(
     else:
         array = resolution_array(slide, res)
         ry0, rx0, ry1, rx1 = map_roi((y0, x0, y1, x1), res)
+    if res_roi is not None:
+        ry0, rx0, ry1, rx1 = (int(v) for v in res_roi)
+        rh, rw = res.shape
+        if not (0 <= ry0 < ry1 <= rh and 0 <= rx0 < rx1 <= rw):
+            raise SlideInputError(
+                f"{name}: region {ry0},{rx0},{ry1},{rx1} is not inside the {rh} x {rw} "
+                f"pixels of {res.describe()}."
+            )
     h, w = ry1 - ry0, rx1 - rx0
     os_ = output_stride
     ho, wo = -(-h // os_), -(-w // os_)
@@ -363,6 +389,7 @@ def _build_image_data(
         n_positive=n_pos,
         downsample=d,
         resolution={**model_resolution(slide, res), "describe": res.describe()},
+        origin=(ry0, rx0),
     )
 
 

@@ -36,11 +36,11 @@ LEVEL1 = Resolution(level=1)
 OS = 4
 
 
-def _expected_rect() -> tuple[int, int, int, int]:
-    """The snapped rectangle in level-1 pixels, worked out by hand from the rule."""
-    oy, ox = TRAIN_ROI[0] // 2, TRAIN_ROI[1] // 2  # training origin at level 1
-    y0, x0 = VAL_ROI[0] // 2, VAL_ROI[1] // 2  # outwards to level-1 pixels
-    y1, x1 = math.ceil(VAL_ROI[2] / 2), math.ceil(VAL_ROI[3] / 2)
+def _expected_rect(d: int = 2) -> tuple[int, int, int, int]:
+    """The snapped rectangle in pixels of downsample ``d``, worked out by hand from the rule."""
+    oy, ox = TRAIN_ROI[0] // d, TRAIN_ROI[1] // d  # training origin at that resolution
+    y0, x0 = VAL_ROI[0] // d, VAL_ROI[1] // d  # outwards to its pixels
+    y1, x1 = math.ceil(VAL_ROI[2] / d), math.ceil(VAL_ROI[3] / d)
     return (
         oy + (y0 - oy) // OS * OS,
         ox + (x0 - ox) // OS * OS,
@@ -92,7 +92,7 @@ def _drain(gen):
         return done.value
 
 
-def _data(slide):
+def _data(slide, resolution=LEVEL1):
     return build_image_data(
         slide[0],
         slide[1],
@@ -100,7 +100,7 @@ def _data(slide):
         kind=None,
         output_stride=OS,
         cache_in_memory=lambda n: True,
-        resolution=LEVEL1,
+        resolution=resolution,
     )
 
 
@@ -204,3 +204,31 @@ def test_validation_dice_at_level_1_equals_an_independent_count(slide, tmp_path)
     assert 0.0 < dice < 1.0
     assert val.dice == pytest.approx(dice, abs=1e-12)
     assert any("validation ROI" in getattr(e, "text", "") for e in events)
+
+
+def test_val_roi_at_an_area_averaged_mpp_covers_exactly_the_excluded_pixels(slide, tmp_path):
+    # 1.5 um/px on a 0.5 um/px slide: no level has it, so 3 x 3 area means of level 0.
+    res = Resolution(mpp=1.5)
+    full, excluded = _data(slide, res), _data(slide, res)
+    assert full.downsample == 3.0 and full.origin == (3, 10)
+    cfg = _cfg(slide, tmp_path / "m.keras", resolution=res)
+    (vdata,) = _drain(build_validation(cfg, [excluded], OS, lambda n: True, res))
+    sy0, sx0, sy1, sx1 = _expected_rect(3)
+    assert vdata.origin == (sy0, sx0) and vdata.shape == (sy1 - sy0, sx1 - sx0)
+    oy0, oy1 = (sy0 - 3) // OS, (sy1 - 3) // OS
+    ox0, ox1 = (sx0 - 10) // OS, (sx1 - 10) // OS
+    ho, wo = full.labels.shape
+    y, w = full.labels_yw(0, ho, 0, wo)
+    _, w_ex = excluded.labels_yw(0, ho, 0, wo)
+    inside = np.zeros((ho, wo), bool)
+    inside[oy0:oy1, ox0:ox1] = True
+    np.testing.assert_array_equal(w_ex, np.where(inside, 0, w))
+    vy, vw = vdata.labels_yw(0, oy1 - oy0, 0, ox1 - ox0)
+    np.testing.assert_array_equal(vy, y[oy0:oy1, ox0:ox1])
+    assert vdata.n_labelled == full.n_labelled - excluded.n_labelled == vw.sum()
+    vh, vwd = vdata.shape
+    np.testing.assert_array_equal(
+        vdata.image.read(0, vh, 0, vwd), full.image.read(sy0 - 3, sy1 - 3, sx0 - 10, sx1 - 10)
+    )
+    for d in (full, excluded, vdata):
+        d.close()

@@ -144,7 +144,7 @@ def test_a_worker_lost_mid_step_is_replaced(slides, cluster, tmp_path):
 
 
 def test_no_workers_left_fails_cleanly_and_keeps_the_checkpoint(slides, tmp_path, monkeypatch):
-    import napari_gigapixel.core.distributed_train as dt
+    import napari_gigapixel.core._dist_cluster as dt
 
     monkeypatch.setattr(dt, "NO_WORKER_SECONDS", 1.0)
     out = tmp_path / "m.keras"
@@ -172,7 +172,7 @@ def test_no_workers_left_fails_cleanly_and_keeps_the_checkpoint(slides, tmp_path
 
 
 def test_bad_inputs_fail_cleanly(slides, tmp_path, monkeypatch):
-    import napari_gigapixel.core.distributed_train as dt
+    import napari_gigapixel.core._dist_cluster as dt
 
     monkeypatch.setattr(dt, "CONNECT_TIMEOUT", 2.0)
     cfg = _cfg(slides[:1], tmp_path / "m.keras")

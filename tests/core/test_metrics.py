@@ -6,7 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from napari_gigapixel.core import metrics
+from napari_gigapixel.core import otsu
 from napari_gigapixel.core.masks import AnnotationMask, MaskError
 from napari_gigapixel.core.metrics import (
     Confusion,
@@ -123,7 +123,7 @@ def _slide(seed=0):
 def test_otsu_tissue_mask_finds_tissue_at_a_low_level(monkeypatch):
     rgb, truth = _slide()
     levels = [rgb, rgb[1::4, 1::4], rgb[3::8, 3::8]]  # level 0, 1/4, 1/8 (block centres)
-    monkeypatch.setattr(metrics, "OTSU_MAX_PIXELS", 20_000)  # picks the 1/8 level
+    monkeypatch.setattr(otsu, "OTSU_MAX_PIXELS", 20_000)  # picks the 1/8 level
     mask = otsu_tissue_mask(levels)
     assert mask.downsample == 8.0 and mask.shape == levels[2].shape[:2]
     assert 150 < mask.threshold < 238  # between tissue and glass gray values
@@ -131,10 +131,10 @@ def test_otsu_tissue_mask_finds_tissue_at_a_low_level(monkeypatch):
     sat = otsu_tissue_mask(levels, level=1, channel="saturation")
     assert sat.downsample == 4.0 and dice(confusion(sat, truth, shape=(H, W))) > 0.97
     # No level small enough: block-centre sampling of the coarsest one.
-    monkeypatch.setattr(metrics, "OTSU_MAX_PIXELS", 4_000_000)
+    monkeypatch.setattr(otsu, "OTSU_MAX_PIXELS", 4_000_000)
     one = otsu_tissue_mask(rgb)
     assert one.downsample == 1.0  # 517 x 1301 fits under the default budget
-    monkeypatch.setattr(metrics, "OTSU_MAX_PIXELS", 10_000)
+    monkeypatch.setattr(otsu, "OTSU_MAX_PIXELS", 10_000)
     sampled = otsu_tissue_mask([rgb])
     assert sampled.downsample == 9.0  # coarse: 16 px blobs sampled every 9 px
     assert dice(confusion(sampled, truth, shape=(H, W))) > 0.8

@@ -39,6 +39,7 @@ def open_image(
     by_path_chunk: int | None = None,
     resolution: Any = None,
     model_meta: dict[str, Any] | None = None,
+    balance: np.ndarray | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The dask array to predict (working resolution, ROI applied) and its metadata.
 
@@ -50,6 +51,11 @@ def open_image(
     With ``by_path_chunk``, a slide is read by tasks that open it by path (one
     handle per process) in chunks of that side: a distributed scheduler must
     pickle the graph, and an open file handle does not pickle.
+
+    ``balance`` (a :func:`.input_norm.balance_table`) white-balances the
+    pixels at the working resolution, chunk by chunk. It is applied here, to
+    the array the slide's closers are tied to: a caller that wrapped the
+    returned array and dropped it would close the slide before reading it.
     """
     import dask.array as da
 
@@ -109,6 +115,10 @@ def open_image(
         info["offset"] = [0, 0]
         info["region_shape"] = [h, w]
     info["resolution_shape"] = [int(arr.shape[0]), int(arr.shape[1])]
+    if balance is not None:
+        from .input_norm import apply_balance
+
+        arr = arr.map_blocks(apply_balance, table=balance, dtype=np.uint8)
     if closers:
         weakref.finalize(arr, _run_closers, closers)
     return arr, info

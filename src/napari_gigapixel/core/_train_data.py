@@ -12,7 +12,6 @@ no full-resolution mask ever exists.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +19,29 @@ from typing import Any
 import numpy as np
 
 from ._array_cache import ArrayCache
-from .errors import GigapixelError
-from .masks import AnnotationMask, MaskError, infer_downsample
+from ._train_inputs import (
+    SlideInputError,
+    check_roi,
+    open_image_source,
+    open_mask_source,
+    snap_rect,
+)
+from .masks import MaskError
+
+__all__ = [
+    "EXCLUDED",
+    "ImageData",
+    "SlideInputError",
+    "build_image_data",
+    "check_roi",
+    "codes_yw",
+    "input_statistics",
+    "label_codes",
+    "open_image_source",
+    "open_mask_source",
+    "snap_rect",
+]
+
 
 #: Label code of output pixels left out of the loss (a validation region of a
 #: training slide). Label caches hold codes, not raw mask values: dense 0/1,
@@ -43,10 +63,6 @@ def codes_yw(lab: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return (lab == 2).view(np.uint8), ((lab == 1) | (lab == 2)).view(np.uint8)
 
 
-class SlideInputError(GigapixelError):
-    """A training image that cannot be used (not RGB, ROI outside it, unreadable)."""
-
-
 @dataclass
 class ImageData:
     """One training image (a slide or its ROI) with its labels, ready for tiling."""
@@ -61,19 +77,29 @@ class ImageData:
     n_positive: float
     downsample: float = 1.0  # level-0 pixels per pixel of the working resolution
     resolution: dict[str, Any] | None = None  # the resolved resolution and the model record
+    origin: tuple[int, int] | None = None  # ROI origin in pixels of the working resolution
+
+    @property
+    def origin_px(self) -> tuple[int, int]:
+        """The ROI's origin in pixels of the working resolution (integers)."""
+        if self.origin is not None:
+            return self.origin
+        d = float(self.downsample)
+        return (int(round(self.offset[0] / d)), int(round(self.offset[1] / d)))
 
     def labels_yw(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """Target and weight (uint8 0/1) of output pixels ``[y0, y1) x [x0, x1)``."""
         return codes_yw(self.labels.read(y0, y1, x0, x1), self.kind)
 
     def output_rect(self, rect: tuple[int, int, int, int], os_: int) -> tuple[int, ...] | None:
-        """Output-pixel rows/columns ``(oy0, oy1, ox0, ox1)`` of a level-0 slide rectangle.
+        """Output-pixel rows/columns ``(oy0, oy1, ox0, ox1)`` of a slide rectangle.
 
-        ``rect`` is ``(y0, x0, y1, x1)`` in slide pixels, aligned on this
+        ``rect`` is ``(y0, x0, y1, x1)`` in pixels of the working resolution
+        of the whole slide (level-0 pixels at level 0), aligned on this
         image's output grid (:func:`snap_rect`); None when it misses the image.
         """
         ho, wo = self.labels.shape
-        oy, ox = self.offset
+        oy, ox = self.origin_px
         y0, x0, y1, x1 = rect
         oy0, ox0 = max(0, (y0 - oy) // os_), max(0, (x0 - ox) // os_)
         oy1 = min(ho, -(-(y1 - oy) // os_))
@@ -85,6 +111,7 @@ class ImageData:
     def exclude(self, rect: tuple[int, int, int, int], os_: int) -> float:
         """Leave the labels of a slide rectangle out of the loss; return how many were labelled.
 
+        ``rect`` as in :meth:`output_rect` (pixels of the working resolution).
         The rectangle's output pixels get the :data:`EXCLUDED` code (weight 0),
         so the training loss is exactly the loss of the other pixels;
         ``n_labelled`` and ``n_positive`` drop by what it held.
@@ -107,114 +134,6 @@ class ImageData:
         self.labels.close()
 
 
-def open_image_source(src: Any) -> tuple[Any, str, Callable[[], None]]:
-    """A slide or an (H, W, 3) uint8 array, a name for messages, and its closer.
-
-    Paths are opened as a :class:`.slide_base.Slide` (so a working resolution
-    can pick a pyramid level); Slides are returned as is; arrays are checked.
-    Call the closer once the pixels are decoded: it releases the slide file.
-    """
-    if isinstance(src, (str, os.PathLike)):
-        path = os.fspath(src)
-        if not os.path.exists(path):
-            raise SlideInputError(f"{path}: no such slide file. Check the path.")
-        from .slide import open_slide
-
-        slide = open_slide(path)
-        return slide, path, slide.close
-    if hasattr(src, "levels") and hasattr(src, "downsamples"):
-        return src, str(getattr(src, "path", "<slide>")), lambda: None
-    arr = src
-    name = "<array>"
-    if getattr(arr, "ndim", 0) != 3 or arr.shape[2] != 3:
-        raise SlideInputError(
-            f"{name}: a training image must be RGB (H, W, 3); "
-            f"got shape {getattr(arr, 'shape', '?')}."
-        )
-    if np.dtype(arr.dtype) != np.uint8:
-        raise SlideInputError(f"{name}: a training image must be uint8, got {arr.dtype}.")
-    return arr, name, lambda: None
-
-
-def open_mask_source(src: Any, slide_shape: tuple[int, int], kind: str | None) -> AnnotationMask:
-    """An :class:`AnnotationMask` for a slide, from a path, an array or a mask.
-
-    ``kind`` None: a file's own kind (dense when it records none), dense for arrays.
-    """
-    if isinstance(src, AnnotationMask):
-        mask = src
-        name = mask.name
-    elif isinstance(src, (str, os.PathLike)):
-        path = os.fspath(src)
-        if not os.path.exists(path):
-            raise MaskError(f"{path}: no such mask file. Check the path.")
-        from .mask_io import load_mask
-
-        return load_mask(path, slide_shape, kind=kind)
-    else:
-        arr = np.asarray(src)
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[:, :, 0]
-        ds = infer_downsample(arr.shape[:2], slide_shape)
-        mask = AnnotationMask(arr, ds, kind or "dense", "<array>")
-        return mask
-    lh, lw = mask.level0_shape()
-    if (
-        abs(lh - slide_shape[0]) > mask.downsample + 1
-        or abs(lw - slide_shape[1]) > mask.downsample + 1
-    ):
-        raise MaskError(
-            f"{name}: this mask covers {lh} x {lw} level-0 pixels but the slide is "
-            f"{slide_shape[0]} x {slide_shape[1]}; use a mask made for this slide."
-        )
-    return mask
-
-
-def check_roi(roi: Any, slide_shape: tuple[int, int], name: str) -> tuple[int, int, int, int]:
-    """Validate an ROI ``(y0, x0, y1, x1)`` (None: the whole slide)."""
-    h, w = slide_shape
-    if roi is None:
-        return (0, 0, h, w)
-    try:
-        y0, x0, y1, x1 = (int(v) for v in roi)
-    except (TypeError, ValueError) as exc:
-        raise SlideInputError(
-            f"{name}: an ROI is four integers y0,x0,y1,x1; got {roi!r}."
-        ) from exc
-    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-        raise SlideInputError(
-            f"{name}: ROI {y0},{x0},{y1},{x1} is not inside the {h} x {w} slide "
-            "(y0,x0,y1,x1 with 0 <= y0 < y1 <= height, 0 <= x0 < x1 <= width)."
-        )
-    return (y0, x0, y1, x1)
-
-
-def snap_rect(
-    rect: tuple[int, int, int, int],
-    origin: tuple[int, int],
-    os_: int,
-    slide_shape: tuple[int, int],
-) -> tuple[int, int, int, int]:
-    """Grow ``rect`` (y0, x0, y1, x1) to whole output pixels of a grid starting at ``origin``.
-
-    A validation ROI snapped to the training image's output grid covers
-    whole output pixels of it, so the pixels left out of training are
-    exactly the pixels scored. Clipped to the slide (a start that would fall
-    before 0 moves in by less than one output pixel).
-    """
-    h, w = slide_shape
-    y0, x0, y1, x1 = rect
-    oy, ox = origin
-    sy0 = oy + (y0 - oy) // os_ * os_
-    sx0 = ox + (x0 - ox) // os_ * os_
-    # Before the slide: move in by whole output pixels (less than one past 0).
-    sy0 = sy0 - sy0 // os_ * os_ if sy0 < 0 else sy0
-    sx0 = sx0 - sx0 // os_ * os_ if sx0 < 0 else sx0
-    sy1 = min(h, oy + -(-(y1 - oy) // os_) * os_)
-    sx1 = min(w, ox + -(-(x1 - ox) // os_) * os_)
-    return (sy0, sx0, sy1, sx1)
-
-
 def build_image_data(
     image_src: Any,
     mask_src: Any,
@@ -228,6 +147,7 @@ def build_image_data(
     on_band: Callable[[int, int], None] | None = None,
     resolution: Any = None,
     balance: np.ndarray | None = None,
+    res_roi: tuple[int, int, int, int] | None = None,
 ) -> ImageData:
     """Decode one image (its ROI) and its labels into caches, band by band.
 
@@ -239,7 +159,9 @@ def build_image_data(
     in level-0 pixels ``(y0, x0, y1, x1)`` and is mapped to the resolution
     (rounded outwards to whole pixels). ``balance`` is a
     :func:`.input_norm.balance_table` applied to the pixels as they are cached
-    (per-slide white balance).
+    (per-slide white balance). ``res_roi`` ``(y0, x0, y1, x1)`` in pixels of
+    the working resolution replaces ``roi``'s mapping (a validation ROI
+    snapped to a training image's output grid: exactly those pixels).
 
     Raises
     ------
@@ -265,6 +187,7 @@ def build_image_data(
             on_band,
             resolution or Resolution(),
             balance,
+            res_roi,
         )
     finally:
         close()  # the pixels are in the caches now: release the slide file
@@ -283,6 +206,7 @@ def _build_image_data(
     on_band: Callable[[int, int], None] | None,
     resolution: Any,
     balance: np.ndarray | None = None,
+    res_roi: tuple[int, int, int, int] | None = None,
 ) -> ImageData:
     from .resolution import as_slide, map_roi, model_resolution, resolution_array, resolve
 
@@ -301,6 +225,14 @@ def _build_image_data(
     else:
         array = resolution_array(slide, res)
         ry0, rx0, ry1, rx1 = map_roi((y0, x0, y1, x1), res)
+    if res_roi is not None:
+        ry0, rx0, ry1, rx1 = (int(v) for v in res_roi)
+        rh, rw = res.shape
+        if not (0 <= ry0 < ry1 <= rh and 0 <= rx0 < rx1 <= rw):
+            raise SlideInputError(
+                f"{name}: region {ry0},{rx0},{ry1},{rx1} is not inside the {rh} x {rw} "
+                f"pixels of {res.describe()}."
+            )
     h, w = ry1 - ry0, rx1 - rx0
     os_ = output_stride
     ho, wo = -(-h // os_), -(-w // os_)
@@ -363,6 +295,7 @@ def _build_image_data(
         n_positive=n_pos,
         downsample=d,
         resolution={**model_resolution(slide, res), "describe": res.describe()},
+        origin=(ry0, rx0),
     )
 
 

@@ -19,6 +19,9 @@ So the weights equal the single-process run's (float32 rounding aside). A
 worker lost mid-step: its tasks are rerun elsewhere (dask's ``retries``,
 rescheduling); when that fails the step raises
 :class:`DistributedTrainError` and the last checkpoint stays as written.
+
+The cluster plumbing lives in :mod:`._dist_cluster` and one step's layout and
+reduction in :mod:`._dist_step`; the worker-side tasks in :mod:`._dist_worker`.
 """
 
 from __future__ import annotations
@@ -27,143 +30,35 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from .errors import GigapixelError
-from .events import (
-    JobStopped,
-    Message,
-    Progress,
-    StopFlag,
-    stop_requested,
+from ._dist_cluster import (
+    CONNECT_TIMEOUT,
+    NO_WORKER_SECONDS,
+    POLL_SECONDS,
+    RETRIES,
+    DistributedTrainError,
+    _connect,
+    _gather,
+    _workers,
 )
+from ._dist_step import _one_step, _Plan, _plan_images
+from .events import Message, StopFlag
 
-#: Times a task is retried (on another worker) before the step fails.
-RETRIES = 2
-#: Seconds to wait for the scheduler.
-CONNECT_TIMEOUT = 30.0
-#: How often a step checks the stop flag and the workers while it waits.
-POLL_SECONDS = 0.5
-#: A step fails after the cluster had no worker this long.
-NO_WORKER_SECONDS = 60.0
-
-
-class DistributedTrainError(GigapixelError):
-    """A distributed step that cannot complete (scheduler unreachable, workers lost)."""
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "NO_WORKER_SECONDS",
+    "POLL_SECONDS",
+    "RETRIES",
+    "DistributedTrainError",
+    "train_distributed",
+]
 
 
 def _model_dtype(model: Any) -> str:
     if any(getattr(ly.dtype_policy, "name", "") == "mixed_bfloat16" for ly in model.layers):
         return "mixed_bfloat16"
     return "float64" if str(model.trainable_variables[0].dtype) == "float64" else "float32"
-
-
-def _connect(address: str):
-    try:
-        from distributed import Client
-    except ImportError as exc:  # pragma: no cover - distributed ships with the extras
-        raise DistributedTrainError(
-            "distributed training needs the 'distributed' package: pip install distributed."
-        ) from exc
-    try:
-        return Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
-        raise DistributedTrainError(
-            f"{address}: cannot reach the dask scheduler ({exc}); start it "
-            "(dask scheduler / dask worker) or check the address."
-        ) from exc
-
-
-def _workers(client) -> list[str]:
-    workers = sorted(client.scheduler_info()["workers"])
-    if not workers:
-        raise DistributedTrainError(
-            "the dask cluster has no workers; start some with `dask worker SCHEDULER`."
-        )
-    return workers
-
-
-def _gather(
-    client,
-    futures: list,
-    stop: StopFlag | None,
-    done: list[int],
-    total: int,
-    *,
-    stage: str = "tiles",
-    label: str = "",
-):
-    """Results of ``futures`` in order; yields Progress as they complete.
-
-    Polls every :data:`POLL_SECONDS`: checks the stop flag, and fails the step
-    when the cluster has had no worker for :data:`NO_WORKER_SECONDS` (tasks
-    would otherwise wait forever).
-    """
-    pending = list(futures)
-    waited = 0.0
-    without_workers = 0.0
-    try:
-        while pending:
-            if stop_requested(stop):
-                client.cancel(futures)
-                raise JobStopped()
-            newly = [f for f in pending if f.done()]
-            if not newly:
-                time.sleep(0.02)
-                waited += 0.02
-                if waited >= POLL_SECONDS:
-                    waited = 0.0
-                    if client.scheduler_info()["workers"]:
-                        without_workers = 0.0
-                    else:
-                        without_workers += POLL_SECONDS
-                    if without_workers >= NO_WORKER_SECONDS:
-                        raise DistributedTrainError(
-                            f"the dask cluster has had no worker for {without_workers:.0f} s "
-                            "in the middle of a step; the last checkpoint is unchanged. "
-                            "Start workers, then resume from the checkpoint."
-                        )
-                continue
-            pending = [f for f in pending if not f.done()]
-            for _ in newly:
-                done[0] += 1
-                yield Progress(stage, done[0], total, label)
-        return client.gather(futures)
-    except (JobStopped, GigapixelError):
-        raise
-    except Exception as exc:  # KilledWorker, CommClosedError, worker-side bugs
-        client.cancel(futures)
-        raise DistributedTrainError(
-            f"a distributed training step failed ({type(exc).__name__}: {exc}); the last "
-            "checkpoint is unchanged. Check the workers' logs and memory, then resume "
-            "from the checkpoint."
-        ) from exc
-
-
-def _plan_images(shapes: list[tuple[int, int]], n_workers: int) -> list[int]:
-    """Worker slot of each whole image: largest first, to the least-loaded slot."""
-    load = [0] * n_workers
-    slot = [0] * len(shapes)
-    for i in sorted(range(len(shapes)), key=lambda j: -shapes[j][0] * shapes[j][1]):
-        k = int(np.argmin(load))
-        slot[i] = k
-        load[k] += shapes[i][0] * shapes[i][1]
-    return slot
-
-
-@dataclass
-class _Plan:
-    """The run's layout on the cluster (fixed at the start of the run)."""
-
-    client: Any
-    spec: Any  # a future of the scattered RunSpec
-    infos: list[dict[str, Any]]
-    cores: list[int]
-    slots: list[int]
-    split: bool
 
 
 def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
@@ -286,122 +181,6 @@ def _cores(cfg, model, geometry, infos) -> list[int]:
     # A worker's budget: its RSS holds TensorFlow (the baseline) and the caches.
     budget = float(cfg.memory_gb) * 2**30 - BASELINE_BYTES
     return [core_size(cfg, tuple(d["shape"]), geometry, bpp, budget) for d in infos]
-
-
-def _submitter(plan: _Plan, workers: list[str]):
-    def submit(fn, k, *args):
-        return plan.client.submit(
-            fn,
-            plan.spec,
-            *args,
-            workers=[workers[k % len(workers)]],
-            allow_other_workers=True,
-            retries=RETRIES,
-            pure=False,
-        )
-
-    return submit
-
-
-def _reduce_split(got, first, coeff, view_shape, os_, f, bce_on, use_dice):
-    """One split image's gradient, loss, Dice and preview from its shares' results."""
-    from .losses import dice_loss_from_sums, hard_dice
-
-    stats_g = np.sum([r["stats"] for r in got], axis=0)
-    grads = [np.sum(gs, axis=0) for gs in zip(*[r["grads"] for r in got if r["grads"]])]
-    stats = np.sum([r["stats"] for r in first], axis=0)
-    h, w = view_shape
-    ho, wo = -(-h // os_), -(-w // os_)
-    preview = np.zeros((-(-ho // f), -(-wo // f)), np.float32)
-    for r in first:
-        for py, px, pv in r["patches"]:
-            preview[py : py + pv.shape[0], px : px + pv.shape[1]] = pv
-    value = stats_g[0] * coeff[0] if bce_on else 0.0
-    soft = 1.0 - dice_loss_from_sums(stats[1], stats[2], stats[3])
-    if use_dice:
-        value += 1.0 - soft
-    return {
-        "grads": grads,
-        "loss": float(value),
-        "dice": hard_dice(stats[4], stats[5], stats[6]),
-        "soft_dice": float(soft),
-        "preview": preview,
-    }
-
-
-def _one_step(plan: _Plan, spec, weights, step_no: int, geometry, stop, label: str):
-    """Per-image results of one step over all images (a generator of Progress).
-
-    Whole images run on one worker each (both Dice passes there); an image
-    split over workers runs a forward round for Dice's sums, reduced here,
-    then a gradient round. Returns ``(ImageStep, PreviewEvent or None)`` per
-    image, as :func:`._step_loop.run_steps` wants.
-    """
-    from types import SimpleNamespace
-
-    from . import _dist_worker as dw
-    from ._step_loop import preview_event
-    from ._train_augment import SlideView, augment_params
-    from .image_step import ImageStep
-    from .losses import dice_grad_coefficients
-    from .tiling import tile_grid
-
-    workers = _workers(plan.client)
-    submit = _submitter(plan, workers)
-    os_, f = spec.output_stride, spec.preview_factor
-    use_dice = spec.loss in ("dice", "dice+bce")
-    bce_on = spec.loss in ("bce", "dice+bce")
-    aug = augment_params(spec.seed, step_no, spec.augment)
-    whole: dict[int, Any] = {}
-    parts: dict[int, list[list[Any]]] = {}
-    views = {}
-    for i, d in enumerate(plan.infos):
-        view = SlideView(SimpleNamespace(shape=tuple(d["shape"])), os_, aug)
-        grid = tile_grid(view.shape, plan.cores[i], geometry.halo, geometry.stride)
-        views[i] = view
-        p = min(len(workers), len(grid)) if plan.split else 1
-        if p <= 1:
-            whole[i] = submit(dw.whole_image, plan.slots[i], weights, i, step_no, grid)
-        else:
-            bounds = np.linspace(0, len(grid), p + 1).round().astype(int)
-            parts[i] = [grid[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    total = len(whole) + sum(len(v) for v in parts.values()) * (2 if use_dice else 1)
-    done = [0]
-    fwd: dict[int, list[dict]] = {}
-    if use_dice and parts:
-        zero = (0.0, 0.0, 0.0)
-        futs = [
-            submit(dw.tile_share, k, weights, i, step_no, share, "forward", zero)
-            for i, ps in parts.items()
-            for k, share in enumerate(ps)
-        ]
-        it = iter((yield from _gather(plan.client, futs, stop, done, total, label=label)))
-        fwd = {i: [next(it) for _ in ps] for i, ps in parts.items()}
-    coeff: dict[int, tuple[float, float, float]] = {}
-    for i in parts:
-        da, db = 0.0, 0.0
-        if use_dice:  # Dice's global sums, reduced over the shares (float64)
-            sf = np.sum([r["stats"] for r in fwd[i]], axis=0)
-            da, db = dice_grad_coefficients(sf[1], sf[2], sf[3])
-        coeff[i] = (1.0 / plan.infos[i]["n_labelled"] if bce_on else 0.0, da, db)
-    futs = list(whole.values()) + [
-        submit(dw.tile_share, k, weights, i, step_no, share, "grad", coeff[i])
-        for i, ps in parts.items()
-        for k, share in enumerate(ps)
-    ]
-    it = iter((yield from _gather(plan.client, futs, stop, done, total, label=label)))
-    per_image: dict[int, dict[str, Any]] = {i: next(it) for i in whole}
-    for i, ps in parts.items():
-        got = [next(it) for _ in ps]
-        per_image[i] = _reduce_split(
-            got, fwd[i] if use_dice else got, coeff[i], views[i].shape, os_, f, bce_on, use_dice
-        )
-    out = []
-    for i in range(len(plan.infos)):
-        res = ImageStep(**per_image[i])
-        offset = plan.infos[i]["offset"]
-        out.append((res, preview_event(i, res, views[i], f, os_, offset)))
-    return out
 
 
 def _run_steps(cfg, stop, model, mcfg, history, geometry, plan: _Plan, spec, t_start):

@@ -196,6 +196,12 @@ def _compute_with_progress(
     return result["value"]
 
 
+def _balance_table(white: tuple[float, float, float]) -> np.ndarray:
+    from .input_norm import balance_table
+
+    return balance_table(white)
+
+
 def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     """Predict a slide into an OME-Zarr, chunk by chunk; a generator of events.
 
@@ -231,6 +237,14 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     os_, s = int(geometry.output_stride), int(geometry.stride)
     chunk = max(geometry.halo, s, int(cfg.chunk or default_chunk(geometry)) // s * s)
     distributed = bool(cfg.scheduler) and "://" in str(cfg.scheduler)
+    mcfg = model_meta.get("model_config") or {}
+    white = None
+    if mcfg.get("white_balance") if isinstance(mcfg, dict) else mcfg.white_balance:
+        # The model was trained on white-balanced slides: balance this one
+        # the same way (one constant per channel, so exact under chunking).
+        from .input_norm import white_point
+
+        white = white_point(cfg.image)
     # The slide opens before the model loads: a bad path fails in a second.
     image, info = _open_image(
         cfg.image,
@@ -238,6 +252,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         by_path_chunk=chunk if distributed else None,
         resolution=cfg.resolution,
         model_meta=model_meta,
+        balance=None if white is None else _balance_table(white),
     )
     resolution_note = info.pop("resolution_message")
     d_res = float(info["resolution"]["downsample"])
@@ -254,14 +269,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         what="prediction",
     )
     yield Message(resolution_note)
-    mcfg = model_meta.get("model_config") or {}
-    if mcfg.get("white_balance") if isinstance(mcfg, dict) else mcfg.white_balance:
-        # The model was trained on white-balanced slides: balance this one
-        # the same way (one constant per channel, so exact under chunking).
-        from .input_norm import apply_balance, balance_table, white_point
-
-        white = white_point(cfg.image)
-        image = image.map_blocks(apply_balance, table=balance_table(white), dtype=np.uint8)
+    if white is not None:
         info["white_point"] = list(white)
         yield Message("glass colour " + ", ".join(f"{v:.0f}" for v in white))
     ref = ModelRef(model_path, bool(cfg.mixed_precision))

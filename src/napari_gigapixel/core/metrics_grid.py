@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import Confusion, _Shifted, dice, iou, otsu_tissue_mask, scores, sum_in_threads
+from .confusion import Confusion, _Shifted, dice, iou, scores, sum_in_threads
+from .otsu import otsu_tissue_mask
 
 
 def _count_grid(pred, truth, y0: float, x0: float, ny: int, nx: int, step: float) -> np.ndarray:

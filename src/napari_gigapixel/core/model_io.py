@@ -31,6 +31,21 @@ class ModelFileError(GigapixelError):
     """A model file that cannot be used: missing, corrupt or not made by napari-gigapixel."""
 
 
+def mark_white_balance(model: Any, model_config: Any) -> None:
+    """Record on a Keras model whether it expects white-balanced pixels.
+
+    ``model_config`` is a :class:`~.unet.ModelConfig`, its dict, or None (a
+    file that records none: no balance). :func:`.model_io.load_model` and
+    :func:`.model_io.save_model` mark the models they load and save, so
+    :func:`.tiled_model.predict_array` and ``predict_whole`` know what a model expects.
+    """
+    if isinstance(model_config, dict):
+        flag = model_config.get("white_balance")
+    else:
+        flag = getattr(model_config, "white_balance", False)
+    model._gigapixel_white_balance = bool(flag)
+
+
 def save_model(
     model,
     path: str | os.PathLike,
@@ -71,6 +86,8 @@ def save_model(
         "train_config": train_config or {},
         "history": history or [],
     }
+    if model_config is not None:
+        mark_white_balance(model, model_config)
     if validation is not None:
         meta["validation"] = validation
     if resolution is not None:
@@ -208,4 +225,5 @@ def load_model(path: str | os.PathLike):
         from .unet import ModelConfig  # here: unet re-exports this module
 
         meta["model_config"] = ModelConfig.from_dict(meta["model_config"])
+    mark_white_balance(model, meta.get("model_config"))  # predict_array balances as predict
     return model, meta

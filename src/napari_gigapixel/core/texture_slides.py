@@ -41,6 +41,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ._synthetic_files import (
+    MPP,
+    SyntheticError,
+    _check_shape,
+    _check_window,
+    check_mpp,
+    check_writer_args,
+    default_mask_path,
+    iter_write_files,
+    label_write_kwargs,
+    rgb_write_kwargs,
+)
 from ._synthetic_scene import (
     _bilinear,
     _draw_objects,
@@ -53,19 +65,7 @@ from ._synthetic_scene import (
 )
 from ._tiff_pyramid import reduce_mask, reduce_rgb
 from .events import Finished, Progress, StopFlag
-from .synthetic import (
-    MPP,
-    SAMPLE_SHAPE,
-    SyntheticError,
-    _check_shape,
-    _check_window,
-    check_mpp,
-    check_writer_args,
-    default_mask_path,
-    iter_write_files,
-    label_write_kwargs,
-    rgb_write_kwargs,
-)
+from .synthetic import SAMPLE_SHAPE
 
 #: Slide families, in the order benchmarks report them.
 FAMILIES = ("synthetic-he", "ihc", "ihc-as-he")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GigapixelError
+from .model_io import mark_white_balance, read_model_meta
 
 #: Value of the pixels padded bottom/right to a multiple of S (as in training).
 PAD_VALUE = 0
@@ -83,6 +84,7 @@ def cached_model(path: str, mixed_precision: bool = False) -> tuple[Any, Any]:
                     )
                 mixed = build_unet(meta["model_config"], dtype="mixed_bfloat16")
                 mixed.set_weights(base.get_weights())
+                mark_white_balance(mixed, meta["model_config"])
                 _MODELS[key] = (mixed, meta)
         return _MODELS[key]
 
@@ -96,6 +98,50 @@ class ModelRef:
 
     def load(self) -> Any:
         return cached_model(self.path, self.mixed_precision)[0]
+
+
+def model_white_balance(model: Any) -> bool | None:
+    """Whether ``model`` expects white-balanced slides (``ModelConfig.white_balance``).
+
+    ``model`` is a path of a saved model, a :class:`ModelRef` (read from the
+    file's metadata, without Keras) or a Keras model marked by
+    :func:`mark_white_balance` (every model loaded from a file is). None: a
+    Keras model that says nothing (built in this process and never saved).
+    """
+    if isinstance(model, ModelRef):
+        model = model.path
+    if isinstance(model, str | os.PathLike):
+        mcfg = read_model_meta(os.fspath(model)).get("model_config") or {}
+        return bool(mcfg.get("white_balance"))
+    flag = getattr(model, "_gigapixel_white_balance", None)
+    return None if flag is None else bool(flag)
+
+
+def balance_like_predict(model: Any, image: Any, white_balance: bool | None = None) -> Any:
+    """``image`` white-balanced as :func:`.inference.predict` balances a slide, when due.
+
+    The balance is due when ``white_balance`` is True, or None and the model
+    records it (:func:`model_white_balance`). The glass colour is the image's
+    own (:func:`.input_norm.white_point` of the whole array: the same sample
+    and percentile as a slide of that size), mapped by one lookup table per
+    channel, element-wise, so chunking cannot change it. numpy in, numpy out;
+    dask in, dask out (lazy).
+    """
+    if white_balance is None:
+        white_balance = bool(model_white_balance(model))
+    if not white_balance:
+        return image
+    if len(image.shape) != 3 or image.shape[2] < 3 or image.dtype != np.uint8:
+        raise GigapixelError(
+            f"inference: the image must be (H, W, 3) uint8 RGB, got {tuple(image.shape)} "
+            f"{image.dtype}."
+        )
+    from .input_norm import apply_balance, balance_table, white_point
+
+    table = balance_table(white_point(image))
+    if hasattr(image, "map_blocks"):  # dask: stays lazy, block by block
+        return image[..., :3].map_blocks(apply_balance, table=table, dtype=np.uint8)
+    return apply_balance(np.asarray(image)[..., :3], table)
 
 
 def _warm_worker(ref: ModelRef) -> None:
@@ -224,17 +270,33 @@ def predict_array(
     geometry: Any = None,
     chunk: int | None = None,
     scheduler: str = "threads",
+    *,
+    white_balance: bool | None = None,
 ) -> np.ndarray:
-    """Tiled inference of an in-memory image (tests, small images): float32 numpy."""
+    """Tiled inference of an in-memory image (tests, small images): float32 numpy.
+
+    A model trained with white balance (``ModelConfig.white_balance``) gets
+    the image balanced by its own glass colour first, as
+    :func:`.inference.predict` balances a slide (:func:`balance_like_predict`);
+    ``white_balance`` True/False overrides what the model records (needed for
+    a model built in this process and never saved, which records nothing).
+    """
     if geometry is None:
         from .unet import model_geometry
 
         geometry = model_geometry(model)
+    image = balance_like_predict(model, image, white_balance)
     return predict_dask(model, image, geometry, chunk).compute(scheduler=scheduler)
 
 
-def predict_whole(model: Any, image: np.ndarray, geometry: Any) -> np.ndarray:
-    """One whole-image run on the padded image (the reference tiled runs must match)."""
+def predict_whole(
+    model: Any, image: np.ndarray, geometry: Any, *, white_balance: bool | None = None
+) -> np.ndarray:
+    """One whole-image run on the padded image (the reference tiled runs must match).
+
+    White balance as in :func:`predict_array`.
+    """
+    image = balance_like_predict(model, np.asarray(image), white_balance)
     s, os_ = int(geometry.stride), int(geometry.output_stride)
     h, w = image.shape[:2]
     hp, wp = -(-h // s) * s, -(-w // s) * s

@@ -1,12 +1,15 @@
 """Validation while training: held-out regions scored with the exact tiled forward pass.
 
 A validation region is a separate slide (``TrainConfig.val_images`` /
-``val_masks``) or a rectangle of a training slide (``TrainConfig.val_roi``).
-A rectangle of a training slide is snapped to that slide's output grid and its
-labels are left out of the training loss (weight 0, :meth:`.ImageData.exclude`),
-so the training step is exactly the step on the other pixels and the scored
-pixels are exactly the left-out ones. (Their *pixels* still feed the
-receptive field of neighbouring training pixels, as any context does.)
+``val_masks``) or a rectangle of a training slide (``TrainConfig.val_roi``,
+level-0 pixels). A rectangle of a training slide is mapped to the working
+resolution (:func:`.resolution.map_roi`, outwards), snapped outwards to whole
+output pixels of that slide's output grid (:func:`._train_data.snap_rect`) and
+its labels are left out of the training loss (weight 0,
+:meth:`.ImageData.exclude`), so the training step is exactly the step on the
+other pixels and the scored pixels are exactly the left-out ones, at any
+resolution. (Their *pixels* still feed the receptive field of neighbouring
+training pixels, as any context does.)
 
 Every ``val_every`` steps the model after the step is scored over every
 validation region with the trainer's own forward pass
@@ -86,9 +89,9 @@ def build_validation(
     """Build the validation regions; leave ROI regions out of the training images.
 
     Validation slides are read at the training's working ``resolution``; a
-    validation ROI needs level 0 (its snapping to output pixels is in level-0
-    pixels), else it is refused with a message. With ``balanced``, each slide
-    is white-balanced by its own glass colour, as the training slides are.
+    validation ROI is snapped to whole output pixels of its training image at
+    that resolution. With ``balanced``, each slide is white-balanced by its
+    own glass colour, as the training slides are.
 
     A generator (it yields ``Message`` events) returning the list of
     validation :class:`._train_data.ImageData`; the caller closes them.
@@ -123,30 +126,29 @@ def build_validation(
             if roi is None:
                 continue
             d = datas[i]
-            if abs(float(getattr(d, "downsample", 1.0)) - 1.0) > 1e-9:
-                raise TrainConfigError(
-                    f"{d.name}: a validation ROI works at level 0 only; at "
-                    f"{d.resolution.get('describe', 'this resolution')} give a validation "
-                    "slide instead (--val-image/--val-mask)."
-                )
-            slide_shape = _slide_shape(cfg.images[i])
+            slide_shape, res = _slide_resolution(cfg.images[i], resolution)
             rect = td.check_roi(roi, slide_shape, f"{d.name} (validation ROI)")
-            rect = td.snap_rect(rect, d.offset, output_stride, slide_shape)
+            rrect = snap_val_roi(rect, res, d.origin_px, output_stride)
             out.append(
                 td.build_image_data(
                     cfg.images[i],
                     cfg.masks[i],
-                    roi=rect,
+                    roi=None,
+                    res_roi=rrect,
                     kind=cfg.mask_kind,
                     output_stride=output_stride,
                     cache_in_memory=cache_in_memory,
                     cache_dir=cfg.cache_dir,
+                    resolution=resolution,
                     balance=_balance_of(cfg.images[i]) if balanced else None,
                 )
             )
-            left = d.exclude(rect, output_stride)
+            left = d.exclude(rrect, output_stride)
+            where = ",".join(map(str, rrect))
+            if res.downsample != 1.0:
+                where += f" px of {res.describe()}"
             yield Message(
-                f"validation ROI {','.join(map(str, rect))} of {d.name}: "
+                f"validation ROI {where} of {d.name}: "
                 f"{int(left)} labelled output pixels left out of training"
             )
             if d.n_labelled <= 0 or (d.kind == "dense" and d.n_positive <= 0):
@@ -161,12 +163,33 @@ def build_validation(
     return out
 
 
-def _slide_shape(src: Any) -> tuple[int, int]:
+def snap_val_roi(
+    rect: tuple[int, int, int, int], res: Any, origin: tuple[int, int], output_stride: int
+) -> tuple[int, int, int, int]:
+    """A level-0 validation rectangle in pixels of the working resolution, snapped.
+
+    ``rect`` ``(y0, x0, y1, x1)`` is mapped outwards to whole pixels of the
+    resolved resolution ``res`` (:func:`.resolution.map_roi`), then outwards
+    to whole output pixels of the training image's grid, which starts at
+    ``origin`` (:attr:`._train_data.ImageData.origin_px`) and steps by
+    ``output_stride`` pixels; clipped to the resolution's extent.
+    """
+    from ._train_data import snap_rect
+    from .resolution import map_roi
+
+    return snap_rect(map_roi(rect, res), origin, output_stride, tuple(res.shape))
+
+
+def _slide_resolution(src: Any, resolution: Any) -> tuple[tuple[int, int], Any]:
+    """Level-0 shape of a training slide and the working resolution resolved on it."""
     from ._train_data import open_image_source
+    from .resolution import Resolution, as_slide, resolve
 
     arr, _, close = open_image_source(src)
     try:
-        return (int(arr.shape[0]), int(arr.shape[1]))
+        res = resolve(as_slide(arr), resolution or Resolution())
+        level0 = arr.levels[0] if hasattr(arr, "levels") else arr
+        return (int(level0.shape[0]), int(level0.shape[1])), res
     finally:
         close()
 

@@ -223,9 +223,9 @@ class TrainWidget(JobWidgetMixin, Container):
         )
 
     def _resume_path(self) -> str | None:
-        """The checkpoint to continue, or None ("" and "." are FileEdit's empty)."""
+        """The checkpoint to continue, or None (an emptied FileEdit holds a folder)."""
         value = str(self.resume.value) if self.resume.value else ""
-        return value if value not in ("", ".") else None
+        return value if value not in ("", ".") and not os.path.isdir(value) else None
 
     # -- configuration -----------------------------------------------------
 

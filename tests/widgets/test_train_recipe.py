@@ -196,7 +196,7 @@ def test_continuing_a_checkpoint_uses_its_resolution(slide_viewer, fake_jobs, qt
     w.resume.value = ckpt
     assert len(_texts(w.resolution)) == 1
     assert _texts(w.resolution)[0].startswith("as checkpoint (level 1) · 1 um/px · 0.131 Mpx")
-    assert w.resolution.value is None
+    assert w.resolution.value is None and not w.model.enabled  # its own model too
     assert w.resolution.info.value.startswith("1 um/px, downsample 2, 256 x 512 px")
     w.memory_gb.value = 1.0  # a new budget re-estimates, still only the checkpoint's
     assert len(_texts(w.resolution)) == 1 and w.resolution.value is None
@@ -205,10 +205,11 @@ def test_continuing_a_checkpoint_uses_its_resolution(slide_viewer, fake_jobs, qt
     cfg = _start(w, fake_jobs, qtbot)
     assert cfg.resume == ckpt
     assert cfg.resolution is None  # the engine runs at the checkpoint's resolution
+    assert not w.model.enabled and w.steps.enabled  # after the run, still the checkpoint's
     # A new model again: the slide's resolutions come back.
     w.resume.value = ""
     assert _texts(w.resolution)[0].startswith("level 0 · 0.5 um/px")
-    assert len(_texts(w.resolution)) > 1
+    assert len(_texts(w.resolution)) > 1 and w.model.enabled
     cfg = _start(w, fake_jobs, qtbot)
     assert cfg.resume is None and cfg.resolution == Resolution(level=0)
 

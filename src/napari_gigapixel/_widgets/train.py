@@ -185,7 +185,7 @@ class TrainWidget(JobWidgetMixin, Container):
         napari_viewer.layers.events.removed.connect(self.reset_choices)
         self.slides.changed.connect(self._update_resolutions)
         self.memory_gb.changed.connect(self._update_resolutions)
-        self.resume.changed.connect(self._update_resolutions)
+        self.resume.changed.connect(self._on_resume)
         self._slide_layers: list[Any] = []
         self.events: list[Any] = []
         self.checkpoint: str | None = None
@@ -206,6 +206,16 @@ class TrainWidget(JobWidgetMixin, Container):
 
     def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(ly.name, ly) for ly in self.viewer.layers if isinstance(ly, Shapes)]
+
+    def _on_resume(self, _value: Any = None) -> None:
+        """A checkpoint keeps its own model and resolution: the size preset does not apply."""
+        self.model.enabled = self._resume_path() is None
+        self._update_resolutions()
+
+    def _set_running(self, running: bool) -> None:
+        super()._set_running(running)
+        if not running and not self.relay.closed:  # unlocking: the preset stays off
+            self.model.enabled = self._resume_path() is None
 
     def _update_resolutions(self, _value: Any = None) -> None:
         """List the first selected slide's resolutions with their cost at this budget.

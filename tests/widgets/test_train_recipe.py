@@ -150,8 +150,13 @@ def test_advanced_recipe_is_hidden_until_opened_and_reaches_the_config(
         not d.standardize,
         not d.head_prior,
     )
+    # One section at a time: opening the validation rows folds the recipe away.
+    w.validation.section.header.native.click()
+    assert shown(w.val_slide) and not shown(r.warmup) and not shown(r.tile)
     r.section.header.native.click()
-    assert not shown(r.warmup) and not shown(r.tile)
+    assert shown(r.warmup) and not shown(w.val_slide)
+    r.section.header.native.click()
+    assert not shown(r.warmup) and not shown(w.val_slide)
 
 
 def test_advanced_fields_are_locked_while_training(slide_viewer, fake_jobs, qtbot, tmp_path):

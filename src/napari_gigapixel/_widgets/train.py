@@ -174,6 +174,9 @@ class TrainWidget(JobWidgetMixin, Container):
             ]
         )
         inputs += [*v.widgets, *r.advanced]
+        # One section open at a time: the dock then fits a 1000-pixel-high screen.
+        for a, b in ((v.section, r.section), (r.section, v.section)):
+            a.header.native.toggled.connect(lambda on, b=b: b.show(False) if on else None)
         self.native.layout().addWidget(self.plot)
         # A few rows are enough for the layer lists; the plot gets the room.
         for sel in (self.slides, self.masks):

@@ -304,3 +304,18 @@ class ValidationInputs:
                 len(slides) - 1
             )
         return out
+
+
+def widen_labels(container: Container, slack: float = 1.15) -> None:
+    """Make the label column a little wider than magicgui measures it.
+
+    magicgui sizes the column with the default font; napari's style sheet draws
+    labels larger, so the longest label outgrew the column and pushed its row's
+    field to the right of the others.
+    """
+    rows = [w._labeled_widget() for w in container]
+    rows = [r for r in rows if r is not None]
+    if rows:
+        width = int(max(r._label_widget.min_width for r in rows) * slack)
+        for r in rows:
+            r.label_width = width

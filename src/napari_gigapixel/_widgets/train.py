@@ -19,7 +19,6 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     Container,
@@ -42,17 +41,10 @@ from ..core.events import (
     ValidationEvent,
 )
 from ._jobs import JobWidgetMixin, set_progress
-from ._layers import (
-    LayerError,
-    level0_shape,
-    mask_from_labels,
-    overlay_kwargs,
-    probability_colormap,
-    slide_path,
-)
+from ._layers import LayerError, level0_shape, mask_from_labels, show_preview, slide_path
 from ._plot import CurvesPlot
 from ._resolution import ResolutionPicker
-from ._train_inputs import RecipeInputs, ValidationInputs, preview_downsample
+from ._train_inputs import RecipeInputs, ValidationInputs, preview_downsample, widen_labels
 
 TRAIN_TARGET = "napari_gigapixel.core.training:train"
 #: The model file the last run in this napari session wrote (Predict offers it).
@@ -64,21 +56,6 @@ def _fmt_seconds(s: float) -> str:
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-
-
-def _widen_labels(container: Container, slack: float = 1.15) -> None:
-    """Make the label column a little wider than magicgui measures it.
-
-    magicgui sizes the column with the default font; napari's style sheet draws
-    labels larger, so the longest label outgrew the column and pushed its row's
-    field to the right of the others.
-    """
-    rows = [w._labeled_widget() for w in container]
-    rows = [r for r in rows if r is not None]
-    if rows:
-        width = int(max(r._label_widget.min_width for r in rows) * slack)
-        for r in rows:
-            r.label_width = width
 
 
 class TrainWidget(JobWidgetMixin, Container):
@@ -181,7 +158,7 @@ class TrainWidget(JobWidgetMixin, Container):
         # A few rows are enough for the layer lists; the plot gets the room.
         for sel in (self.slides, self.masks):
             sel.native.setMaximumHeight(56)
-        _widen_labels(self)
+        widen_labels(self)
         # Late-bound: show_error is looked up here at call time (tests replace it).
         self._setup_job(self.start_button, self.stop_button, inputs, lambda text: show_error(text))
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
@@ -344,31 +321,9 @@ class TrainWidget(JobWidgetMixin, Container):
         )
 
     def _on_preview(self, ev: PreviewEvent) -> None:
-        if not self._slide_layers:
-            return
-        slide = self._slide_layers[min(ev.image_index, len(self._slide_layers) - 1)]
-        name = f"preview: {slide.name}"
-        prob = np.asarray(ev.probability, dtype=np.float32)
-        kwargs = overlay_kwargs(slide, float(ev.downsample))
-        s = np.asarray(slide.scale[-2:], float)
-        kwargs["translate"] = tuple(
-            np.asarray(kwargs["translate"]) + s * np.asarray(ev.offset, float)
-        )
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = prob
-            layer.scale = kwargs["scale"]
-            layer.translate = kwargs["translate"]
-        else:
-            self.viewer.add_image(
-                prob,
-                name=name,
-                **kwargs,
-                colormap=probability_colormap(),
-                contrast_limits=(0.0, 1.0),
-                opacity=0.5,
-                blending="translucent",
-            )
+        if self._slide_layers:
+            slide = self._slide_layers[min(ev.image_index, len(self._slide_layers) - 1)]
+            show_preview(self.viewer, slide, ev.probability, ev.downsample, ev.offset)
 
     def _on_done(self) -> None:
         super()._on_done()

@@ -2,15 +2,16 @@
 
 The user picks slide layer(s) and mask layer(s), a new model (size preset) or
 a ``.keras`` model to continue, the recipe (loss, steps, learning rate,
-augmentation, memory budget; schedule, warmup, seed and input switches under
-"advanced recipe", every default ``TrainConfig``'s), optionally validation
-data (a validation slide and its mask, or a rectangle drawn in a Shapes layer
-over the training slide, whose labels are then left out of training), and
-presses Start. The input groups live in :mod:`._train_inputs`. The engine's
-``train`` generator runs in a spawned worker process (TensorFlow never enters
-napari's process); a napari thread worker relays its events to the main
-thread, where this widget grows the loss and Dice plot, moves the progress
-bars and updates the preview layer.
+augmentation, memory budget; tile, schedule, warmup, seed and input switches
+under "advanced recipe", every default ``TrainConfig``'s), the working
+resolution (a continued model keeps its own), optionally validation data (a
+validation slide and its mask, or a rectangle drawn in a Shapes layer over the
+training slide, whose labels are then left out of training), and presses Start.
+The input groups live in :mod:`._train_inputs`. The engine's ``train``
+generator runs in a spawned worker process (TensorFlow never enters napari's
+process); a napari thread worker relays its events to the main thread, where
+this widget grows the loss and Dice plot, moves the progress bars and updates
+the preview layer.
 """
 
 from __future__ import annotations

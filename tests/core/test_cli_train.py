@@ -185,6 +185,16 @@ def test_recipe_switches_reach_the_config_and_default_to_train_config():
         d.head_prior,
         d.warmup,
     )
+    from napari_gigapixel.core.stain import augment_mode
+
+    assert (cfg.loss, cfg.lr_schedule, cfg.tile, cfg.seed, cfg.memory_gb) == (
+        d.loss,
+        d.lr_schedule,
+        d.tile,
+        d.seed,
+        d.memory_gb,
+    )
+    assert augment_mode(cfg.augment) == augment_mode(d.augment)
     args = [*base, "--no-white-balance", "--no-standardize", "--head-prior", "--warmup", "5"]
     cfg = build_config(build_parser().parse_args(args))
     assert (cfg.white_balance, cfg.standardize, cfg.head_prior, cfg.warmup) == (

@@ -53,3 +53,20 @@ def test_the_model_constants_match_the_default_model():
     m = build_unet(ModelConfig(), seed=0)
     assert model_geometry(m) == rc.DEFAULT_GEOMETRY
     assert bytes_per_pixel(m) == pytest.approx(rc.BYTES_PER_PIXEL["float32"], abs=0.01)
+
+
+def test_a_continued_checkpoint_lists_only_its_own_resolution():
+    from napari_gigapixel.core.resolution import ResolutionError, trained_request
+
+    s = _slide((2048, 4096), mpp=0.25, n_levels=4)
+    meta = {"resolution": {"mpp": 1.0, "downsample": 4.0, "request": {"level": 2}}}
+    assert trained_request(meta) == Resolution(level=2)
+    c = rc.checkpoint_choice(s, meta, memory_gb=3.5)
+    assert c.request is None  # TrainConfig.resolution None: the checkpoint's
+    assert c.label.startswith("as checkpoint (level 2) · 1 um/px · 0.524 Mpx · ~")
+    assert (c.resolved.level, c.resolved.downsample) == (2, 4.0)
+    assert (c.seconds, c.peak_bytes) == rc.train_cost((512, 1024), 3.5)
+    # No entry: a level-0 model; a level this slide lacks is the trainer's error too.
+    assert rc.checkpoint_choice(s, {}).label.startswith("as checkpoint (level 0) · 0.25 um/px")
+    with pytest.raises(ResolutionError):
+        rc.checkpoint_choice(s, {"resolution": {"request": {"level": 9}}})

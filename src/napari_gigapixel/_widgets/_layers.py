@@ -247,3 +247,33 @@ def shapes_roi(shapes: Any, slide: Any) -> tuple[int, int, int, int]:
             "validation rectangle on the slide."
         )
     return (int(y0), int(x0), int(y1), int(x1))
+
+
+def show_preview(
+    viewer: Any, slide: Any, probability: Any, downsample: float, offset: tuple[float, float]
+) -> Any:
+    """Add or update the ``preview: <slide>`` probability layer over ``slide``.
+
+    ``probability`` covers the slide from ``offset`` (level-0 pixels, the
+    corner of a training ROI) at ``downsample`` level-0 pixels per pixel.
+    """
+    name = f"preview: {slide.name}"
+    prob = np.asarray(probability, dtype=np.float32)
+    kwargs = overlay_kwargs(slide, float(downsample))
+    s = np.asarray(slide.scale[-2:], float)
+    kwargs["translate"] = tuple(np.asarray(kwargs["translate"]) + s * np.asarray(offset, float))
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        layer.data = prob
+        layer.scale = kwargs["scale"]
+        layer.translate = kwargs["translate"]
+        return layer
+    return viewer.add_image(
+        prob,
+        name=name,
+        **kwargs,
+        colormap=probability_colormap(),
+        contrast_limits=(0.0, 1.0),
+        opacity=0.5,
+        blending="translucent",
+    )

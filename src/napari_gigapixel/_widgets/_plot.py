@@ -66,7 +66,7 @@ class CurvesPlot(QWidget):
         self.val_loss: list[float] = []
         self.val_dice: list[float] = []
         self.best_step: int | None = None
-        self.setMinimumSize(260, 240)
+        self.setMinimumSize(260, 170)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
     def clear(self) -> None:

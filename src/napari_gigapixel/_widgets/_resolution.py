@@ -38,6 +38,8 @@ class ResolutionPicker(ComboBox):
         self.kind = kind
         self.entries: list[Any] = []
         default = ("as trained", None) if kind == "predict" else ("level 0", Resolution())
+        # What the box lists while no slide's entries are known.
+        self._placeholder: list[tuple[str, Any]] = [default]
         super().__init__(
             label="resolution",
             choices=[default],
@@ -54,28 +56,56 @@ class ResolutionPicker(ComboBox):
     def update_for(
         self, slide_path: str | None, *, memory_gb: float = 3.5, model_path: str | None = None
     ) -> None:
-        """List the choices of a slide (keeps the current choice when it is still there)."""
+        """List the choices of a slide (keeps the current choice when it is still there).
+
+        ``model_path``: Predict's model (its own resolution is listed first) or
+        the checkpoint Train continues: then the one entry is the resolution
+        it was trained at (value None, which a resumed run uses).
+        """
         from ..core.model_io import read_model_meta
-        from ..core.resolution_cost import choices
+        from ..core.resolution import ResolutionError, trained_request
+        from ..core.resolution_cost import checkpoint_choice, choices
 
         old = self.value
         meta = None
+        if model_path and os.path.isfile(model_path):
+            try:
+                meta = read_model_meta(model_path)
+            except GigapixelError:
+                meta = None  # Start reports the bad file
         if self.kind == "predict":
-            meta = {}
-            if model_path and os.path.isfile(model_path):
-                try:
-                    meta = read_model_meta(model_path)
-                except GigapixelError:
-                    meta = {}
-        if not slide_path:
+            meta = meta or {}
+        elif meta is not None:
+            head = f"as checkpoint ({trained_request(meta).describe()})"
+            self._placeholder = [(head, None)]
+        else:
+            self._placeholder = [("level 0", Resolution())]
+        slide = None
+        if slide_path:
+            try:
+                slide = _open(slide_path)
+            except GigapixelError:
+                slide = None
+        if slide is None:
             self.entries = []
+            self._show_placeholder()
             return
-        try:
-            slide = _open(slide_path)
-        except GigapixelError:
-            return
-        self.entries = choices(slide, kind=self.kind, memory_gb=memory_gb, model_meta=meta)
+        if self.kind == "train" and meta is not None:
+            try:
+                self.entries = [checkpoint_choice(slide, meta, memory_gb=memory_gb)]
+            except ResolutionError:  # this slide lacks it: Start says so (preflight)
+                self.entries = []
+                self._show_placeholder()
+                return
+        else:
+            self.entries = choices(slide, kind=self.kind, memory_gb=memory_gb, model_meta=meta)
         self._set_entries(old)
+
+    def _show_placeholder(self) -> None:
+        self.choices = self._placeholder
+        self.value = self._placeholder[0][1]
+        if hasattr(self, "info"):
+            self._show_info()
 
     def _set_entries(self, old: Any) -> None:
         self.choices = [(c.label, c.request) for c in self.entries]
@@ -104,7 +134,8 @@ class ResolutionPicker(ComboBox):
     def reset_choices(self, *_: Any) -> None:
         """Keep the slide's list (the container resets its children when layers change)."""
         if not getattr(self, "entries", None):
-            super().reset_choices()
+            if hasattr(self, "_placeholder"):
+                self._show_placeholder()
             return
         self._set_entries(self.value)
 

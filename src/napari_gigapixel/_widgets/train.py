@@ -1,13 +1,17 @@
 """Train widget: whole-slide U-Net training with live curves and preview.
 
 The user picks slide layer(s) and mask layer(s), a new model (size preset) or
-a ``.keras`` model to continue, the loss, steps, learning rate and memory
-budget, optionally validation data (a validation slide and its mask, or a
-rectangle drawn in a Shapes layer over the training slide, whose labels are
-then left out of training), and presses Start. The engine's ``train`` generator runs in a spawned
-worker process (TensorFlow never enters napari's process); a napari thread
-worker relays its events to the main thread, where this widget grows the loss
-and Dice plot, moves the progress bars and updates the preview layer.
+a ``.keras`` model to continue, the recipe (loss, steps, learning rate,
+augmentation, memory budget; tile, schedule, warmup, seed and input switches
+under "advanced recipe", every default ``TrainConfig``'s), the working
+resolution (a continued model keeps its own), optionally validation data (a
+validation slide and its mask, or a rectangle drawn in a Shapes layer over the
+training slide, whose labels are then left out of training), and presses Start.
+The input groups live in :mod:`._train_inputs`. The engine's ``train``
+generator runs in a spawned worker process (TensorFlow never enters napari's
+process); a napari thread worker relays its events to the main thread, where
+this widget grows the loss and Dice plot, moves the progress bars and updates
+the preview layer.
 """
 
 from __future__ import annotations
@@ -16,21 +20,18 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
-    ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
     Select,
-    SpinBox,
 )
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QSizePolicy
 
 from ..core.events import (
     CheckpointEvent,
@@ -41,66 +42,14 @@ from ..core.events import (
     ValidationEvent,
 )
 from ._jobs import JobWidgetMixin, set_progress
-from ._layers import (
-    LayerError,
-    level0_shape,
-    mask_from_labels,
-    overlay_kwargs,
-    probability_colormap,
-    shapes_roi,
-    slide_path,
-)
+from ._layers import LayerError, level0_shape, mask_from_labels, show_preview, slide_path
 from ._plot import CurvesPlot
 from ._resolution import ResolutionPicker
+from ._train_inputs import RecipeInputs, ValidationInputs, preview_downsample, widen_labels
 
 TRAIN_TARGET = "napari_gigapixel.core.training:train"
-LOSSES = ("dice+bce", "bce", "dice")
-TILES = ("auto", 256, 512, 1024, 2048, 4096, 8192)
 #: The model file the last run in this napari session wrote (Predict offers it).
 LAST_MODEL: dict[str, str | None] = {"path": None}
-
-
-#: Model size presets when the engine defines none: encoder/decoder widths.
-SIZE_PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
-    "small (~4.8k parameters, like the paper's)": {},
-    "medium (~31k parameters)": {"widths": (16, 24, 32), "decoder_widths": (8, 12, 16)},
-    "large (~123k parameters)": {"widths": (32, 48, 64), "decoder_widths": (16, 24, 32)},
-}
-
-
-def _engine_presets() -> dict[str, Any] | None:
-    from ..core import unet
-
-    return getattr(unet, "PRESETS", None) or getattr(unet, "MODEL_PRESETS", None)
-
-
-def model_presets() -> list[str]:
-    """Names of the model size presets (no TensorFlow import)."""
-    presets = _engine_presets()
-    return list(presets) if presets else list(SIZE_PRESETS)
-
-
-def model_config(preset: str) -> Any:
-    """The engine's ``ModelConfig`` for a preset name."""
-    from ..core import unet
-
-    presets = _engine_presets()
-    if presets and preset in presets:
-        value = presets[preset]
-        return value() if callable(value) else value
-    return unet.ModelConfig(**SIZE_PRESETS.get(preset, {}))
-
-
-def preview_downsample(slide_shape: tuple[int, int], max_pixels: int = 2_000_000) -> int:
-    """Finest power-of-two preview level (at least 4) under ``max_pixels``.
-
-    The preview travels from the worker process after every step, so it is
-    kept to a couple of megapixels whatever the slide size.
-    """
-    d = 4
-    while (slide_shape[0] / d) * (slide_shape[1] / d) > max_pixels:
-        d *= 2
-    return d
 
 
 def _fmt_seconds(s: float) -> str:
@@ -135,65 +84,23 @@ class TrainWidget(JobWidgetMixin, Container):
             choices=self._mask_choices,
             tooltip="One mask layer per slide, in the same order.",
         )
-        self.model = ComboBox(label="new model", choices=model_presets())
+        self.recipe = RecipeInputs()
         self.resume = FileEdit(
-            label="or continue", mode="r", filter="Keras model (*.keras)", value=""
+            label="or continue",
+            mode="r",
+            filter="Keras model (*.keras)",
+            value="",
+            tooltip="A checkpoint to train further: its model, resolution and input "
+            "convention are kept.",
         )
-        # The engine's defaults are the measured recipe (bce, cosine-decayed lr).
-        from ..core.training import TrainConfig as _Defaults
-
-        self.loss = ComboBox(label="loss", choices=list(LOSSES), value=_Defaults.loss)
-        self.steps = SpinBox(label="steps", min=1, max=1_000_000, value=_Defaults.steps)
-        self.lr = FloatSpinBox(
-            label="learning rate", min=1e-6, max=1.0, step=1e-4, value=_Defaults.lr
+        r = self.recipe
+        self.model, self.loss, self.steps, self.lr = r.model, r.loss, r.steps, r.lr
+        self.augment, self.memory_gb, self.tile = r.augment, r.memory_gb, r.tile
+        self.validation = ValidationInputs(
+            self._slide_choices, self._mask_choices, self._shapes_choices
         )
-        self.lr.native.setDecimals(6)
-        self.memory_gb = FloatSpinBox(
-            label="memory (GiB)",
-            min=0.25,
-            max=1024,
-            step=0.25,
-            value=_Defaults.memory_gb,
-            tooltip="Peak memory budget of the training process (as train --memory-gb); "
-            "sets the tile size.",
-        )
-        self.tile = ComboBox(
-            label="tile (px)",
-            choices=list(TILES),
-            value="auto",
-            tooltip="auto: the largest tile that fits the memory budget.",
-        )
-        self.val_slide = ComboBox(
-            label="validation slide",
-            choices=self._slide_choices,
-            nullable=True,
-            value=None,
-            tooltip="Optional: a slide never trained on, scored every few steps.",
-        )
-        self.val_mask = ComboBox(
-            label="validation mask",
-            choices=self._mask_choices,
-            nullable=True,
-            value=None,
-            tooltip="The mask of the validation slide.",
-        )
-        self.val_region = ComboBox(
-            label="or validation region",
-            choices=self._shapes_choices,
-            nullable=True,
-            value=None,
-            tooltip=(
-                "Optional: a Shapes layer over the (first) training slide; the rectangle "
-                "around its shapes is scored and its labels are left out of training."
-            ),
-        )
-        self.val_every = SpinBox(
-            label="validate every",
-            min=1,
-            max=100_000,
-            value=_Defaults.val_every,
-            tooltip="Steps between validations; the best model is kept as <name>.best.keras.",
-        )
+        v = self.validation
+        self.val_slide, self.val_mask, self.val_region, self.val_every = v.widgets
         self.resolution = ResolutionPicker("train")
         self.out = FileEdit(
             label="save model",
@@ -212,21 +119,20 @@ class TrainWidget(JobWidgetMixin, Container):
         self.step_bar = ProgressBar(label="steps", min=0, max=1, value=0)
         self.tile_bar = ProgressBar(label="tiles", min=0, max=1, value=0)
         self.status = Label(label="status", value="idle")
+        # The message takes the row (not half of it) and wraps instead of widening the dock.
+        self.status.native.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self.status.native.setWordWrap(True)
         self.plot = CurvesPlot()
+        buttons = Container(
+            layout="horizontal", labels=False, widgets=[self.start_button, self.stop_button]
+        )
+        buttons.margins = (0, 0, 0, 0)
         inputs = [
             self.slides,
             self.masks,
             self.model,
             self.resume,
-            self.loss,
-            self.steps,
-            self.lr,
-            self.memory_gb,
-            self.tile,
-            self.val_slide,
-            self.val_mask,
-            self.val_region,
-            self.val_every,
+            *r.main,
             self.resolution,
             self.resolution.info,
             self.out,
@@ -235,23 +141,32 @@ class TrainWidget(JobWidgetMixin, Container):
         self.extend(
             [
                 *inputs,
-                self.start_button,
-                self.stop_button,
+                v.section.header,
+                *v.widgets,
+                r.section.header,
+                *r.advanced,
+                buttons,
                 self.step_bar,
                 self.tile_bar,
                 self.status,
             ]
         )
+        inputs += [*v.widgets, *r.advanced]
+        # One section open at a time: the dock then fits a 1000-pixel-high screen.
+        for a, b in ((v.section, r.section), (r.section, v.section)):
+            a.header.native.toggled.connect(lambda on, b=b: b.show(False) if on else None)
         self.native.layout().addWidget(self.plot)
         # A few rows are enough for the layer lists; the plot gets the room.
         for sel in (self.slides, self.masks):
-            sel.native.setMaximumHeight(72)
+            sel.native.setMaximumHeight(56)
+        widen_labels(self)
         # Late-bound: show_error is looked up here at call time (tests replace it).
         self._setup_job(self.start_button, self.stop_button, inputs, lambda text: show_error(text))
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
         self.slides.changed.connect(self._update_resolutions)
         self.memory_gb.changed.connect(self._update_resolutions)
+        self.resume.changed.connect(self._on_resume)
         self._slide_layers: list[Any] = []
         self.events: list[Any] = []
         self.checkpoint: str | None = None
@@ -273,36 +188,37 @@ class TrainWidget(JobWidgetMixin, Container):
     def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(ly.name, ly) for ly in self.viewer.layers if isinstance(ly, Shapes)]
 
+    def _on_resume(self, _value: Any = None) -> None:
+        """A checkpoint keeps its own model and resolution: the size preset does not apply."""
+        self.model.enabled = self._resume_path() is None
+        self._update_resolutions()
+
+    def _set_running(self, running: bool) -> None:
+        super()._set_running(running)
+        if not running and not self.relay.closed:  # unlocking: the preset stays off
+            self.model.enabled = self._resume_path() is None
+
     def _update_resolutions(self, _value: Any = None) -> None:
-        """List the first selected slide's resolutions with their cost at this budget."""
+        """List the first selected slide's resolutions with their cost at this budget.
+
+        While a checkpoint is continued, the one entry is the resolution it was
+        trained at (a resumed run keeps it).
+        """
         slides = list(self.slides.value)
         try:
             path = slide_path(slides[0]) if slides else None
         except LayerError:
             path = None
-        self.resolution.update_for(path, memory_gb=float(self.memory_gb.value))
+        self.resolution.update_for(
+            path, memory_gb=float(self.memory_gb.value), model_path=self._resume_path()
+        )
+
+    def _resume_path(self) -> str | None:
+        """The checkpoint to continue, or None (an emptied FileEdit holds a folder)."""
+        value = str(self.resume.value) if self.resume.value else ""
+        return value if value not in ("", ".") and not os.path.isdir(value) else None
 
     # -- configuration -----------------------------------------------------
-
-    def _validation(self, slides: list[Any]) -> dict[str, Any]:
-        """TrainConfig's validation fields from the validation inputs."""
-        out: dict[str, Any] = {"val_every": int(self.val_every.value)}
-        vslide, vmask = self.val_slide.value, self.val_mask.value
-        if (vslide is None) != (vmask is None):
-            raise LayerError("Pick both a validation slide and its mask, or neither.")
-        if vslide is not None:
-            if any(vslide is s for s in slides):
-                raise LayerError(
-                    f"'{vslide.name}' is a training slide; to validate on part of it, draw "
-                    "a rectangle in a Shapes layer and pick it as the validation region."
-                )
-            out["val_images"] = [slide_path(vslide)]
-            out["val_masks"] = [mask_from_labels(vmask, vslide)]
-        if self.val_region.value is not None:
-            out["val_roi"] = [shapes_roi(self.val_region.value, slides[0])] + [None] * (
-                len(slides) - 1
-            )
-        return out
 
     def make_config(self) -> Any:
         """Build the engine's ``TrainConfig`` from the fields (raises ``GigapixelError``)."""
@@ -326,8 +242,7 @@ class TrainWidget(JobWidgetMixin, Container):
             raise LayerError("Choose a file name to save the model to (e.g. tissue_unet.keras).")
         if not out.endswith(".keras"):
             out += ".keras"
-        resume = str(self.resume.value) if self.resume.value else ""
-        resume = resume if resume not in ("", ".") else None
+        resume = self._resume_path()
         if resume is not None and not os.path.isfile(resume):
             raise LayerError(f"{resume}: no such model file to continue from.")
         self._slide_layers = slides
@@ -335,17 +250,13 @@ class TrainWidget(JobWidgetMixin, Container):
             images=images,
             masks=ann,
             out=out,
-            steps=int(self.steps.value),
-            loss=self.loss.value,
-            lr=float(self.lr.value),
-            tile=self.tile.value,
-            memory_gb=float(self.memory_gb.value),
-            model=model_config(self.model.value),
+            **self.recipe.fields(),
             resume=resume,
             preview_downsample=preview_downsample(level0_shape(slides[0])),
             overwrite=bool(self.overwrite.value),
-            **self._validation(slides),
-            resolution=self.resolution.value or Resolution(),
+            **self.validation.fields(slides),
+            # None with a checkpoint: the run keeps the resolution it was trained at.
+            resolution=None if resume else (self.resolution.value or Resolution()),
         )
         # Every file and the output location checked here, in napari's process
         # (no TensorFlow needed): a bad path is reported before a worker starts.
@@ -411,31 +322,9 @@ class TrainWidget(JobWidgetMixin, Container):
         )
 
     def _on_preview(self, ev: PreviewEvent) -> None:
-        if not self._slide_layers:
-            return
-        slide = self._slide_layers[min(ev.image_index, len(self._slide_layers) - 1)]
-        name = f"preview: {slide.name}"
-        prob = np.asarray(ev.probability, dtype=np.float32)
-        kwargs = overlay_kwargs(slide, float(ev.downsample))
-        s = np.asarray(slide.scale[-2:], float)
-        kwargs["translate"] = tuple(
-            np.asarray(kwargs["translate"]) + s * np.asarray(ev.offset, float)
-        )
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = prob
-            layer.scale = kwargs["scale"]
-            layer.translate = kwargs["translate"]
-        else:
-            self.viewer.add_image(
-                prob,
-                name=name,
-                **kwargs,
-                colormap=probability_colormap(),
-                contrast_limits=(0.0, 1.0),
-                opacity=0.5,
-                blending="translucent",
-            )
+        if self._slide_layers:
+            slide = self._slide_layers[min(ev.image_index, len(self._slide_layers) - 1)]
+            show_preview(self.viewer, slide, ev.probability, ev.downsample, ev.offset)
 
     def _on_done(self) -> None:
         super()._on_done()

@@ -52,7 +52,8 @@ def _tile(text: str) -> int | str:
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``train`` sub-command."""
-    from ..core.stain import AUGMENT_MODES
+    from ..core.losses import LOSSES
+    from ..core.stain import AUGMENT_MODES, augment_mode
     from ..core.training import LR_FLOOR, LR_SCHEDULES, TrainConfig
     from ..core.unet import PRESETS, preset_name
 
@@ -89,7 +90,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--loss",
-        choices=("dice", "bce", "dice+bce"),
+        choices=LOSSES,
         default=d.loss,
         help="default %(default)s; 'dice' alone can collapse to all-tissue from scratch",
     )
@@ -109,7 +110,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--tile",
         type=_tile,
-        default="auto",
+        default=d.tile,
         help="core size in pixels, or 'auto' (largest that fits --memory-gb)",
     )
     p.add_argument(
@@ -153,7 +154,9 @@ def add_parser(subparsers: Any) -> None:
         help="score the validation data every N steps and after the last "
         "(default %(default)s); the best model is kept as MODEL.best.keras",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of the weights (default %(default)s)"
+    )
     p.add_argument("--mask-kind", choices=("dense", "scribble"), default=None)
     p.add_argument(
         "--model-size",
@@ -174,12 +177,12 @@ def add_parser(subparsers: Any) -> None:
         "--augment",
         nargs="?",
         const="all",
-        default="none",
+        default=augment_mode(d.augment),
         choices=AUGMENT_MODES,
         metavar="{" + ",".join(AUGMENT_MODES) + "}",
         help="whole-slide augmentation drawn per step, exact under tiling: 'flip' (flips and "
         "quarter turns), 'stain' (H/E/DAB stain, brightness and contrast jitter), 'all' "
-        "(both; what --augment alone means); default none",
+        "(both; what --augment alone means); default %(default)s",
     )
     p.add_argument(
         "--mode",

@@ -373,6 +373,15 @@ def default_for_model(slide: Any, meta: dict[str, Any]) -> tuple[ResolvedResolut
     return r, why
 
 
+def trained_request(meta: dict[str, Any]) -> Resolution:
+    """The request a model was trained at (its metadata's ``resolution``; level 0 without).
+
+    A resumed training run works at this resolution (``TrainConfig.resolution`` None).
+    """
+    rec = meta.get("resolution") or {}
+    return Resolution.from_dict(rec.get("request"))
+
+
 def describe_request(meta: dict[str, Any]) -> str:
     """A model's recorded resolution in words (``"2 um/px"``, ``"downsample 4"``)."""
     rec = meta.get("resolution") or {}

@@ -148,3 +148,24 @@ def choices(
             head += f", {r.factor}x{r.factor} mean"
         out.append(Choice(_label(head, r, s, p, per), req, r, s, p))
     return out
+
+
+def checkpoint_choice(slide: Any, meta: dict[str, Any], *, memory_gb: float = 3.5) -> Choice:
+    """The one entry a Train picker lists while a checkpoint is continued.
+
+    A resumed run works at the resolution the checkpoint was trained at
+    (:func:`.resolution.trained_request`, resolved on ``slide``); the entry's
+    ``request`` is None, ``TrainConfig.resolution``'s "the checkpoint's".
+
+    Raises
+    ------
+    ResolutionError
+        ``slide`` cannot serve that resolution (training would refuse it too).
+    """
+    from .resolution import trained_request
+
+    req = trained_request(meta)
+    r = resolve(slide, req)
+    s, p = train_cost(r.shape, memory_gb)
+    head = f"as checkpoint ({req.describe()})"
+    return Choice(_label(head, r, s, p, "/step"), None, r, s, p)

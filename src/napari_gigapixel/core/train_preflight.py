@@ -108,9 +108,8 @@ def _check_cache_room(cfg: TrainConfig, cache_bytes: int) -> None:
 def _resumed_resolution(resume: str | None) -> Any:
     """The resolution a checkpoint was trained at (level 0 without one)."""
     from .model_io import read_model_meta
-    from .resolution import Resolution
+    from .resolution import Resolution, trained_request
 
     if not resume:
         return Resolution()
-    rec = read_model_meta(resume).get("resolution") or {}
-    return Resolution.from_dict(rec.get("request"))
+    return trained_request(read_model_meta(resume))

@@ -203,3 +203,23 @@ def test_recipe_switches_reach_the_config_and_default_to_train_config():
         True,
         5,
     )
+    assert cfg.model == d.model
+
+
+def test_model_size_presets_are_one_set_for_cli_and_widget():
+    """``--model-size`` builds core's preset; its name round-trips; unknown names are refused."""
+    from napari_gigapixel.cli import build_parser
+    from napari_gigapixel.cli.train import build_config
+    from napari_gigapixel.core.errors import GigapixelError
+    from napari_gigapixel.core.unet import PRESETS, preset_config, preset_name
+
+    base = ["train", "--image", "a.tif", "--mask", "m.tif", "--out", "m.keras"]
+    for name in PRESETS:
+        cfg = build_config(build_parser().parse_args([*base, "--model-size", name]))
+        assert preset_name(cfg.model) == name
+        assert cfg.model == preset_config(name)
+    cfg = build_config(build_parser().parse_args([*base, "--model-size", "medium"]))
+    assert cfg.model.widths == PRESETS["medium"]["widths"]
+    assert cfg.model.widths != preset_config("small").widths
+    with pytest.raises(GigapixelError, match="unknown model size 'huge'"):
+        preset_config("huge")

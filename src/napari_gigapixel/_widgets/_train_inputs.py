@@ -22,6 +22,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushBu
 from ..core.losses import LOSSES
 from ..core.stain import AUGMENT_MODES, augment_mode
 from ..core.train_config import LR_SCHEDULES, TrainConfig
+from ..core.unet import PRESET_NOTES, PRESETS
 from ._layers import LayerError, mask_from_labels, shapes_roi, slide_path
 
 #: Tile sizes offered (pixels of the working resolution); "auto" fits the budget.
@@ -29,10 +30,9 @@ TILES: tuple[int | str, ...] = ("auto", 256, 512, 1024, 2048, 4096, 8192)
 
 #: Model size presets: widths replacing those of the recipe's model
 #: (``TrainConfig().model``). The first is the recipe's model itself.
+#: The names and widths are core's (``unet.PRESETS``, as in ``train --model-size``).
 SIZE_PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
-    "small (~4.8k parameters, like the paper's)": {},
-    "medium (~31k parameters)": {"widths": (16, 24, 32), "decoder_widths": (8, 12, 16)},
-    "large (~123k parameters)": {"widths": (32, 48, 64), "decoder_widths": (16, 24, 32)},
+    f"{name} ({PRESET_NOTES[name]})": widths for name, widths in PRESETS.items()
 }
 
 #: Augmentations in words (the values are ``TrainConfig.augment``'s modes).

@@ -55,7 +55,7 @@ def add_parser(subparsers: Any) -> None:
     from ..core.losses import LOSSES
     from ..core.stain import AUGMENT_MODES, augment_mode
     from ..core.training import LR_FLOOR, LR_SCHEDULES, TrainConfig
-    from ..core.unet import PRESETS, preset_name
+    from ..core.unet import PRESET_NOTES, PRESETS, preset_name
 
     d = TrainConfig  # the dataclass's defaults are the recipe; one place to change it
     p = subparsers.add_parser(
@@ -162,8 +162,9 @@ def add_parser(subparsers: Any) -> None:
         "--model-size",
         choices=tuple(PRESETS),
         default=preset_name(TrainConfig().model),
-        help="width of a new model: 'small' (about 4.8k parameters, like the paper's), "
-        "'medium' (31k), 'large' (123k) (default %(default)s)",
+        help="width of a new model: "
+        + ", ".join(f"'{k}' ({v})" for k, v in PRESET_NOTES.items())
+        + " (default %(default)s)",
     )
     p.add_argument(
         "--output-stride",

@@ -40,6 +40,7 @@ __all__ = [
     "ModelConfig",
     "ModelFileError",
     "PRESETS",
+    "PRESET_NOTES",
     "build_unet",
     "count_params",
     "load_model",
@@ -153,6 +154,12 @@ PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
     "small": {},
     "medium": {"widths": (16, 24, 32), "decoder_widths": (8, 12, 16)},
     "large": {"widths": (32, 48, 64), "decoder_widths": (16, 24, 32)},
+}
+#: What each preset is, in words (CLI help, the Train widget's choices).
+PRESET_NOTES = {
+    "small": "~4.8k parameters, like the paper's",
+    "medium": "~31k parameters",
+    "large": "~123k parameters",
 }
 
 

@@ -108,6 +108,45 @@ def test_tiles_of_the_transformed_slide_are_the_transformed_tiles(k, flip):
             assert np.array_equal(got, want), (k, flip, core, tile)
 
 
+def test_a_step_transforms_each_window_once_within_its_memo_budget(monkeypatch):
+    """Dice's forward pass and the gradient pass read the same windows: the second
+    read is the first's tensor, up to ``MEMO_BYTES``; past it, windows are redone."""
+    import napari_gigapixel.core._augment_kernel as kernel
+
+    img = _image((516, 1300))
+    data = build_image_data(
+        img,
+        AnnotationMask(np.ones((129, 325), np.uint8), 4.0, "dense"),
+        roi=None,
+        kind="dense",
+        output_stride=4,
+        cache_in_memory=lambda n: True,
+    )
+    calls = []
+    real = kernel.transform
+
+    def counting(block, aug, shape=None):
+        calls.append(shape)
+        return real(block, aug, shape)
+
+    monkeypatch.setattr(kernel, "transform", counting)
+    aug = Augmentation(1, True, draw_augmentation(2, 7, "stain").colour)
+    wins = [t.window for t in tile_grid(SlideView(data, 4, aug).shape, 224, 32, 32)]
+    view = SlideView(data, 4, aug)
+    first = [np.asarray(view.window(w)) for w in wins]
+    again = [np.asarray(view.window(w)) for w in wins]
+    assert len(calls) == len(wins)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    # A budget of one window: only the first is kept, every other is redone.
+    one = (wins[0][1] - wins[0][0]) * (wins[0][3] - wins[0][2]) * 3
+    monkeypatch.setattr(SlideView, "MEMO_BYTES", one)
+    calls.clear()
+    view = SlideView(data, 4, aug)
+    redo = [np.asarray(view.window(w)) for w in wins + wins]
+    assert len(calls) == 2 * len(wins) - 1
+    assert all(np.array_equal(a, b) for a, b in zip(first + first, redo))
+
+
 def _augmented_reference(img, data, aug):
     """The augmented slide and its labels as a plain image (the whole-image step's input)."""
     ho, wo = data.labels.shape

@@ -41,8 +41,16 @@ class SlideView:
     step stays exactly the whole-image step on the augmented slide.
     """
 
+    #: Bytes of transformed windows kept for the step's later passes (Dice's
+    #: forward pass and the gradient pass read the same windows): the first
+    #: windows that fit are kept, none is evicted, so a one-tile image (every
+    #: slide up to ~40 Mpx) is transformed once per step instead of twice.
+    MEMO_BYTES = 128 << 20
+
     def __init__(self, data, os_: int, aug: Augmentation | tuple) -> None:
         self.data = data
+        self._memo: dict[tuple[int, int, int, int], Any] = {}
+        self._memo_bytes = 0
         self.os = os_
         self.aug = _as_augmentation(aug)
         self.k, self.flip = self.aug.k % 4, self.aug.flip
@@ -107,8 +115,16 @@ class SlideView:
             return np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
         # The slide's part of the window, read in the original frame, turned,
         # flipped and coloured, then padded with zeros to the window.
+        key = (int(y0), int(y1), int(x0), int(x1))
+        if key in self._memo:
+            return self._memo[key]
         block = self.data.image.read(*self._inverse(y0, cy1, x0, cx1, h, w))
-        return transform(block, self.aug, (y1 - y0, x1 - x0))
+        out = transform(block, self.aug, (y1 - y0, x1 - x0))
+        size = (y1 - y0) * (x1 - x0) * 3
+        if self._memo_bytes + size <= self.MEMO_BYTES:
+            self._memo[key] = out
+            self._memo_bytes += size
+        return out
 
     def labels(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         lh, lw = self.data.labels.shape

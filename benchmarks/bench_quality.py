@@ -99,14 +99,29 @@ def make_slides(family: str, shape, seeds, cache: Path) -> dict[int, dict]:
     return out
 
 
-def hard_negative_accuracy(pred, hard_path: str, shape) -> float | None:
-    """Share of hard-negative pixels (pen, dust, bubble rims) predicted as background."""
-    from napari_gigapixel.core.mask_io import load_mask
-    from napari_gigapixel.core.metrics import confusion
+def hard_negative_accuracy(pred, hard_path: str, shape) -> dict[str, float | None]:
+    """Share of hard-negative pixels predicted as background: all, and per kind.
 
-    c = confusion(pred, load_mask(hard_path, shape), shape=shape)
-    hard = c.tp + c.fn
-    return c.fn / hard if hard else None
+    Keys: ``"all"`` and each of :data:`HARD_NEGATIVE_LABELS`' names (pen,
+    dust, bubble); None where the slide has no such pixel.
+    """
+    import tifffile
+
+    from napari_gigapixel.core.confusion import confusion
+    from napari_gigapixel.core.masks import AnnotationMask
+    from napari_gigapixel.core.texture_slides import HARD_NEGATIVE_LABELS
+
+    with tifffile.TiffFile(hard_path) as tf:
+        labels = tf.series[0].levels[0].asarray()
+    out: dict[str, float | None] = {}
+    kinds = {"all": labels > 0} | {
+        name: labels == value for value, name in HARD_NEGATIVE_LABELS.items()
+    }
+    for name, sel in kinds.items():
+        c = confusion(pred, AnnotationMask(sel.astype(np.uint8), 1.0, "dense"), shape=shape)
+        hard = c.tp + c.fn
+        out[name] = c.fn / hard if hard else None
+    return out
 
 
 def scores_of(pred, paths: dict, shape) -> dict:
@@ -115,11 +130,13 @@ def scores_of(pred, paths: dict, shape) -> dict:
     from napari_gigapixel.core.metrics import confusion, scores
 
     s = scores(confusion(pred, load_mask(paths["mask"], shape), shape=shape))
+    hard = hard_negative_accuracy(pred, paths["hard"], shape)
     return {
         "dice": s["dice"],
         "precision": s["precision"],
         "recall": s["recall"],
-        "hard_negative_accuracy": hard_negative_accuracy(pred, paths["hard"], shape),
+        "hard_negative_accuracy": hard.pop("all"),
+        **{f"hard_{kind}": v for kind, v in hard.items()},
     }
 
 
@@ -224,7 +241,8 @@ def otsu_scores(held: dict[int, dict], shape) -> dict:
 def summarise(runs: list[dict]) -> dict:
     """Median and worst of each figure over every (seed, held-out slide) pair."""
     out = {}
-    for key in ("dice", "precision", "recall", "hard_negative_accuracy"):
+    keys = ("dice", "precision", "recall", "hard_negative_accuracy", "hard_pen", "hard_dust")
+    for key in (*keys, "hard_bubble"):
         vals = [r[key] for r in runs if r.get(key) is not None]
         if vals:
             out[f"{key}_median"] = statistics.median(vals)

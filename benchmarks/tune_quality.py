@@ -89,14 +89,19 @@ def main(argv: list[str] | None = None) -> int:
                         )
             fam = {}
             for family in families:
-                d = [r["dice"] for r in runs if r["family"] == family]
-                h = [r["hard_negative_accuracy"] for r in runs if r["family"] == family]
+                mine = [r for r in runs if r["family"] == family]
+                d = [r["dice"] for r in mine]
+                h = [r["hard_negative_accuracy"] for r in mine]
                 fam[family] = {
                     "dice_median": statistics.median(d),
                     "dice_worst": min(d),
                     "hard_median": statistics.median(h),
                     "hard_worst": min(h),
                 }
+                for kind in ("pen", "dust", "bubble"):
+                    v = [r[f"hard_{kind}"] for r in mine if r.get(f"hard_{kind}") is not None]
+                    if v:
+                        fam[family][f"{kind}_median"] = statistics.median(v)
             report[name] = {
                 "args": extra,
                 "dice_worst": min(r["dice"] for r in runs),

@@ -104,7 +104,7 @@ def whole_image_gradient(model, data, loss: str, output_stride: int):
 def streamed_gradient(model, data, loss: str, core: int, tiles=None):
     geo = model_geometry(model)
     tiles = tiles or tile_grid(data.shape, core, geo.halo, geo.stride)
-    step = _backend.TileStep(model, 1)
+    step = _backend.TileStep(model, 1, loss)
     res = image_step(
         step,
         SlideView(data, geo.output_stride, (0, False, 1.0, 0.0)),
@@ -128,6 +128,8 @@ CASES = [
     ("bce", "scribble"),  # masked BCE: 0 = unlabelled, ignored
     ("dice", "dense"),
     ("dice+bce", "dense"),
+    ("focal", "scribble"),
+    ("dice+focal", "dense"),
 ]
 
 
@@ -145,6 +147,27 @@ def test_streamed_equals_whole_float64(image, loss, kind, output_stride):
         assert rel_err(grads, ref) < 1e-10, (loss, kind, output_stride, core)
         assert value == pytest.approx(ref_loss, rel=1e-10)
     assert len(n_tiles) == 3 and min(n_tiles) > 1
+
+
+def test_focal_term_is_the_focal_loss_and_not_bce(image):
+    """The focal term is ``-(1 - p_t)**2 log p_t`` per pixel (numpy reference), and
+    its whole-image gradient differs from BCE's (the equivalence cases above are
+    not BCE under another name)."""
+    from napari_gigapixel.core.losses import FOCAL_GAMMA, focal_sum
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.01, 0.99, 500)
+    y = (rng.random(500) > 0.5).astype(np.float64)
+    w = (rng.random(500) > 0.2).astype(np.float64)
+    pt = np.where(y > 0, p, 1 - p)
+    want = -(w * (1 - pt) ** FOCAL_GAMMA * np.log(pt)).sum()
+    got = float(focal_sum(tf.constant(p), tf.constant(y), tf.constant(w)))
+    assert got == pytest.approx(want, rel=1e-12)
+    model = _model(4)
+    data = _data(image, "dense", 4)
+    focal, _ = whole_image_gradient(model, data, "dice+focal", 4)
+    bce, _ = whole_image_gradient(model, data, "dice+bce", 4)
+    assert rel_err(focal, bce) > 1e-3
 
 
 def test_one_tile_is_the_whole_image_step(image):

@@ -9,7 +9,7 @@ One function serves every loss and both passes. For a tile whose core starts
 at output offset ``(oy, ox)`` inside its window's output, with labels ``y``
 and weights ``w`` (uint8, the core's valid output pixels) it computes::
 
-    loss = c_bce * sum w BCE(p, y)          # c_bce = 1 / N labelled pixels
+    loss = c_bce * sum w L(p, y)            # BCE or focal; c_bce = 1 / N labelled
          + sum w (c_da y + c_db) p          # Dice surrogate, constants from pass 1
          + c_dice * softdice_loss(p, y, w)  # the one-tile (whole-image) Dice
 
@@ -45,9 +45,13 @@ class TileStep:
     preview_factor
         Preview pixels are means of ``preview_factor`` x ``preview_factor``
         output pixels of each core.
+    loss
+        The run's loss (:data:`.losses.LOSSES`): fixes the pixel term ``L``
+        (focal for ``"focal"``/``"dice+focal"``, else BCE) that both
+        functions sum; its weight ``c_bce`` is the caller's.
     """
 
-    def __init__(self, model: Any, preview_factor: int = 1) -> None:
+    def __init__(self, model: Any, preview_factor: int = 1, loss: str = "dice+bce") -> None:
         import keras
 
         if keras.backend.backend() != "tensorflow":
@@ -57,7 +61,9 @@ class TileStep:
             )
         import tensorflow as tf
 
-        from .losses import DICE_SMOOTH, bce_sum, dice_sums
+        from .losses import DICE_SMOOTH, check_loss, dice_sums, pixel_loss_sum
+
+        kind = check_loss(loss)
 
         self.model = model
         self.variables = list(model.trainable_variables)
@@ -110,7 +116,7 @@ class TileStep:
             pc = core_prob(x, y, oy, ox, False)
             yf = tf.cast(y, pc.dtype)
             wf = tf.cast(w, pc.dtype)
-            bce = bce_sum(pc, yf, wf)
+            bce = pixel_loss_sum(pc, yf, wf, kind)
             return stats_of(pc, y, w, bce), thumb(pc)
 
         @tf.function(
@@ -123,7 +129,7 @@ class TileStep:
                 dt = pc.dtype
                 yf = tf.cast(y, dt)
                 wf = tf.cast(w, dt)
-                bce = bce_sum(pc, yf, wf)
+                bce = pixel_loss_sum(pc, yf, wf, kind)
                 surrogate = tf.reduce_sum(
                     tf.stop_gradient(wf * (tf.cast(c_da, dt) * yf + tf.cast(c_db, dt))) * pc
                 )

@@ -94,14 +94,14 @@ def _one_step(plan: _Plan, spec, weights, step_no: int, geometry, stop, label: s
     from ._step_loop import preview_event
     from ._train_augment import SlideView, augment_params
     from .image_step import ImageStep
-    from .losses import dice_grad_coefficients
+    from .losses import dice_grad_coefficients, pixel_term, uses_dice
     from .tiling import tile_grid
 
     workers = _workers(plan.client)
     submit = _submitter(plan, workers)
     os_, f = spec.output_stride, spec.preview_factor
-    use_dice = spec.loss in ("dice", "dice+bce")
-    bce_on = spec.loss in ("bce", "dice+bce")
+    use_dice = uses_dice(spec.loss)
+    bce_on = pixel_term(spec.loss) is not None
     aug = augment_params(spec.seed, step_no, spec.augment)
     whole: dict[int, Any] = {}
     parts: dict[int, list[list[Any]]] = {}

@@ -68,7 +68,9 @@ class RunSpec:
 
 def _model(spec: RunSpec):
     """The worker's model and tile step for this spec (built once per config)."""
-    key = json.dumps([spec.model_config, spec.dtype, spec.preview_factor], sort_keys=True)
+    key = json.dumps(
+        [spec.model_config, spec.dtype, spec.preview_factor, spec.loss], sort_keys=True
+    )
     if _STATE["model_key"] != key:
         from ._quiet_tf import load_keras_quietly
 
@@ -78,7 +80,7 @@ def _model(spec: RunSpec):
 
         model = build_unet(ModelConfig.from_dict(spec.model_config), seed=0, dtype=spec.dtype)
         _STATE["model"] = model
-        _STATE["step_fn"] = _backend.TileStep(model, spec.preview_factor)
+        _STATE["step_fn"] = _backend.TileStep(model, spec.preview_factor, spec.loss)
         _STATE["model_key"] = key
     return _STATE["model"], _STATE["step_fn"]
 

@@ -19,7 +19,13 @@ import numpy as np
 from ._train_augment import SlideView as _View
 from .events import JobStopped, Progress, StopFlag, stop_requested
 from .geometry import Geometry
-from .losses import dice_grad_coefficients, dice_loss_from_sums, hard_dice
+from .losses import (
+    dice_grad_coefficients,
+    dice_loss_from_sums,
+    hard_dice,
+    pixel_term,
+    uses_dice,
+)
 from .tiling import Tile
 
 
@@ -84,7 +90,7 @@ def iter_image_step(
     tiles
         :func:`.tiling.tile_grid` of the image with the model's halo and stride.
     loss
-        ``"bce"``, ``"dice"`` or ``"dice+bce"``.
+        One of :data:`.losses.LOSSES` (``step_fn`` must compute the same).
     n_labelled
         Number of labelled output pixels of the image (BCE is their mean).
     label
@@ -105,8 +111,8 @@ def iter_image_step(
     ho, wo = -(-h // os_), -(-w // os_)
     f = preview_factor
     preview = np.zeros((-(-ho // f), -(-wo // f)), np.float32)
-    use_dice = loss in ("dice", "dice+bce")
-    c_bce = 1.0 / n_labelled if loss in ("bce", "dice+bce") else 0.0
+    use_dice = uses_dice(loss)
+    c_bce = 1.0 / n_labelled if pixel_term(loss) else 0.0
     one_tile = len(tiles) == 1
     if forward_only:
         passes = ["forward"]

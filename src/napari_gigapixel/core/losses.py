@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Loss names accepted by the trainer.
-LOSSES = ("bce", "dice", "dice+bce")
+#: Loss names accepted by the trainer: a pixel term (BCE or focal), soft Dice, or both.
+LOSSES = ("dice+bce", "bce", "dice", "dice+focal", "focal")
+#: Focal loss exponent: ``-(1 - p_t)**FOCAL_GAMMA log p_t`` (Lin et al., 2017).
+FOCAL_GAMMA = 2.0
 #: Additive smoothing of soft Dice (keeps an empty image finite).
 DICE_SMOOTH = 1.0
 #: Probabilities are clipped to [EPS, 1 - EPS] before the logarithms of BCE.
@@ -35,6 +37,38 @@ def check_loss(name: str) -> str:
     if name not in LOSSES:
         raise GigapixelError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}.")
     return name
+
+
+def uses_dice(kind: str) -> bool:
+    """Whether the loss has the soft-Dice term (it needs a forward-only pass first)."""
+    return kind.startswith("dice")
+
+
+def pixel_term(kind: str) -> str | None:
+    """The loss's per-pixel term: ``"bce"``, ``"focal"`` or None (Dice alone)."""
+    return kind.split("+")[-1] if kind != "dice" else None
+
+
+def pixel_loss_sum(p, y, w, kind: str):
+    """``sum w * term(p, y)`` of the loss's pixel term (BCE for Dice alone, a figure
+    to report), in ``keras.ops``."""
+    return focal_sum(p, y, w) if pixel_term(kind) == "focal" else bce_sum(p, y, w)
+
+
+def focal_sum(p, y, w, gamma: float = FOCAL_GAMMA):
+    """``sum w * -(1 - p_t)**gamma log p_t`` with ``p_t`` the probability of the true
+    class (not normalised), in ``keras.ops``.
+
+    Pixels the model already gets right weigh ``(1 - p_t)**gamma`` of their
+    BCE, so the few pixels it gets wrong (pen, dust, bubble rims on the glass,
+    a small share of any slide) are not drowned out by millions of easy ones.
+    Per pixel, so a sum over tiles is the whole-image sum.
+    """
+    from keras import ops
+
+    p = ops.clip(p, EPS, 1.0 - EPS)
+    pt = y * p + (1.0 - y) * (1.0 - p)
+    return -ops.sum(w * ops.power(1.0 - pt, gamma) * ops.log(pt))
 
 
 def bce_sum(p, y, w):
@@ -72,16 +106,16 @@ def whole_image_loss(p, y, w, kind: str, n_labelled: float):
     p, y, w
         Probability, target and weight over the image's valid output pixels.
     kind
-        ``"bce"``, ``"dice"`` or ``"dice+bce"``.
+        One of :data:`LOSSES`.
     n_labelled
-        Number of labelled pixels (``sum w``): BCE is their mean.
+        Number of labelled pixels (``sum w``): the pixel term is their mean.
     """
     from keras import ops
 
     total = 0.0
-    if kind in ("bce", "dice+bce"):
-        total = total + bce_sum(p, y, w) / n_labelled
-    if kind in ("dice", "dice+bce"):
+    if pixel_term(kind):
+        total = total + pixel_loss_sum(p, y, w, kind) / n_labelled
+    if uses_dice(kind):
         inter, psum, ysum = dice_sums(p, y, w)
         total = total + 1.0 - (2.0 * inter + DICE_SMOOTH) / (psum + ysum + DICE_SMOOTH)
     return ops.convert_to_tensor(total)

@@ -179,6 +179,8 @@ PASSES = {
     "bce": (0, 1),
     "dice": (1, 1),
     "dice+bce": (1, 1),
+    "focal": (0, 1),
+    "dice+focal": (1, 1),
     "inference": (1, 0),
 }
 

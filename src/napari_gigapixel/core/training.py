@@ -263,7 +263,7 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
         if note:
             yield Message(note)
     f = preview_factor(geometry, cfg.preview_downsample)
-    step_fn = _backend.TileStep(model, f)
+    step_fn = _backend.TileStep(model, f, cfg.loss)
     yield Message(
         f"model: stride {geometry.stride}, output stride {os_}, halo {geometry.halo}; "
         f"tiles: {n_tiles} (core {max(cores)} px)"

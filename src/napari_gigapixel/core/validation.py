@@ -33,7 +33,7 @@ import numpy as np
 
 from ._train_augment import SlideView
 from .events import Progress
-from .losses import dice_loss_from_sums, hard_dice
+from .losses import dice_loss_from_sums, hard_dice, pixel_term, uses_dice
 from .masks import MaskError
 from .train_config import TrainConfig, TrainConfigError, _describe
 
@@ -244,9 +244,9 @@ def iter_validate(
         n_lab += d.n_labelled
     soft = 1.0 - dice_loss_from_sums(sums[1], sums[2], sums[3])
     value = 0.0
-    if loss in ("bce", "dice+bce"):
+    if pixel_term(loss):
         value += sums[0] / max(n_lab, 1.0)
-    if loss in ("dice", "dice+bce"):
+    if uses_dice(loss):
         value += 1.0 - soft
     return ValidationScore(
         dice=hard_dice(sums[4], sums[5], sums[6]), soft_dice=float(soft), loss=float(value)

@@ -214,3 +214,24 @@ def test_cli_rejects_an_unknown_augment_mode(capsys):
             ["train", "--image", "s", "--mask", "m", "--out", "m.keras", "--augment", "strong"]
         )
     assert exc.value.code == 2 and "invalid choice: 'strong'" in capsys.readouterr().err
+
+
+def test_stain_jitter_of_white_balanced_slides_keeps_the_glass_white():
+    """With white balance on, the glass stays where the balance puts it (WHITE) under
+    every step's colour map, while stained pixels change; without it, the map also
+    shifts the glass (stain shift, brightness, contrast)."""
+    from napari_gigapixel.core.input_norm import WHITE
+
+    glass = np.full((1, 1, 3), int(WHITE), np.uint8)
+    tissue = np.array([[[150, 90, 160]]], np.uint8)
+    moved = 0
+    for step in range(20):
+        aug = draw_augmentation(0, step, "stain", keep_white=WHITE)
+        assert np.array_equal(apply_colour_numpy(glass, aug.colour), glass)
+        assert np.array_equal(np.asarray(transform(glass, aug)), glass)
+        moved += int(np.abs(apply_colour_numpy(tissue, aug.colour).astype(int) - tissue).max() > 2)
+    assert moved >= 10
+    plain = [draw_augmentation(0, s, "stain").colour for s in range(20)]
+    assert (
+        max(np.abs(apply_colour_numpy(glass, c).astype(int) - int(WHITE)).max() for c in plain) > 5
+    )

@@ -17,9 +17,11 @@ from ._train_data import codes_yw
 from .stain import Augmentation, ColourJitter, draw_augmentation
 
 
-def augment_params(seed: int, step: int, enabled: object) -> Augmentation:
+def augment_params(
+    seed: int, step: int, enabled: object, keep_white: float | None = None
+) -> Augmentation:
     """The whole-slide augmentation of one step (see :func:`.stain.draw_augmentation`)."""
-    return draw_augmentation(seed, step, enabled)
+    return draw_augmentation(seed, step, enabled, keep_white)
 
 
 def _as_augmentation(aug: Augmentation | tuple) -> Augmentation:

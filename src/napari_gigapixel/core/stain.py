@@ -92,6 +92,22 @@ class ColourJitter:
             offset=255.0 * (0.5 - 0.5 * float(contrast) + float(brightness)),
         )
 
+    @classmethod
+    def keeping_white(cls, alpha: np.ndarray, white: float) -> ColourJitter:
+        """The per-stain scale ``alpha`` with the glass colour ``white`` (grey levels,
+        every channel) left where it is.
+
+        For white-balanced slides: the trainer and ``predict`` put every
+        slide's glass on ``white``, so a jitter that moved the glass (a stain
+        shift, brightness, contrast) would teach the model glass colours it
+        never sees, and a darker glass is what pale tissue looks like. Only the
+        stain amounts of what is on the glass change: in log-intensities,
+        ``exp(log(v / 255) @ A + b)`` with ``b = l - l @ A``, ``l = log(white / 255)``.
+        """
+        matrix = HED_FROM_RGB @ np.diag(np.asarray(alpha, np.float64)) @ RGB_FROM_HED
+        lw = np.full(3, np.log(float(white) / 255.0))
+        return cls(matrix=matrix, bias=lw - lw @ matrix, gain=255.0, offset=0.0)
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -106,8 +122,15 @@ class Augmentation:
         return bool(self.k or self.flip)
 
 
-def draw_augmentation(seed: int, step: int, mode: object) -> Augmentation:
-    """The augmentation of one step: fixed by ``seed`` and ``step`` (resume-safe)."""
+def draw_augmentation(
+    seed: int, step: int, mode: object, keep_white: float | None = None
+) -> Augmentation:
+    """The augmentation of one step: fixed by ``seed`` and ``step`` (resume-safe).
+
+    With ``keep_white`` (the grey level white-balanced slides put their glass
+    on), the colour map is :meth:`ColourJitter.keeping_white` of the same
+    per-stain scales: no shift, brightness or contrast.
+    """
     mode = augment_mode(mode)
     if mode == "none":
         return Augmentation()
@@ -118,7 +141,10 @@ def draw_augmentation(seed: int, step: int, mode: object) -> Augmentation:
     beta = rng.uniform(-STAIN_SHIFT, STAIN_SHIFT, 3)
     contrast = rng.uniform(1 - CONTRAST, 1 + CONTRAST)
     brightness = rng.uniform(-BRIGHTNESS, BRIGHTNESS)
-    colour = ColourJitter.from_jitter(alpha, beta, contrast, brightness)
+    if keep_white is None:
+        colour = ColourJitter.from_jitter(alpha, beta, contrast, brightness)
+    else:
+        colour = ColourJitter.keeping_white(alpha, keep_white)
     if mode == "flip":
         return Augmentation(k, flip, None)
     if mode == "stain":

@@ -42,6 +42,7 @@ from .events import (
     ValidationEvent,
 )
 from .image_step import ImageStep, image_step, iter_image_step, preview_factor
+from .input_norm import WHITE
 from .tiling import padded_shape, round_up, tile_grid
 from .train_config import (
     LR_FLOOR,
@@ -273,11 +274,13 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
     if len({round(d.downsample, 6) for d in datas}) > 1:
         resolution["downsamples"] = [d.downsample for d in datas]
     pool = ThreadPoolExecutor(1)
+    # White-balanced slides keep their glass on WHITE under the colour jitter.
+    white = WHITE if mcfg.white_balance else None
 
     def compute(step_no: int):
         out = []
         for i, (d, grid) in enumerate(zip(datas, grids)):
-            view = _View(d, os_, _augment_params(cfg.seed, step_no, cfg.augment))
+            view = _View(d, os_, _augment_params(cfg.seed, step_no, cfg.augment, white))
             if (view.k or view.flip) and view.shape != d.shape:
                 grid = tile_grid(view.shape, cores[i], geometry.halo, geometry.stride)
             res = yield from iter_image_step(

@@ -90,7 +90,8 @@ class TrainConfig:
         ``"flip"``: a random left-right flip and quarter turn; ``"stain"``: a
         colour map, the haematoxylin/eosin/DAB stain jitter (per-stain scale
         and shift in Ruifrok-Johnston colour deconvolution) plus brightness
-        and contrast (:mod:`.stain`); ``"all"`` (or ``True``): both;
+        and contrast (:mod:`.stain`; with ``white_balance``, the stain scales
+        only, the glass kept white); ``"all"`` (or ``True``): both;
         ``"none"`` (or ``False``, default): neither.
     mixed_precision
         bfloat16 compute (float32 weights; transposed convolutions and the

@@ -20,7 +20,7 @@ def test_choices_list_levels_then_common_mpp_with_their_cost():
     first, last = ch[0], ch[-1]
     assert (
         "0.25 um/px" in first.label
-        and "8.39 Mpx · ~0.34 s/step" in first.label
+        and "8.39 Mpx · ~0.45 s/step" in first.label
         and "s/step" in first.label
     )
     assert last.request == Resolution(mpp=16.0) and last.resolved.downsample == 64.0
@@ -48,9 +48,10 @@ def test_the_training_memory_model_follows_the_budget():
 def test_the_model_constants_match_the_default_model():
     pytest.importorskip("tensorflow")
     from napari_gigapixel.core._resources import bytes_per_pixel
-    from napari_gigapixel.core.unet import ModelConfig, build_unet, model_geometry
+    from napari_gigapixel.core.train_config import TrainConfig
+    from napari_gigapixel.core.unet import build_unet, model_geometry
 
-    m = build_unet(ModelConfig(), seed=0)
+    m = build_unet(TrainConfig().model, seed=0)
     assert model_geometry(m) == rc.DEFAULT_GEOMETRY
     assert bytes_per_pixel(m) == pytest.approx(rc.BYTES_PER_PIXEL["float32"], abs=0.01)
 

@@ -16,6 +16,7 @@ from napari_gigapixel._widgets import train as train_mod
 from napari_gigapixel._widgets.train import LAST_MODEL, TRAIN_TARGET, TrainWidget
 from napari_gigapixel.core.events import Finished, Progress
 from napari_gigapixel.core.masks import AnnotationMask, MaskError
+from napari_gigapixel.core.train_config import TrainConfig
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def test_fake_training_grows_plot_progress_and_preview(slide_viewer, fake_jobs, 
     assert cfg.images == [slide.metadata.get("path") or slide.source.path]
     assert isinstance(cfg.masks[0], AnnotationMask)
     assert cfg.masks[0].downsample == 4.0 and cfg.masks[0].shape == (128, 256)
-    assert (cfg.steps, cfg.loss, cfg.tile) == (3, "dice+bce", "auto")
+    assert (cfg.steps, cfg.loss, cfg.tile) == (3, TrainConfig().loss, "auto")
     assert cfg.out == str(tmp_path / "model.keras")
     assert w.plot.steps == [1, 2, 3]
     assert w.plot.loss == pytest.approx([1.0, 0.5, 1 / 3])

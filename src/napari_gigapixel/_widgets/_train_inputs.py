@@ -22,15 +22,15 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushBu
 from ..core.losses import LOSSES
 from ..core.stain import AUGMENT_MODES, augment_mode
 from ..core.train_config import LR_SCHEDULES, TrainConfig
-from ..core.unet import PRESET_NOTES, PRESETS
+from ..core.unet import PRESET_NOTES, PRESETS, preset_name
 from ._layers import LayerError, mask_from_labels, shapes_roi, slide_path
 
 #: Tile sizes offered (pixels of the working resolution); "auto" fits the budget.
 TILES: tuple[int | str, ...] = ("auto", 256, 512, 1024, 2048, 4096, 8192)
 
 #: Model size presets: widths replacing those of the recipe's model
-#: (``TrainConfig().model``). The first is the recipe's model itself.
-#: The names and widths are core's (``unet.PRESETS``, as in ``train --model-size``).
+#: (``TrainConfig().model``, preselected). The names and widths are core's
+#: (``unet.PRESETS``, as in ``train --model-size``).
 SIZE_PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
     f"{name} ({PRESET_NOTES[name]})": widths for name, widths in PRESETS.items()
 }
@@ -45,7 +45,7 @@ AUGMENT_TEXT = {
 
 
 def model_presets() -> list[str]:
-    """Names of the model size presets (the recipe's model first)."""
+    """Names of the model size presets, smallest first (the recipe's is preselected)."""
     return list(SIZE_PRESETS)
 
 
@@ -124,9 +124,11 @@ class RecipeInputs:
 
     def __init__(self) -> None:
         d = TrainConfig()
+        recipe = preset_name(d.model)
         self.model = ComboBox(
             label="new model",
             choices=model_presets(),
+            value=next((k for k in SIZE_PRESETS if k.split(" ")[0] == recipe), None),
             tooltip="Size of a new model; a continued model keeps its own.",
         )
         self.loss = ComboBox(label="loss", choices=list(LOSSES), value=d.loss)

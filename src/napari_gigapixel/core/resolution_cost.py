@@ -25,24 +25,26 @@ from ._resources import BASELINE_BYTES, auto_core, cpu_has_bf16
 from .geometry import Geometry
 from .resolution import COMMON_MPP, Resolution, ResolutionError, ResolvedResolution, resolve
 
-#: Training throughput of the default model and loss (dice+bce, output stride 4,
-#: bf16 where the CPU has it). ``bench_train.py --sizes 16 67 --steps 3 --loss
-#: dice+bce --modes stream`` on 2 shared EPYC cores (bf16) measured 22.6 Mpx/s
-#: at 16.8 Mpx (peak 1.30 GiB) and 27.3 Mpx/s at 67 Mpx (2.46 s/step, peak
-#: 2.79 GiB, one tile in 3.5 GiB); the README's quieter dice runs reach 64-100
-#: Mpx/s, so on a busy machine this errs long.
-TRAIN_MPX_PER_S = 25.0
+#: Training throughput of the recipe's model and loss (``TrainConfig()``: the
+#: medium model, dice+focal, output stride 4, bf16 where the CPU has it). The
+#: small model (dice+bce) measured 22.6 Mpx/s at 16.8 Mpx and 27.3 Mpx/s at
+#: 67 Mpx (``bench_train.py --sizes 16 67 --steps 3 --modes stream``, 2 shared
+#: EPYC cores, bf16); the medium model's step took 1.3-1.4x the small one's on
+#: the 4.2 Mpx tuning slides (same cores, interleaved), so 25 / 1.35. On a busy
+#: machine this errs long; quiet runs are 2-3x faster.
+TRAIN_MPX_PER_S = 18.5
 #: End-to-end prediction throughput (``bench_predict.py``, 1 Gpx JPEG slide,
 #: threaded scheduler: 71-86 Mpx/s).
 PREDICT_MPX_PER_S = 70.0
 #: Peak RSS of a prediction above one chunk (``bench_predict.py``: 2.7 GB at 1 Gpx).
 PREDICT_PEAK_BYTES = int(2.7e9)
-#: Working set per window pixel of the default model (``bytes_per_pixel``), in
-#: bf16 (used where the CPU has it, as training's ``"auto"``) and float32. With
-#: them the model above estimates 1.43 / 3.35 GiB for the 16.8 / 67 Mpx runs
-#: that peaked at 1.30 / 2.79 GiB: it errs 10-20% high.
-BYTES_PER_PIXEL = {"bf16": 37.64, "float32": 48.66}
-#: The default model's geometry (``model_geometry(build_unet(ModelConfig()))``;
+#: Working set per window pixel of the recipe's model (``bytes_per_pixel``
+#: of ``TrainConfig().model``), in bf16 (used where the CPU has it, as
+#: training's ``"auto"``) and float32. For the small model (37.64 / 48.66) the
+#: estimate was 1.43 / 3.35 GiB for 16.8 / 67 Mpx runs that peaked at 1.30 /
+#: 2.79 GiB: it errs 10-20% high.
+BYTES_PER_PIXEL = {"bf16": 59.75, "float32": 70.75}
+#: The recipe's model's geometry (``model_geometry(build_unet(TrainConfig().model))``;
 #: napari's process never builds a model, so the estimate keeps a copy, and
 #: ``tests/core/test_resolution_cost.py`` checks it against the built model).
 DEFAULT_GEOMETRY = Geometry(stride=32, output_stride=4, rf_before=48, rf_after=68)

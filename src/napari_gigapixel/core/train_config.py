@@ -13,7 +13,10 @@ from typing import Any
 
 from .errors import GigapixelError
 from .resolution import Resolution
-from .unet import ModelConfig
+from .unet import ModelConfig, preset_config
+
+#: The recipe's model size (:data:`.unet.PRESETS`).
+DEFAULT_MODEL_SIZE = "medium"
 
 #: Learning-rate schedules, and the fraction of ``lr`` the cosine ends at.
 LR_SCHEDULES = ("cosine", "constant")
@@ -42,11 +45,15 @@ class TrainConfig:
     steps
         Optimizer steps to run (each sees every pixel of every image).
     loss
-        ``"dice+bce"`` (default), ``"bce"`` or ``"dice"``. The defaults
-        (``dice+bce``, ``lr`` 1e-2, cosine schedule, 200 steps, white balance
-        and input standardisation) are the recipe measured by
-        ``benchmarks/bench_quality.py`` on synthetic and real-texture slides
-        (chosen on tuning slides, see the README's Quality section).
+        ``"dice+focal"`` (default), ``"dice+bce"``, ``"focal"``, ``"bce"`` or
+        ``"dice"`` (:data:`.losses.LOSSES`): soft Dice plus a per-pixel term,
+        BCE or focal (``-(1 - p_t)**2 log p_t``, which keeps the rare pixels
+        the model gets wrong, pen and dust on the glass, from being drowned by
+        millions of easy ones). The defaults (``dice+focal``, the ``medium``
+        model, ``lr`` 1e-2, cosine schedule, 150 steps, white balance and input
+        standardisation) are the recipe chosen with
+        ``benchmarks/tune_quality.py`` on tuning slides and measured by
+        ``benchmarks/bench_quality.py`` on held-out ones (README, Quality).
         ``"dice"`` alone is not a good start from random weights: for a
         near-uniform prediction, raising every probability always raises soft
         Dice, so it runs to "everything is tissue", the sigmoid saturates and
@@ -80,7 +87,11 @@ class TrainConfig:
     seed
         Seeds the initial weights: the same seed gives the same model.
     model
-        Architecture (:class:`.unet.ModelConfig`).
+        Architecture (:class:`.unet.ModelConfig`); default the ``medium`` size
+        preset (:data:`DEFAULT_MODEL_SIZE`, about 31k parameters: the small
+        paper-sized model often learned "darker than glass is tissue" and
+        called pen, dust and bubble rims tissue; its step costs 1.3x the small
+        one's).
     resume
         A checkpoint to continue from (its weights, optimizer state, model
         config and history); ``steps`` more steps are run.
@@ -161,8 +172,8 @@ class TrainConfig:
     images: list[Any] = field(default_factory=list)
     masks: list[Any] = field(default_factory=list)
     out: str = "model.keras"
-    steps: int = 200
-    loss: str = "dice+bce"
+    steps: int = 150
+    loss: str = "dice+focal"
     lr: float = 1e-2
     lr_schedule: str = "cosine"
     tile: int | str = "auto"
@@ -170,7 +181,7 @@ class TrainConfig:
     mode: str = "stream"
     rois: list[Any] | None = None
     seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=lambda: preset_config(DEFAULT_MODEL_SIZE))
     resume: str | None = None
     augment: bool | str = False
     mixed_precision: bool | str = "auto"

@@ -149,9 +149,10 @@ class ModelConfig:
 
 
 #: Model sizes (encoder and decoder widths), shared by ``train --model-size``
-#: and the Train widget. "small" is the default :class:`ModelConfig`.
+#: and the Train widget. "small" is the plain :class:`ModelConfig` (the
+#: paper's size); the training recipe's is ``TrainConfig().model``.
 PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
-    "small": {},
+    "small": {"widths": (8, 8, 12), "decoder_widths": (4, 4, 6)},
     "medium": {"widths": (16, 24, 32), "decoder_widths": (8, 12, 16)},
     "large": {"widths": (32, 48, 64), "decoder_widths": (16, 24, 32)},
 }

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 MODES = ("none", "flip", "stain", "all")
 
 
-def child(size: int, rounds: int, memory_gb: float, loss: str) -> dict:
+def child(size: int, rounds: int, memory_gb: float, loss: str, model_size: str) -> dict:
     import numpy as np
     from bench_train import SIZES, synthetic
 
@@ -42,7 +42,7 @@ def child(size: int, rounds: int, memory_gb: float, loss: str) -> dict:
     from napari_gigapixel.core.masks import AnnotationMask
     from napari_gigapixel.core.stain import Augmentation, draw_augmentation
     from napari_gigapixel.core.tiling import tile_grid
-    from napari_gigapixel.core.unet import ModelConfig, build_unet, model_geometry
+    from napari_gigapixel.core.unet import build_unet, model_geometry, preset_config
 
     load_keras_quietly()
     shape = SIZES[size]
@@ -58,7 +58,7 @@ def child(size: int, rounds: int, memory_gb: float, loss: str) -> dict:
     from napari_gigapixel.core._resources import use_mixed_precision
 
     dtype = "mixed_bfloat16" if use_mixed_precision("auto") else "float32"
-    model = build_unet(ModelConfig(), seed=0, dtype=dtype)
+    model = build_unet(preset_config(model_size), seed=0, dtype=dtype)
     geo = model_geometry(model)
     budget = memory_gb * 2**30 - current_rss_bytes()
     core = auto_core(data.shape, geo, bytes_per_pixel(model), budget)
@@ -110,14 +110,20 @@ def main() -> None:
     p.add_argument("--memory-gb", type=float, default=3.5)
     p.add_argument("--loss", default="dice+bce")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    from _bench_common import add_model_size
+
+    add_model_size(p)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.rounds, args.memory_gb, args.loss)))
+        print(
+            json.dumps(child(args.child, args.rounds, args.memory_gb, args.loss, args.model_size))
+        )
         return
     runs = []
     for size in args.sizes:
         cmd = [sys.executable, __file__, "--child", str(size), "--rounds", str(args.rounds)]
         cmd += ["--memory-gb", str(args.memory_gb), "--loss", args.loss]
+        cmd += ["--model-size", args.model_size]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             runs.append({"size_mpx": size, "error": proc.stderr[-800:]})

@@ -39,11 +39,12 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def _make_model(path: Path) -> None:
-    from napari_gigapixel.core.unet import ModelConfig, build_unet, model_geometry, save_model
+def _make_model(path: Path, size: str) -> None:
+    from napari_gigapixel.core.unet import build_unet, model_geometry, preset_config, save_model
 
-    model = build_unet(ModelConfig(), seed=0)
-    save_model(model, path, geometry=model_geometry(model), model_config=ModelConfig())
+    mcfg = preset_config(size)
+    model = build_unet(mcfg, seed=0)
+    save_model(model, path, geometry=model_geometry(model), model_config=mcfg)
 
 
 def _run_predict(cfg) -> dict:
@@ -148,6 +149,9 @@ def main() -> int:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     p.add_argument("--work", default=None, help="folder for outputs (default: system temp)")
     p.add_argument("--scenario", default=None, help=argparse.SUPPRESS)  # child mode
+    from _bench_common import add_model_size
+
+    add_model_size(p)
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.scenario:
@@ -169,7 +173,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="bench-predict-model-")
     if args.model is None:
         args.model = str(Path(tmp) / "model.keras")
-        _make_model(Path(args.model))
+        _make_model(Path(args.model), args.model_size)
     report: dict = {
         "benchmark": "predict",
         "shape": [h, w],

@@ -168,6 +168,9 @@ def main() -> None:
         help="measured 1.024 Gpx times to report as fractions of the limit "
         "(keys: bce, dice+bce, inference)",
     )
+    from _bench_common import add_model_size
+
+    add_model_size(p)
     args = p.parse_args()
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
     from napari_gigapixel.core._quiet_tf import load_keras_quietly
@@ -175,11 +178,12 @@ def main() -> None:
     load_keras_quietly()
     from napari_gigapixel.core.roofline import layer_costs, model_cost, step_limit
     from napari_gigapixel.core.training import use_mixed_precision
-    from napari_gigapixel.core.unet import ModelConfig, build_unet
+    from napari_gigapixel.core.unet import build_unet, preset_config
 
     mixed = {"auto": use_mixed_precision("auto"), "mixed": True, "float32": False}
     dtype = "mixed_bfloat16" if mixed[args.precision] else "float32"
-    models = {"float32": build_unet(ModelConfig()), dtype: build_unet(ModelConfig(), dtype=dtype)}
+    mcfg = preset_config(args.model_size)
+    models = {"float32": build_unet(mcfg), dtype: build_unet(mcfg, dtype=dtype)}
     counts = {}
     for name, m in models.items():
         counts[name] = {

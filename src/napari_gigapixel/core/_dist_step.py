@@ -102,7 +102,7 @@ def _one_step(plan: _Plan, spec, weights, step_no: int, geometry, stop, label: s
     os_, f = spec.output_stride, spec.preview_factor
     use_dice = uses_dice(spec.loss)
     bce_on = pixel_term(spec.loss) is not None
-    aug = augment_params(spec.seed, step_no, spec.augment)
+    aug = augment_params(spec.seed, step_no, spec.augment, spec.keep_white)
     whole: dict[int, Any] = {}
     parts: dict[int, list[list[Any]]] = {}
     views = {}
@@ -150,6 +150,6 @@ def _one_step(plan: _Plan, spec, weights, step_no: int, geometry, stop, label: s
     out = []
     for i in range(len(plan.infos)):
         res = ImageStep(**per_image[i])
-        offset = plan.infos[i]["offset"]
-        out.append((res, preview_event(i, res, views[i], f, os_, offset)))
+        d = plan.infos[i]
+        out.append((res, preview_event(i, res, views[i], f * d["downsample"], os_, d["offset"])))
     return out

@@ -2,11 +2,14 @@
 
 Each worker process keeps, between steps, TensorFlow, the model and its
 compiled tile step (keyed by the model config and dtype) and the decoded
-training images (keyed by the run), so a step only ships the weights
-(about 20 KB) and returns gradients of the same size. The tasks reuse the
-single-process trainer's per-tile functions (:func:`.image_step._tile_inputs`,
-:class:`._backend.TileStep`, :func:`.image_step.image_step`), so a unit of work
-computes exactly what the trainer computes for those tiles.
+training images and validation regions (keyed by the run), so a step only
+ships the weights (about 20 KB) and returns gradients of the same size. The
+tasks reuse the single-process trainer's functions (the decoding with its
+white balance at the working resolution, :func:`._train_data.build_image_data`;
+the validation ROI's exclusion and regions, :mod:`.validation`; the per-tile
+step, :func:`.image_step._tile_inputs`, :class:`._backend.TileStep`,
+:func:`.image_step.image_step`), so a unit of work computes exactly what the
+trainer computes for those pixels.
 
 A unit is either a whole image (both Dice passes run on the worker, one round
 trip) or a share of an image's tiles (``"forward"``: Dice's global sums;
@@ -25,7 +28,7 @@ import numpy as np
 #: One lock per worker process: tasks share the model's variables.
 _LOCK = threading.Lock()
 #: The worker's cache: ``model_key``, ``model``, ``step_fn``, ``run``, ``images``.
-_STATE: dict[str, Any] = {"model_key": None, "run": None, "images": {}}
+_STATE: dict[str, Any] = {"model_key": None, "run": None, "images": {}, "info": {}}
 
 
 @dataclass
@@ -47,6 +50,21 @@ class RunSpec:
         ``"float32"``, ``"float64"`` or ``"mixed_bfloat16"``.
     output_stride, preview_factor
         Geometry of the outputs and of the preview.
+    resolution
+        The working resolution (:class:`.resolution.Resolution`).
+    balanced
+        White-balance every slide by its own glass colour (:mod:`.input_norm`).
+    keep_white
+        The colour jitter keeps the glass on this white (white-balanced runs).
+    val_rois
+        Per training image, None or its validation ROI (left out of its labels).
+    val_regions
+        Validation regions in the trainer's order: ``(image, mask, i, roi)``,
+        ``i`` None for a validation slide, else the training image whose
+        ``roi`` it is.
+    sums
+        Return each image's pixel sums (:func:`._train_data.image_sums`) for
+        the input statistics.
     """
 
     run_id: str
@@ -64,6 +82,12 @@ class RunSpec:
     output_stride: int
     preview_factor: int
     geometry: dict[str, int] = field(default_factory=dict)
+    resolution: Any = None
+    balanced: bool = False
+    keep_white: float | None = None
+    val_rois: list[Any] = field(default_factory=list)
+    val_regions: list[Any] = field(default_factory=list)
+    sums: bool = False
 
 
 def _model(spec: RunSpec):
@@ -85,41 +109,103 @@ def _model(spec: RunSpec):
     return _STATE["model"], _STATE["step_fn"]
 
 
-def _image(spec: RunSpec, i: int):
-    """Decoded image ``i`` of the run (decoded once per worker and run)."""
+def _room(spec: RunSpec):
+    """``cache_in_memory`` as the trainer's: a part of the budget left after the RSS."""
+    from ._resources import BASELINE_BYTES, current_rss_bytes
+
+    budget = float(spec.memory_gb) * 2**30
+    room = [0.35 * max(budget - max(BASELINE_BYTES, current_rss_bytes()), 0)]
+
+    def in_memory(nbytes: int) -> bool:
+        if nbytes <= room[0]:
+            room[0] -= nbytes
+            return True
+        return False
+
+    return in_memory
+
+
+def _image(spec: RunSpec, i: Any):
+    """Decoded image ``i`` of the run (decoded once per worker and run).
+
+    ``i`` an int: a training image, white-balanced by its glass colour when
+    the run is, with its validation ROI's labels left out; ``("val", j)``:
+    validation region ``j``. Both exactly as :func:`.training.train` builds them.
+    """
     if _STATE["run"] != spec.run_id:
         for d in _STATE["images"].values():
             d.close()
         _STATE["images"] = {}
+        _STATE["info"] = {}
         _STATE["run"] = spec.run_id
     if i not in _STATE["images"]:
-        from ._resources import BASELINE_BYTES, current_rss_bytes
-        from ._train_data import build_image_data
-
-        budget = float(spec.memory_gb) * 2**30
-        room = [0.35 * max(budget - max(BASELINE_BYTES, current_rss_bytes()), 0)]
-
-        def in_memory(nbytes: int) -> bool:
-            if nbytes <= room[0]:
-                room[0] -= nbytes
-                return True
-            return False
-
         import dask
 
         # Inside a task, dask would send the slide's read graph (open file
         # handles) to the cluster: decode synchronously in this worker.
         with dask.config.set(scheduler="sync"):
-            _STATE["images"][i] = build_image_data(
-                spec.images[i],
-                spec.masks[i],
-                roi=spec.rois[i],
-                kind=spec.mask_kind,
-                output_stride=spec.output_stride,
-                cache_in_memory=in_memory,
-                cache_dir=spec.cache_dir,
-            )
+            if isinstance(i, tuple):
+                _STATE["images"][i] = _region(spec, i[1])
+            else:
+                _STATE["images"][i], _STATE["info"][i] = _training_image(spec, i)
     return _STATE["images"][i]
+
+
+def _training_image(spec: RunSpec, i: int):
+    from ._train_data import build_image_data, open_image_source
+    from .validation import exclude_val_roi, val_roi_rect
+
+    info: dict[str, Any] = {}
+    table = None
+    if spec.balanced:
+        from .input_norm import balance_table, white_point
+
+        # A missing or non-RGB slide fails with its own error first.
+        open_image_source(spec.images[i])[2]()
+        info["white"] = white_point(spec.images[i])
+        table = balance_table(info["white"])
+    d = build_image_data(
+        spec.images[i],
+        spec.masks[i],
+        roi=spec.rois[i],
+        kind=spec.mask_kind,
+        output_stride=spec.output_stride,
+        cache_in_memory=_room(spec),
+        cache_dir=spec.cache_dir,
+        resolution=spec.resolution,
+        balance=table,
+    )
+    # The head prior counts the labels before the validation ROI is left out.
+    info["counts"] = (float(d.n_positive), float(d.n_labelled))
+    roi = spec.val_rois[i] if spec.val_rois else None
+    if roi is not None:
+        try:
+            rrect, res = val_roi_rect(spec.images[i], roi, d, spec.output_stride, spec.resolution)
+            info["note"] = exclude_val_roi(d, roi, rrect, res, spec.output_stride)
+        except BaseException:
+            d.close()
+            raise
+    return d, info
+
+
+def _region(spec: RunSpec, j: int):
+    from .validation import build_region, val_roi_rect
+
+    img, msk, i, roi = spec.val_regions[j]
+    rrect = None
+    if i is not None:  # a rectangle of training image i, on that image's output grid
+        rrect, _ = val_roi_rect(img, roi, _image(spec, i), spec.output_stride, spec.resolution)
+    return build_region(
+        img,
+        msk,
+        rrect,
+        kind=spec.mask_kind,
+        output_stride=spec.output_stride,
+        cache_in_memory=_room(spec),
+        cache_dir=spec.cache_dir,
+        resolution=spec.resolution,
+        balanced=spec.balanced,
+    )
 
 
 def _set_weights(model: Any, weights: list[np.ndarray]) -> None:
@@ -128,22 +214,69 @@ def _set_weights(model: Any, weights: list[np.ndarray]) -> None:
 
 
 def describe_image(spec: RunSpec, i: int) -> dict[str, Any]:
-    """Decode image ``i`` on this worker; its shape, offset and labelled pixels."""
+    """Decode image ``i`` on this worker: what the client needs to plan and report.
+
+    Its shape, offset, labelled pixels (after the validation ROI), the counts
+    before it (head prior), resolution, glass colour, the validation ROI's
+    message and, with ``spec.sums``, its pixel sums.
+    """
+    from ._train_data import image_sums
+
     with _LOCK:
         d = _image(spec, i)
+        info = _STATE["info"][i]
         return {
             "name": d.name,
             "shape": tuple(d.shape),
             "offset": tuple(d.offset),
             "n_labelled": float(d.n_labelled),
+            "counts": info["counts"],
+            "downsample": float(d.downsample),
+            "resolution": dict(d.resolution or {}),
+            "white": info.get("white"),
+            "note": info.get("note"),
+            "sums": image_sums(d) if spec.sums else None,
         }
+
+
+def describe_region(spec: RunSpec, j: int) -> dict[str, Any]:
+    """Decode validation region ``j`` on this worker; its name, shape and labelled pixels."""
+    with _LOCK:
+        d = _image(spec, ("val", j))
+        return {"name": d.name, "shape": tuple(d.shape), "n_labelled": float(d.n_labelled)}
+
+
+def score_region(
+    spec: RunSpec, weights: list[np.ndarray], j: int, tiles: list[Any]
+) -> tuple[np.ndarray, float]:
+    """Forward sums of validation region ``j`` (:func:`.validation.iter_region_sums`)."""
+    from .geometry import Geometry
+    from .validation import iter_region_sums
+
+    with _LOCK:
+        model, step_fn = _model(spec)
+        _set_weights(model, weights)
+        gen = iter_region_sums(
+            step_fn,
+            _image(spec, ("val", j)),
+            tiles,
+            Geometry(**spec.geometry),
+            spec.loss,
+            spec.preview_factor,
+        )
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
 
 
 def _view(spec: RunSpec, i: int, step_no: int):
     from ._train_augment import SlideView, augment_params
 
     d = _image(spec, i)
-    return SlideView(d, spec.output_stride, augment_params(spec.seed, step_no, spec.augment))
+    aug = augment_params(spec.seed, step_no, spec.augment, spec.keep_white)
+    return SlideView(d, spec.output_stride, aug)
 
 
 def whole_image(
@@ -228,6 +361,7 @@ def drop_run(run_id: str) -> bool:
             for d in _STATE["images"].values():
                 d.close()
             _STATE["images"] = {}
+            _STATE["info"] = {}
             _STATE["run"] = None
             return True
         return False

@@ -35,11 +35,13 @@ __all__ = [
     "build_image_data",
     "check_roi",
     "codes_yw",
+    "image_sums",
     "input_statistics",
     "label_codes",
     "open_image_source",
     "open_mask_source",
     "snap_rect",
+    "statistics_from_sums",
 ]
 
 
@@ -299,26 +301,49 @@ def _build_image_data(
     )
 
 
+def image_sums(d: ImageData, band_rows: int = 1024) -> np.ndarray:
+    """Per-channel sums and sums of squares of one image's pixels, and their count.
+
+    ``[s_r, s_g, s_b, q_r, q_g, q_b, n]`` in float64, one pass over the
+    decoded cache band by band. Every term is an integer (uint8 values and
+    their squares), so the sums are exact below 2**53 (about 1.4e11 pixels)
+    and adding images' sums in any order, or on different machines, gives the
+    same figures (:func:`input_statistics`, the distributed trainer's workers).
+    """
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    count = 0
+    h, w = d.shape
+    for y0 in range(0, h, band_rows):
+        block = d.image.read(y0, min(h, y0 + band_rows), 0, w).reshape(-1, 3)
+        f = block.astype(np.float64)
+        total += f.sum(axis=0)
+        squares += np.einsum("ij,ij->j", f, f)
+        count += block.shape[0]
+    return np.concatenate([total, squares, [float(count)]])
+
+
+def statistics_from_sums(
+    sums: list[np.ndarray],
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation from images' :func:`image_sums`.
+
+    A standard deviation below 1 grey level is raised to 1 (a flat image).
+    """
+    s = np.sum(sums, axis=0)
+    count = s[6]
+    mean = s[:3] / count
+    std = np.sqrt(np.maximum(s[3:6] / count - mean * mean, 0.0))
+    return tuple(float(v) for v in mean), tuple(float(max(v, 1.0)) for v in std)
+
+
 def input_statistics(
     datas: list[ImageData], band_rows: int = 1024
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of every pixel of the training images.
 
-    One pass over the decoded caches, band by band, with float64 sums (the
-    same figures whatever the band size, up to rounding). A standard
-    deviation below 1 grey level is raised to 1 (a flat image).
+    One pass over the decoded caches, band by band, with float64 sums (exact:
+    see :func:`image_sums`). A standard deviation below 1 grey level is raised
+    to 1 (a flat image).
     """
-    total = np.zeros(3)
-    squares = np.zeros(3)
-    count = 0
-    for d in datas:
-        h, w = d.shape
-        for y0 in range(0, h, band_rows):
-            block = d.image.read(y0, min(h, y0 + band_rows), 0, w).reshape(-1, 3)
-            f = block.astype(np.float64)
-            total += f.sum(axis=0)
-            squares += np.einsum("ij,ij->j", f, f)
-            count += block.shape[0]
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
-    return tuple(float(v) for v in mean), tuple(float(max(v, 1.0)) for v in std)
+    return statistics_from_sums([image_sums(d, band_rows) for d in datas])

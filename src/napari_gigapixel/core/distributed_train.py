@@ -15,6 +15,14 @@ an image, over tiles. Each step:
 4. the client sums the gradients in float64, in a fixed order, applies one
    Adam update and writes the checkpoints.
 
+The recipe is the single-process trainer's: the workers decode each slide at
+the working resolution (``TrainConfig.resolution``), white-balanced by its own
+glass colour, and return its pixel sums, which the client adds up into the
+input statistics (exact: integer sums) before it builds the model; a
+validation ROI's labels are left out on every worker that decodes its slide;
+validation regions are scored by worker tasks (one region per task, the
+trainer's forward pass) and pooled on the client, which keeps the best model.
+
 So the weights equal the single-process run's (float32 rounding aside). A
 worker lost mid-step: its tasks are rerun elsewhere (dask's ``retries``,
 rescheduling); when that fails the step raises
@@ -30,7 +38,10 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ._dist_cluster import (
     CONNECT_TIMEOUT,
@@ -64,7 +75,9 @@ def _model_dtype(model: Any) -> str:
 def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
     """:func:`.training.train` across the workers of ``cfg.scheduler``.
 
-    Same events, same result keys (plus ``workers``), same checkpoints.
+    Same recipe (white balance, input standardisation, head prior, working
+    resolution, validation), same events, same result keys (plus ``workers``
+    and ``scheduler``), same checkpoints and model metadata.
 
     Raises
     ------
@@ -73,17 +86,19 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
     DistributedTrainError
         Scheduler unreachable, no workers, or a step that failed on the cluster.
     """
+    import dataclasses
+
     from . import _dist_worker as dw
+    from ._train_data import statistics_from_sums
     from .image_step import preview_factor
-    from .train_config import TrainConfigError, _describe, _validate
-    from .training import _make_model
+    from .input_norm import WHITE
+    from .train_config import _describe, _validate
+    from .train_preflight import _resumed_resolution
+    from .training import _fit_to_data, _make_model
+    from .validation import best_path, val_rois
 
     _validate(cfg)
-    if not all(isinstance(p, (str, os.PathLike)) for p in cfg.images):
-        raise TrainConfigError(
-            "distributed training reads the slides on the workers: give images as paths "
-            "that every worker can reach."
-        )
+    vrois = val_rois(cfg)  # a malformed val_roi fails here
     # The slides are checked on the workers (the client may not see their paths);
     # the outputs and the checkpoint here, before anything runs.
     from .model_io import read_model_meta
@@ -95,22 +110,38 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
         os.fspath(cfg.out)
     )
     check_output(cfg.out, overwrite=cfg.overwrite or same, what="model file")
+    if cfg.validates:
+        check_output(best_path(cfg.out), overwrite=cfg.overwrite or same, what="best model file")
     from ._quiet_tf import load_keras_quietly
 
     load_keras_quietly()
     from .unet import model_geometry
 
     t_start = time.perf_counter()
-    model, mcfg, history, _meta = _make_model(cfg)
+    model, mcfg, history, meta = _make_model(cfg)
     geometry = model_geometry(model)
+    resolution = cfg.resolution
+    if resolution is None:
+        resolution = _resumed_resolution(cfg.resume)
+        if cfg.resume and not resolution.is_level0:
+            yield Message(f"continuing at the checkpoint's resolution, {resolution.describe()}")
+    # A resumed model keeps the input convention it was trained with (as train()).
+    balanced = mcfg.white_balance or (cfg.white_balance and not cfg.resume)
+    fit_sums = bool(cfg.standardize and mcfg.input_mean is None and not cfg.resume)
     n = len(cfg.images)
+    paths = [os.path.abspath(os.fspath(p)) for p in cfg.images]
+    masks = [
+        os.path.abspath(os.fspath(m)) if isinstance(m, (str, os.PathLike)) else m
+        for m in cfg.masks
+    ]
+    regions = [
+        (os.path.abspath(os.fspath(img)), _abs(msk), None, None)
+        for img, msk in zip(cfg.val_images, cfg.val_masks)
+    ] + [(paths[i], masks[i], i, r) for i, r in enumerate(vrois) if r is not None]
     spec = dw.RunSpec(
         run_id=uuid.uuid4().hex,
-        images=[os.path.abspath(os.fspath(p)) for p in cfg.images],
-        masks=[
-            os.path.abspath(os.fspath(m)) if isinstance(m, (str, os.PathLike)) else m
-            for m in cfg.masks
-        ],
+        images=paths,
+        masks=masks,
         rois=list(cfg.rois or [None] * n),
         mask_kind=cfg.mask_kind,
         loss=cfg.loss,
@@ -128,6 +159,11 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
             "rf_before": geometry.rf_before,
             "rf_after": geometry.rf_after,
         },
+        resolution=resolution,
+        balanced=balanced,
+        val_rois=vrois,
+        val_regions=regions,
+        sums=fit_sums,
     )
     client = _connect(cfg.scheduler)
     try:
@@ -135,17 +171,8 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
         yield Message(f"cluster {cfg.scheduler}: {len(workers)} workers")
         spec_f = client.scatter(spec, broadcast=True, hash=False)
         # Each image is decoded (and cached) first on the worker that will train on it.
-        slots = list(range(n))
         futs = [
-            client.submit(
-                dw.describe_image,
-                spec_f,
-                i,
-                workers=[workers[i % len(workers)]],
-                allow_other_workers=True,
-                retries=RETRIES,
-                pure=False,
-            )
+            _submit(client, dw.describe_image, spec_f, i, workers[i % len(workers)])
             for i in range(n)
         ]
         yield Message(
@@ -154,7 +181,42 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
             + (" ..." if n > 4 else "")
         )
         infos = yield from _gather(client, futs, stop, [0], n, stage="cache")
+        for i, d in enumerate(infos):
+            if d["white"] is not None:
+                yield Message(
+                    f"image {i + 1} glass colour " + ", ".join(f"{v:.0f}" for v in d["white"])
+                )
+            yield Message(f"image {i + 1} at {d['resolution'].get('describe', 'level 0')}")
+        model, mcfg, note = _fit_to_data(
+            cfg,
+            model,
+            mcfg,
+            balanced,
+            lambda: statistics_from_sums([d["sums"] for d in infos]),
+            [tuple(d["counts"]) for d in infos],
+        )
+        if note:
+            yield Message(note)
+        yield from (Message(d["note"]) for d in infos if d["note"])
+        # The workers build the model the client trains (its input statistics, its
+        # glass convention); the decoded images stay cached under the same run id.
+        spec = dataclasses.replace(
+            spec,
+            model_config=mcfg.to_dict(),
+            dtype=_model_dtype(model),
+            keep_white=WHITE if mcfg.white_balance else None,
+        )
+        spec_f = client.scatter(spec, broadcast=True, hash=False)
         slots = _plan_images([tuple(d["shape"]) for d in infos], len(workers))
+        vslots = [slots[i] if i is not None else j for j, (_, _, i, _) in enumerate(regions)]
+        vinfos = []
+        if regions:
+            yield Message(f"decoding {len(regions)} validation region(s) on the workers")
+            futs = [
+                _submit(client, dw.describe_region, spec_f, j, workers[k % len(workers)])
+                for j, k in enumerate(vslots)
+            ]
+            vinfos = yield from _gather(client, futs, stop, [0], len(futs), stage="cache")
         plan = _Plan(
             client,
             spec_f,
@@ -163,13 +225,41 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
             slots,
             split=n < len(workers),
         )
-        yield from _run_steps(cfg, stop, model, mcfg, history, geometry, plan, spec, t_start)
+        val = _Validation(regions, vinfos, vslots, _cores(cfg, model, geometry, vinfos), meta)
+        yield from _run_steps(cfg, stop, model, mcfg, history, geometry, plan, spec, t_start, val)
     finally:
         try:
             client.run(dw.drop_run, spec.run_id)
         except Exception:  # noqa: BLE001 - best effort: workers may be gone
             pass
         client.close()
+
+
+def _abs(p: Any) -> Any:
+    return os.path.abspath(os.fspath(p)) if isinstance(p, (str, os.PathLike)) else p
+
+
+def _submit(client, fn, spec_f, j, worker):
+    return client.submit(
+        fn,
+        spec_f,
+        j,
+        workers=[worker],
+        allow_other_workers=True,
+        retries=RETRIES,
+        pure=False,
+    )
+
+
+@dataclass
+class _Validation:
+    """The run's validation regions on the cluster (empty: no validation)."""
+
+    regions: list[Any]
+    infos: list[dict[str, Any]]
+    slots: list[int]
+    cores: list[int]
+    meta: dict[str, Any]
 
 
 def _cores(cfg, model, geometry, infos) -> list[int]:
@@ -183,27 +273,77 @@ def _cores(cfg, model, geometry, infos) -> list[int]:
     return [core_size(cfg, tuple(d["shape"]), geometry, bpp, budget) for d in infos]
 
 
-def _run_steps(cfg, stop, model, mcfg, history, geometry, plan: _Plan, spec, t_start):
+def _run_steps(cfg, stop, model, mcfg, history, geometry, plan: _Plan, spec, t_start, val):
     """The shared step loop (:func:`._step_loop.run_steps`) over cluster-computed steps."""
+    from . import _dist_worker as dw
     from ._step_loop import run_steps
     from .tiling import tile_grid
+    from .training import _resolution_record
+    from .validation import (
+        BestTracker,
+        describe_validation,
+        pool_scores,
+        result_figures,
+        validate_hook,
+    )
 
     n_tiles = sum(
         len(tile_grid(tuple(d["shape"]), c, geometry.halo, geometry.stride))
         for d, c in zip(plan.infos, plan.cores)
     )
     n_workers = len(_workers(plan.client))
+    best = BestTracker(os.fspath(cfg.out), describe_validation(cfg))
+    if val.regions and cfg.resume:
+        note = best.resume_from(val.meta, cfg.resume)
+        if note:
+            yield Message(note)
     yield Message(
         f"model: stride {geometry.stride}, output stride {geometry.output_stride}, halo "
         f"{geometry.halo}; tiles: {n_tiles} (core {max(plan.cores)} px) on {n_workers} "
         "workers, " + ("tiles split over the workers" if plan.split else "whole slides per worker")
     )
+    resolution = _resolution_record([d["resolution"] for d in plan.infos])
+    vgrids = [
+        tile_grid(tuple(d["shape"]), c, geometry.halo, geometry.stride)
+        for d, c in zip(val.infos, val.cores)
+    ]
+
+    def weights():
+        return [v.numpy() for v in model.trainable_variables]
 
     def compute(step_no: int):
-        weights = [v.numpy() for v in model.trainable_variables]
         return (
-            yield from _one_step(plan, spec, weights, step_no, geometry, stop, f"step {step_no}")
+            yield from _one_step(plan, spec, weights(), step_no, geometry, stop, f"step {step_no}")
         )
+
+    def score(step_no: int):
+        """The validation regions scored on the workers, pooled here as train() pools them."""
+        w = weights()
+        workers = _workers(plan.client)
+        futs = [
+            plan.client.submit(
+                dw.score_region,
+                plan.spec,
+                w,
+                j,
+                vgrids[j],
+                workers=[workers[k % len(workers)]],
+                allow_other_workers=True,
+                retries=RETRIES,
+                pure=False,
+            )
+            for j, k in enumerate(val.slots)
+        ]
+        got = yield from _gather(
+            plan.client,
+            futs,
+            stop,
+            [0],
+            len(futs),
+            stage="validation",
+            label=f"validation after step {step_no}",
+        )
+        return pool_scores([(np.asarray(s), float(nl)) for s, nl in got], cfg.loss)
 
     yield from run_steps(
         cfg,
@@ -218,4 +358,10 @@ def _run_steps(cfg, stop, model, mcfg, history, geometry, plan: _Plan, spec, t_s
         megapixels=sum(d["shape"][0] * d["shape"][1] for d in plan.infos) / 1e6,
         t_start=t_start,
         extra={"workers": n_workers, "scheduler": cfg.scheduler},
+        save_meta=lambda: {
+            "validation": best.meta() if val.regions else None,
+            "resolution": resolution,
+        },
+        validate=validate_hook(cfg, best, score) if val.regions else None,
+        result_extra=lambda: {**result_figures(history, best), "resolution": resolution},
     )

@@ -144,9 +144,10 @@ class TrainConfig:
     scheduler
         Address of a ``dask.distributed`` scheduler (``"tcp://host:port"``):
         each step runs across its workers (:mod:`.distributed_train`), with the
-        same weights as the single-process run. Images must then be paths the
-        workers can read; ``memory_gb`` is each worker's budget. ``None``
-        (default): this process.
+        same recipe and weights as the single-process run (white balance,
+        standardisation, working resolution and validation included). Images
+        and validation images must then be paths the workers can read;
+        ``memory_gb`` is each worker's budget. ``None`` (default): this process.
     standardize
         Standardise the input per channel with the mean and standard deviation
         of every pixel of the training slides (one pass over the decoded
@@ -292,18 +293,14 @@ def _validate(cfg: TrainConfig) -> None:
             f"scheduler must be a dask.distributed address like tcp://host:8786, "
             f"not {cfg.scheduler!r}."
         )
-    if cfg.scheduler is not None and (
-        cfg.validates
-        or (cfg.resolution is not None and not cfg.resolution.is_level0)
-        or cfg.white_balance
-        or cfg.standardize
+    if cfg.scheduler is not None and not all(
+        isinstance(p, (str, os.PathLike)) for p in [*cfg.images, *cfg.val_images]
     ):
+        # The workers read the slides themselves; an in-memory array has no path.
         raise TrainConfigError(
-            "training on a dask.distributed cluster (scheduler) runs at level 0, without "
-            "validation and on plain inputs for now (the per-slide white balance and the "
-            "input statistics are not gathered across workers yet): drop the validation "
-            "data and the resolution and give --no-white-balance --no-standardize "
-            "(white_balance=False, standardize=False), or train in this process."
+            "distributed training (scheduler) reads the slides on the workers: give images "
+            "(and validation images) as paths that every worker can reach, or train in "
+            "this process."
         )
     if int(cfg.warmup) < 0:
         raise TrainConfigError(f"warmup must be >= 0 steps, got {cfg.warmup}.")

@@ -39,7 +39,6 @@ from .events import (
     Message,
     Progress,
     StopFlag,
-    ValidationEvent,
 )
 from .image_step import ImageStep, image_step, iter_image_step, preview_factor
 from .input_norm import WHITE
@@ -98,11 +97,14 @@ def _make_model(cfg: TrainConfig, mcfg=None):
     return model, mcfg, [], {}
 
 
-def _fit_to_data(cfg: TrainConfig, model, mcfg, datas, balanced: bool):
+def _fit_to_data(cfg: TrainConfig, model, mcfg, balanced: bool, statistics, counts):
     """Input statistics and head prior from the decoded training data (fresh runs only).
 
-    The model is rebuilt from the same seed with the statistics in its input
-    layer, so its initial weights are those of the plain build.
+    ``statistics()`` returns the per-channel ``(mean, std)`` of every training
+    pixel (asked only when the run standardises); ``counts`` holds each
+    image's ``(n_positive, n_labelled)``. The model is rebuilt from the same
+    seed with the statistics in its input layer, so its initial weights are
+    those of the plain build. Shared by the local and the distributed trainer.
     """
     import dataclasses
 
@@ -112,7 +114,7 @@ def _fit_to_data(cfg: TrainConfig, model, mcfg, datas, balanced: bool):
     if balanced and not mcfg.white_balance:
         mcfg = dataclasses.replace(mcfg, white_balance=True)
     if cfg.standardize and mcfg.input_mean is None:
-        mean, std = _train_data().input_statistics(datas)
+        mean, std = statistics()
         mcfg = dataclasses.replace(mcfg, input_mean=mean, input_std=std)
         model, mcfg, _, _ = _make_model(cfg, mcfg)
         note.append(
@@ -122,13 +124,25 @@ def _fit_to_data(cfg: TrainConfig, model, mcfg, datas, balanced: bool):
             + ", ".join(f"{v:.1f}" for v in std)
         )
     if cfg.head_prior:
-        pos = sum(d.n_positive for d in datas)
-        lab = sum(d.n_labelled for d in datas)
+        pos = sum(p for p, _ in counts)
+        lab = sum(n for _, n in counts)
         prior = min(max(pos / lab, 1e-3), 1 - 1e-3)
         bias = model.get_layer("head").bias
         bias.assign(np.full(bias.shape, np.log(prior / (1 - prior)), dtype="float32"))
         note.append(f"head bias at the tissue prior {prior:.3f}")
     return model, mcfg, "; ".join(note) or None
+
+
+def _resolution_record(resolutions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The working resolution recorded in every checkpoint (``predict`` uses it).
+
+    ``resolutions`` holds each training image's ``ImageData.resolution``.
+    """
+    record = {k: v for k, v in resolutions[0].items() if k != "describe"}
+    downsamples = [float(r["downsample"]) for r in resolutions]
+    if len({round(d, 6) for d in downsamples}) > 1:
+        record["downsamples"] = downsamples
+    return record
 
 
 def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
@@ -218,7 +232,14 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
             )
             yield Message(f"image {i + 1} at {datas[-1].resolution['describe']}")
             yield Progress("cache", i + 1, len(cfg.images))
-        model, mcfg, note = _fit_to_data(cfg, model, mcfg, datas, balanced)
+        model, mcfg, note = _fit_to_data(
+            cfg,
+            model,
+            mcfg,
+            balanced,
+            lambda: _train_data().input_statistics(datas),
+            [(d.n_positive, d.n_labelled) for d in datas],
+        )
         if note:
             yield Message(note)
         if cfg.validates:
@@ -244,7 +265,13 @@ def _train_data():
 def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget, t_start):
     from . import _backend
     from ._step_loop import preview_event, run_steps
-    from .validation import BestTracker, describe_validation, iter_validate
+    from .validation import (
+        BestTracker,
+        describe_validation,
+        iter_validate,
+        result_figures,
+        validate_hook,
+    )
 
     os_ = geometry.output_stride
     bpp = bytes_per_pixel(model)
@@ -269,10 +296,7 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
         f"model: stride {geometry.stride}, output stride {os_}, halo {geometry.halo}; "
         f"tiles: {n_tiles} (core {max(cores)} px)"
     )
-    # The working resolution, recorded in every checkpoint (predict uses it).
-    resolution = {k: v for k, v in datas[0].resolution.items() if k != "describe"}
-    if len({round(d.downsample, 6) for d in datas}) > 1:
-        resolution["downsamples"] = [d.downsample for d in datas]
+    resolution = _resolution_record([d.resolution for d in datas])
     pool = ThreadPoolExecutor(1)
     # White-balanced slides keep their glass on WHITE under the colour jitter.
     white = WHITE if mcfg.white_balance else None
@@ -299,46 +323,20 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
             out.append((res, pe))
         return out
 
-    def validate(step_no: int, last: bool, save: Any):
-        """Every ``val_every`` steps (and after the last): score, keep the best model."""
-        if not vdatas or not (step_no % int(cfg.val_every) == 0 or last):
-            return None
-        score = yield from iter_validate(
-            step_fn,
-            vdatas,
-            vgrids,
-            geometry,
-            cfg.loss,
-            f,
-            stop=stop,
-            pool=pool,
-            label=f"validation after step {step_no}",
+    def score(step_no: int):
+        return (
+            yield from iter_validate(
+                step_fn,
+                vdatas,
+                vgrids,
+                geometry,
+                cfg.loss,
+                f,
+                stop=stop,
+                pool=pool,
+                label=f"validation after step {step_no}",
+            )
         )
-        improved = best.update(step_no, score.dice)
-        if improved:
-            save(best.path)
-        yield ValidationEvent(
-            step=step_no,
-            dice=score.dice,
-            soft_dice=score.soft_dice,
-            loss=score.loss,
-            best_step=best.step,
-            best_dice=best.dice,
-            best_path=os.path.abspath(best.path),
-            improved=improved,
-        )
-        return {"val_dice": score.dice, "val_soft_dice": score.soft_dice, "val_loss": score.loss}
-
-    def result_extra() -> dict[str, Any]:
-        last = next((h for h in reversed(history) if "val_dice" in h), None)
-        return {
-            "val_dice": last["val_dice"] if last else None,
-            "val_loss": last["val_loss"] if last else None,
-            "best_step": best.step,
-            "best_val_dice": best.dice,
-            "best_model": os.path.abspath(best.path) if best.step is not None else None,
-            "resolution": resolution,
-        }
 
     try:
         yield from run_steps(
@@ -357,8 +355,8 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
                 "validation": best.meta() if vdatas else None,
                 "resolution": resolution,
             },
-            validate=validate if vdatas else None,
-            result_extra=result_extra,
+            validate=validate_hook(cfg, best, score) if vdatas else None,
+            result_extra=lambda: {**result_figures(history, best), "resolution": resolution},
         )
     finally:
         pool.shutdown(wait=True)

@@ -102,65 +102,107 @@ def build_validation(
         A validation slide/mask that cannot be used, a ROI outside its slide,
         or a validation ROI that leaves a training image without labels.
     """
-    from . import _train_data as td
     from .events import Message
 
     out: list[Any] = []
+    kw = dict(
+        output_stride=output_stride,
+        cache_in_memory=cache_in_memory,
+        cache_dir=cfg.cache_dir,
+        resolution=resolution,
+        kind=cfg.mask_kind,
+        balanced=balanced,
+    )
     try:
         for i, (img, msk) in enumerate(zip(cfg.val_images, cfg.val_masks)):
             yield Message(f"decoding validation image {i + 1}: {_describe(img)}")
-            out.append(
-                td.build_image_data(
-                    img,
-                    msk,
-                    roi=None,
-                    kind=cfg.mask_kind,
-                    output_stride=output_stride,
-                    cache_in_memory=cache_in_memory,
-                    cache_dir=cfg.cache_dir,
-                    resolution=resolution,
-                    balance=_balance_of(img) if balanced else None,
-                )
-            )
+            out.append(build_region(img, msk, None, **kw))
         for i, roi in enumerate(val_rois(cfg)):
             if roi is None:
                 continue
             d = datas[i]
-            slide_shape, res = _slide_resolution(cfg.images[i], resolution)
-            rect = td.check_roi(roi, slide_shape, f"{d.name} (validation ROI)")
-            rrect = snap_val_roi(rect, res, d.origin_px, output_stride)
-            out.append(
-                td.build_image_data(
-                    cfg.images[i],
-                    cfg.masks[i],
-                    roi=None,
-                    res_roi=rrect,
-                    kind=cfg.mask_kind,
-                    output_stride=output_stride,
-                    cache_in_memory=cache_in_memory,
-                    cache_dir=cfg.cache_dir,
-                    resolution=resolution,
-                    balance=_balance_of(cfg.images[i]) if balanced else None,
-                )
-            )
-            left = d.exclude(rrect, output_stride)
-            where = ",".join(map(str, rrect))
-            if res.downsample != 1.0:
-                where += f" px of {res.describe()}"
-            yield Message(
-                f"validation ROI {where} of {d.name}: "
-                f"{int(left)} labelled output pixels left out of training"
-            )
-            if d.n_labelled <= 0 or (d.kind == "dense" and d.n_positive <= 0):
-                raise MaskError(
-                    f"{d.name}: the validation ROI {rect} covers all the labelled "
-                    "tissue of this training region; choose a smaller validation ROI."
-                )
+            rrect, res = val_roi_rect(cfg.images[i], roi, d, output_stride, resolution)
+            out.append(build_region(cfg.images[i], cfg.masks[i], rrect, **kw))
+            yield Message(exclude_val_roi(d, roi, rrect, res, output_stride))
     except BaseException:
         for v in out:
             v.close()
         raise
     return out
+
+
+def build_region(
+    img: Any,
+    msk: Any,
+    rrect: tuple[int, int, int, int] | None,
+    *,
+    kind: str | None,
+    output_stride: int,
+    cache_in_memory: Callable[[int], bool],
+    cache_dir: str | None,
+    resolution: Any,
+    balanced: bool,
+) -> Any:
+    """One validation region: a whole slide (``rrect`` None) or a snapped rectangle of one.
+
+    The unit both trainers build (the distributed one on a worker): with
+    ``balanced``, the slide is white-balanced by its own glass colour.
+    """
+    from . import _train_data as td
+
+    return td.build_image_data(
+        img,
+        msk,
+        roi=None,
+        res_roi=rrect,
+        kind=kind,
+        output_stride=output_stride,
+        cache_in_memory=cache_in_memory,
+        cache_dir=cache_dir,
+        resolution=resolution,
+        balance=_balance_of(img) if balanced else None,
+    )
+
+
+def val_roi_rect(
+    src: Any, roi: Any, d: Any, output_stride: int, resolution: Any
+) -> tuple[tuple[int, int, int, int], Any]:
+    """A training image's validation ROI in pixels of the working resolution, snapped.
+
+    ``src`` is the training slide, ``d`` its decoded training region
+    (:class:`._train_data.ImageData`: its origin fixes the output grid).
+    Returns the rectangle and the resolution resolved on the slide.
+    """
+    from . import _train_data as td
+
+    slide_shape, res = _slide_resolution(src, resolution)
+    rect = td.check_roi(roi, slide_shape, f"{d.name} (validation ROI)")
+    return snap_val_roi(rect, res, d.origin_px, output_stride), res
+
+
+def exclude_val_roi(
+    d: Any, roi: Any, rrect: tuple[int, int, int, int], res: Any, output_stride: int
+) -> str:
+    """Leave a validation ROI's labels out of training image ``d``; returns the message.
+
+    Raises
+    ------
+    MaskError
+        When the ROI held all the labelled tissue of the training region.
+    """
+    left = d.exclude(rrect, output_stride)
+    if d.n_labelled <= 0 or (d.kind == "dense" and d.n_positive <= 0):
+        raise MaskError(
+            f"{d.name}: the validation ROI {tuple(roi)} covers all the labelled "
+            "tissue of this training region; choose a smaller validation ROI."
+        )
+    where = ",".join(map(str, rrect))
+    if res.downsample != 1.0:
+        where += f" px of {res.describe()}"
+    return (
+        f"validation ROI {where} of {d.name}: "
+        f"{int(left)} labelled output pixels left out of training"
+    )
 
 
 def snap_val_roi(
@@ -220,28 +262,54 @@ def iter_validate(
     Returns a :class:`ValidationScore` (``score = yield from ...``); raises
     ``JobStopped`` between tiles when ``stop`` is set.
     """
+    sums = []
+    for d, grid in zip(vdatas, grids):
+        res = yield from iter_region_sums(
+            step_fn, d, grid, geometry, loss, preview_factor, stop=stop, pool=pool, label=label
+        )
+        sums.append(res)
+    return pool_scores(sums, loss)
+
+
+def iter_region_sums(
+    step_fn: Any,
+    d: Any,
+    grid: list[Any],
+    geometry: Any,
+    loss: str,
+    preview_factor: int,
+    **kw: Any,
+) -> Iterator[Progress]:
+    """One region's forward sums (the trainer's forward pass, no augmentation).
+
+    A generator of ``Progress`` (``kw``: ``stop``, ``pool``, ``label``)
+    returning ``(stats, n_labelled)``; the distributed trainer runs it on a
+    worker and pools the regions with :func:`pool_scores`, as here.
+    """
     from .image_step import iter_image_step
 
-    os_ = geometry.output_stride
+    res = yield from iter_image_step(
+        step_fn,
+        SlideView(d, geometry.output_stride, (0, False, 1.0, 0.0)),
+        grid,
+        geometry,
+        loss,
+        d.n_labelled,
+        preview_factor,
+        forward_only=True,
+        stage="validation",
+        **kw,
+    )
+    return res.stats, float(d.n_labelled)
+
+
+def pool_scores(region_sums: list[tuple[np.ndarray, float]], loss: str) -> ValidationScore:
+    """The regions' figures pooled as one image (sums added in region order, float64)."""
     sums = np.zeros(8)
     n_lab = 0.0
-    for d, grid in zip(vdatas, grids):
-        res = yield from iter_image_step(
-            step_fn,
-            SlideView(d, os_, (0, False, 1.0, 0.0)),
-            grid,
-            geometry,
-            loss,
-            d.n_labelled,
-            preview_factor,
-            stop=stop,
-            pool=pool,
-            label=label,
-            forward_only=True,
-            stage="validation",
-        )
-        sums += res.stats
-        n_lab += d.n_labelled
+    for stats, n in region_sums:
+        sums += stats
+        n_lab += n
     soft = 1.0 - dice_loss_from_sums(sums[1], sums[2], sums[3])
     value = 0.0
     if pixel_term(loss):
@@ -251,6 +319,50 @@ def iter_validate(
     return ValidationScore(
         dice=hard_dice(sums[4], sums[5], sums[6]), soft_dice=float(soft), loss=float(value)
     )
+
+
+def validate_hook(cfg: TrainConfig, best: BestTracker, score: Callable[[int], Iterator[Any]]):
+    """The ``validate`` callback of :func:`._step_loop.run_steps` for both trainers.
+
+    Every ``val_every`` steps (and after the last) ``score(step_no)`` (a
+    generator returning a :class:`ValidationScore`: in this process, or on
+    the cluster's workers) rates the model; a new best is written to
+    ``best.path`` by ``save`` and a ``ValidationEvent`` is yielded.
+    """
+    from .events import ValidationEvent
+
+    def validate(step_no: int, last: bool, save: Any):
+        if not (step_no % int(cfg.val_every) == 0 or last):
+            return None
+        s = yield from score(step_no)
+        improved = best.update(step_no, s.dice)
+        if improved:
+            save(best.path)
+        yield ValidationEvent(
+            step=step_no,
+            dice=s.dice,
+            soft_dice=s.soft_dice,
+            loss=s.loss,
+            best_step=best.step,
+            best_dice=best.dice,
+            best_path=os.path.abspath(best.path),
+            improved=improved,
+        )
+        return {"val_dice": s.dice, "val_soft_dice": s.soft_dice, "val_loss": s.loss}
+
+    return validate
+
+
+def result_figures(history: list[dict[str, Any]], best: BestTracker) -> dict[str, Any]:
+    """The validation keys of a training run's result (None where not validated)."""
+    last = next((h for h in reversed(history) if "val_dice" in h), None)
+    return {
+        "val_dice": last["val_dice"] if last else None,
+        "val_loss": last["val_loss"] if last else None,
+        "best_step": best.step,
+        "best_val_dice": best.dice,
+        "best_model": os.path.abspath(best.path) if best.step is not None else None,
+    }
 
 
 class BestTracker:

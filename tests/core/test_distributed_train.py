@@ -110,14 +110,15 @@ def _same_recipe(a_path, b_path) -> dict:
         # One slide, its tiles split over the 2 workers (Dice sums reduced on the client).
         dict(n=1, tile=256, loss="dice+bce"),
         dict(n=1, tile=256, loss="bce"),
-        # A cohort: whole slides per worker.
-        dict(n=2, tile="auto", loss="dice+bce"),
+        # A cohort: whole slides per worker; the head prior from the workers' label
+        # counts, and the whole-slide augmentations (the glass kept white).
+        dict(n=2, tile="auto", loss="dice+bce", head_prior=True, augment="all"),
     ],
     ids=["split-dice+bce", "split-bce", "cohort"],
 )
 def test_same_weights_as_the_single_process_run(slides, cluster, tmp_path, case):
     pairs = slides[: case["n"]]
-    kw = dict(tile=case["tile"], loss=case["loss"])
+    kw = {k: v for k, v in case.items() if k != "n"}
     single = _run(_cfg(pairs, tmp_path / "one.keras", **kw))
     events = _run(_cfg(pairs, tmp_path / "dist.keras", **kw), cluster.scheduler_address)
     fin = events[-1]

@@ -222,8 +222,8 @@ def add_parser(subparsers: Any) -> None:
         "--scheduler",
         metavar="tcp://HOST:PORT",
         help="run each step across the workers of a dask.distributed cluster (slides and "
-        "tiles split over workers, the same weights as one process); the slide paths must "
-        "be readable on the workers",
+        "tiles split over workers; the same recipe, validation and weights as one process); "
+        "the slide paths (--image, --val-image) must be readable on the workers",
     )
     p.add_argument(
         "--checkpoint-every",

@@ -83,9 +83,7 @@ def child(args) -> dict:
         memory_gb=args.memory_gb,
         checkpoint_every=0,
         scheduler=scheduler,
-        overwrite=True,
-        white_balance=False,  # plain inputs: what the cluster trainer supports for now
-        standardize=False,
+        overwrite=True,  # the recipe's defaults, white balance and standardisation included
     )
     t0 = time.perf_counter()
     steps, result = [], {}

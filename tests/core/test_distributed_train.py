@@ -150,9 +150,13 @@ def pyramid(tmp_path_factory):
 
 
 def test_level_1_on_the_cluster_is_the_single_process_run(pyramid, cluster, tmp_path):
+    """Level 1, with a validation ROI snapped to the level-1 output grid: one region
+    of several tiles, its tiles scored in shares over the two workers."""
+    from napari_gigapixel.core.events import ValidationEvent
     from napari_gigapixel.core.resolution import Resolution
 
     kw = dict(tile=128, loss="dice+bce", resolution=Resolution(level=1))
+    kw.update(val_roi=(101, 203, 597, 711), val_every=3)  # level 1: about 250 x 255 px
     single = _run(_cfg([pyramid], tmp_path / "one.keras", **kw))
     events = _run(_cfg([pyramid], tmp_path / "dist.keras", **kw), cluster.scheduler_address)
     fin, ref = events[-1], single[-1]
@@ -164,6 +168,12 @@ def test_level_1_on_the_cluster_is_the_single_process_run(pyramid, cluster, tmp_
     assert fin.result["resolution"]["downsample"] == 2.0
     assert _rel_diff(tmp_path / "dist.keras", tmp_path / "one.keras") <= 1e-5
     _same_recipe(tmp_path / "dist.keras", tmp_path / "one.keras")
+    (v,) = [e for e in events if isinstance(e, ValidationEvent)]
+    (r,) = [e for e in single if isinstance(e, ValidationEvent)]
+    assert v.dice == pytest.approx(r.dice, rel=1e-6) and 0 < r.dice < 1
+    assert v.soft_dice == pytest.approx(r.soft_dice, rel=1e-5)
+    shares = [e for e in events if isinstance(e, Progress) and e.stage == "validation"]
+    assert shares and shares[-1].total == 2  # the region's tiles in two shares
 
 
 def test_validation_on_the_cluster_is_the_single_process_run(slides, cluster, tmp_path):

@@ -3,7 +3,9 @@
 Whole images run on one worker each; with fewer images than workers, an
 image's tiles are split in contiguous shares over all workers, with a forward
 round for Dice's global sums (reduced here in float64) before the gradient
-round. Used by :mod:`.distributed_train`.
+round. Validation regions are scored the same way: one region per task, or
+with fewer regions than workers, each region's tiles in shares over all
+workers (their float64 sums added here). Used by :mod:`.distributed_train`.
 """
 
 from __future__ import annotations
@@ -153,3 +155,38 @@ def _one_step(plan: _Plan, spec, weights, step_no: int, geometry, stop, label: s
         d = plan.infos[i]
         out.append((res, preview_event(i, res, views[i], f * d["downsample"], os_, d["offset"])))
     return out
+
+
+def _score_validation(plan: _Plan, slots, grids, weights, stop, loss: str, step_no: int):
+    """The validation score after ``step_no`` from the workers (a generator of Progress).
+
+    Region ``j`` runs on worker slot ``slots[j]``, or, with fewer regions than
+    workers, in contiguous shares of its tiles over all workers; each
+    region's sums are added in share order (float64) and the regions pooled
+    as :func:`.validation.iter_validate` pools them.
+    """
+    from . import _dist_worker as dw
+    from .validation import pool_scores
+
+    workers = _workers(plan.client)
+    submit = _submitter(plan, workers)
+    shares: list[list[Any]] = []
+    for grid in grids:
+        p = min(len(workers), len(grid)) if len(grids) < len(workers) else 1
+        bounds = np.linspace(0, len(grid), p + 1).round().astype(int)
+        shares.append([grid[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    futs = [
+        submit(dw.score_region, slots[j] + k, weights, j, share)
+        for j, ps in enumerate(shares)
+        for k, share in enumerate(ps)
+    ]
+    label = f"validation after step {step_no}"
+    got = yield from _gather(
+        plan.client, futs, stop, [0], len(futs), stage="validation", label=label
+    )
+    it = iter(got)
+    regions = []
+    for ps in shares:
+        parts = [next(it) for _ in ps]
+        regions.append((np.sum([np.asarray(s) for s, _ in parts], axis=0), float(parts[0][1])))
+    return pool_scores(regions, loss)

@@ -41,8 +41,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ._dist_cluster import (
     CONNECT_TIMEOUT,
     NO_WORKER_SECONDS,
@@ -53,7 +51,7 @@ from ._dist_cluster import (
     _gather,
     _workers,
 )
-from ._dist_step import _one_step, _Plan, _plan_images
+from ._dist_step import _one_step, _Plan, _plan_images, _score_validation
 from .events import Message, StopFlag
 
 __all__ = [
@@ -275,14 +273,12 @@ def _cores(cfg, model, geometry, infos) -> list[int]:
 
 def _run_steps(cfg, stop, model, mcfg, history, geometry, plan: _Plan, spec, t_start, val):
     """The shared step loop (:func:`._step_loop.run_steps`) over cluster-computed steps."""
-    from . import _dist_worker as dw
     from ._step_loop import run_steps
     from .tiling import tile_grid
     from .training import _resolution_record
     from .validation import (
         BestTracker,
         describe_validation,
-        pool_scores,
         result_figures,
         validate_hook,
     )
@@ -317,33 +313,11 @@ def _run_steps(cfg, stop, model, mcfg, history, geometry, plan: _Plan, spec, t_s
         )
 
     def score(step_no: int):
-        """The validation regions scored on the workers, pooled here as train() pools them."""
-        w = weights()
-        workers = _workers(plan.client)
-        futs = [
-            plan.client.submit(
-                dw.score_region,
-                plan.spec,
-                w,
-                j,
-                vgrids[j],
-                workers=[workers[k % len(workers)]],
-                allow_other_workers=True,
-                retries=RETRIES,
-                pure=False,
+        return (
+            yield from _score_validation(
+                plan, val.slots, vgrids, weights(), stop, cfg.loss, step_no
             )
-            for j, k in enumerate(val.slots)
-        ]
-        got = yield from _gather(
-            plan.client,
-            futs,
-            stop,
-            [0],
-            len(futs),
-            stage="validation",
-            label=f"validation after step {step_no}",
         )
-        return pool_scores([(np.asarray(s), float(nl)) for s, nl in got], cfg.loss)
 
     yield from run_steps(
         cfg,

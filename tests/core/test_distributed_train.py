@@ -282,6 +282,17 @@ def test_bad_inputs_fail_cleanly(slides, tmp_path, monkeypatch):
     assert not (tmp_path / "m.keras").exists()
 
 
+def test_a_bad_input_on_the_workers_is_the_projects_error(slides, cluster, tmp_path):
+    """A validation ROI outside a slide (found by the worker that reads it) fails the
+    run with the single-process error, before any step, and writes nothing."""
+    from napari_gigapixel.core._train_data import SlideInputError
+
+    cfg = _cfg(slides, tmp_path / "m.keras", val_roi=(100, 300, 301, 555))
+    with pytest.raises(SlideInputError, match="validation ROI"):
+        _run(cfg, cluster.scheduler_address)
+    assert not (tmp_path / "m.keras").exists()
+
+
 def test_cli_trains_a_cohort_on_the_cluster(slides, cluster, tmp_path, capsys):
     import json
 
@@ -291,8 +302,11 @@ def test_cli_trains_a_cohort_on_the_cluster(slides, cluster, tmp_path, capsys):
     args = ["train", "--steps", "2", "--seed", "3", "--precision", "float32"]
     for img, msk in slides:
         args += ["--image", img, "--mask", msk]
+    args += ["--val-roi", "100,300,301,455", "--val-every", "1"]  # the default recipe
     args += ["--out", str(out), "--scheduler", cluster.scheduler_address, "--json"]
     assert main(args) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["workers"] == 2 and figures["steps"] == 2 and out.exists()
+    assert figures["best_model"] == str(tmp_path / "cli.best.keras")
+    assert 0 < figures["best_val_dice"] <= 1 and figures["best_step"] in (1, 2)
     assert load_model(out)[1]["train_config"]["scheduler"] == cluster.scheduler_address

@@ -9,6 +9,7 @@ checkpoint stays as written). :mod:`.distributed_train` re-exports the names.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from .errors import GigapixelError
 from .events import JobStopped, Progress, StopFlag, stop_requested
@@ -25,6 +26,17 @@ NO_WORKER_SECONDS = 60.0
 
 class DistributedTrainError(GigapixelError):
     """A distributed step that cannot complete (scheduler unreachable, workers lost)."""
+
+
+@dataclass
+class InputFailure:
+    """A worker task's :class:`GigapixelError` (a bad slide, mask or ROI), returned.
+
+    Returned rather than raised: it fails the same on every worker, so dask
+    must not retry it (decoding a large slide again); :func:`_gather` raises it.
+    """
+
+    error: GigapixelError
 
 
 def _connect(address: str):
@@ -97,7 +109,11 @@ def _gather(
             for _ in newly:
                 done[0] += 1
                 yield Progress(stage, done[0], total, label)
-        return client.gather(futures)
+        results = client.gather(futures)
+        for r in results:
+            if isinstance(r, InputFailure):
+                raise r.error
+        return results
     except (JobStopped, GigapixelError):
         raise
     except Exception as exc:  # KilledWorker, CommClosedError, worker-side bugs

@@ -213,17 +213,23 @@ def _set_weights(model: Any, weights: list[np.ndarray]) -> None:
         v.assign(w)
 
 
-def describe_image(spec: RunSpec, i: int) -> dict[str, Any]:
+def describe_image(spec: RunSpec, i: int) -> dict[str, Any] | Any:
     """Decode image ``i`` on this worker: what the client needs to plan and report.
 
     Its shape, offset, labelled pixels (after the validation ROI), the counts
     before it (head prior), resolution, glass colour, the validation ROI's
-    message and, with ``spec.sums``, its pixel sums.
+    message and, with ``spec.sums``, its pixel sums. A bad input (slide,
+    mask, ROI) comes back as an :class:`._dist_cluster.InputFailure`.
     """
+    from ._dist_cluster import InputFailure
     from ._train_data import image_sums
+    from .errors import GigapixelError
 
     with _LOCK:
-        d = _image(spec, i)
+        try:
+            d = _image(spec, i)
+        except GigapixelError as exc:  # the same on every worker: not retried
+            return InputFailure(exc)
         info = _STATE["info"][i]
         return {
             "name": d.name,
@@ -239,10 +245,16 @@ def describe_image(spec: RunSpec, i: int) -> dict[str, Any]:
         }
 
 
-def describe_region(spec: RunSpec, j: int) -> dict[str, Any]:
+def describe_region(spec: RunSpec, j: int) -> dict[str, Any] | Any:
     """Decode validation region ``j`` on this worker; its name, shape and labelled pixels."""
+    from ._dist_cluster import InputFailure
+    from .errors import GigapixelError
+
     with _LOCK:
-        d = _image(spec, ("val", j))
+        try:
+            d = _image(spec, ("val", j))
+        except GigapixelError as exc:  # the same on every worker: not retried
+            return InputFailure(exc)
         return {"name": d.name, "shape": tuple(d.shape), "n_labelled": float(d.n_labelled)}
 
 

@@ -1,0 +1,118 @@
+"""Mask clean-up: each step on hand-made masks, chunked == whole, unit conversion."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_gigapixel.core.mask_clean import (
+    FALLBACK_MPP,
+    CleanSettings,
+    MaskCleanError,
+    clean_block,
+    clean_dask,
+    level0_mpp,
+)
+
+
+def _blobs(shape, seed, sigma=2.5, level=0.3, noise=0.03):
+    """Random blobs with thin bits, specks and holes (smoothed noise, thresholded)."""
+    rng = np.random.default_rng(seed)
+    f = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+    m = f > level * f.std()
+    m ^= rng.random(shape) < noise  # specks and pinholes
+    return m.astype(np.uint8)
+
+
+def test_opening_removes_a_thin_line_keeps_a_blob():
+    m = np.zeros((40, 60), np.uint8)
+    m[5:7, 2:58] = 1  # a 2-px-wide line (a pen stroke's edge, a fibre)
+    blob = np.zeros_like(m, dtype=bool)
+    blob[15:35, 20:44] = True  # a square is open under a 3x3 disk
+    m[blob] = 1
+    out = clean_block(m, 1.5, 0, 0)  # min width 3 px
+    assert out.dtype == np.uint8
+    assert out[5:7].sum() == 0
+    assert np.array_equal(out.astype(bool), blob)
+
+
+def test_small_object_removed_big_kept_diagonal_is_one_object():
+    m = np.zeros((30, 30), np.uint8)
+    m[2:5, 2:5] = 1  # 9 px
+    m[10:20, 10:20] = 1  # 100 px
+    for i in range(6):  # a diagonal chain of 6 px: one 8-connected object
+        m[22 + i, 2 + i] = 1
+    out = clean_block(m, 0, 10, 0)
+    assert out[2:5, 2:5].sum() == 0
+    assert out[10:20, 10:20].sum() == 100
+    assert out.sum() == 100
+    assert clean_block(m, 0, 6, 0)[22:28].sum() == 6  # 6 px, not six 1-px objects
+
+
+def test_small_enclosed_hole_filled_border_hole_not():
+    m = np.ones((30, 30), np.uint8)
+    m[10:12, 10:12] = 0  # enclosed, 4 px
+    m[0:2, 20:22] = 0  # touches the border, 4 px
+    m[20:28, 3:11] = 0  # enclosed, 64 px
+    out = clean_block(m, 0, 0, 10)
+    assert out[10:12, 10:12].sum() == 4
+    assert out[0:2, 20:22].sum() == 0
+    assert out[20:28, 3:11].sum() == 0
+
+
+def test_all_zero_settings_change_nothing():
+    m = _blobs((50, 70), 0)
+    assert np.array_equal(clean_block(m, 0, 0, 0), m)
+    assert np.array_equal(clean_dask(da.from_array(m, chunks=16), 0, 0, 0).compute(), m)
+
+
+@pytest.mark.parametrize(
+    "chunk,radius,obj,hole",
+    [
+        (16, 1.5, 12, 6),
+        (23, 2.5, 30, 0),
+        (40, 0, 50, 20),
+        (17, 2.0, 0, 15),
+        (64, 1.0, 3.5, 2.5),
+        ((50, 9), 2.5, 40, 40),
+    ],
+)
+def test_chunked_equals_whole(chunk, radius, obj, hole):
+    for seed in range(2):
+        m = _blobs((97, 131), seed)
+        whole = clean_block(m, radius, obj, hole)
+        assert not np.array_equal(whole, m)  # the case does something
+        got = clean_dask(da.from_array(m, chunks=chunk), radius, obj, hole)
+        assert got.chunks == da.from_array(m, chunks=chunk).chunks
+        np.testing.assert_array_equal(got.compute(scheduler="sync"), whole)
+
+
+def test_chunked_equals_whole_thin_array():
+    m = _blobs((12, 200), 3)
+    whole = clean_block(m, 1.5, 20, 10)
+    got = clean_dask(da.from_array(m, chunks=(6, 30)), 1.5, 20, 10).compute()
+    np.testing.assert_array_equal(got, whole)
+
+
+def test_settings_to_pixels_and_validation():
+    px = CleanSettings(10.0, 250.0, 100.0).to_pixels(2.0)  # 0.5 um/px x stride 4
+    assert px.radius_px == pytest.approx(2.5)
+    assert px.min_object_px == pytest.approx(62.5)
+    assert px.min_hole_px == pytest.approx(25.0)
+    assert not CleanSettings(0, 0, 0).active
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(MaskCleanError, match="min_object_um2"):
+            CleanSettings(10.0, bad, 0.0).validate()
+
+
+def test_level0_mpp_sources():
+    assert level0_mpp(0.25, {})[0] == 0.25
+    meta = {"resolution": {"mpp": 2.0, "downsample": 4.0, "slide_mpp": 0.5}}
+    m, why = level0_mpp(None, meta)
+    assert m == 0.5 and "training slide" in why
+    m, _ = level0_mpp(None, {"resolution": {"mpp": 1.0, "downsample": 4.0}})
+    assert m == 0.25
+    m, why = level0_mpp(None, {})
+    assert m == FALLBACK_MPP and "assumes" in why

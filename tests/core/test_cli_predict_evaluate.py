@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from napari_gigapixel.cli import main
@@ -118,3 +119,42 @@ def test_predict_on_a_distributed_scheduler_matches_threads(files, tmp_path, cap
     d = open_prediction(tmp_path / "d.zarr")
     assert (d.mask[0].compute() == t.mask[0].compute()).all()
     assert (d.probability[0].compute() == t.probability[0].compute()).all()
+
+
+def test_predict_clean_flags(files, tmp_path, capsys):
+    from napari_gigapixel.core.inference import open_prediction
+    from napari_gigapixel.core.mask_clean import clean_block
+    from napari_gigapixel.core.synthetic import MPP
+
+    _, slide, _, model = files
+    base = ["predict", "--model", model, "--image", slide, "--quiet", "--json", "--chunk", "256"]
+    off = ["--min-width-um", "0", "--min-object-um2", "0", "--min-hole-um2", "0"]
+    assert main([*base, "--out", str(tmp_path / "raw.zarr"), *off]) == 0
+    raw = _last_json(capsys.readouterr().out)
+    assert raw["clean"]["applied"] is False
+    on = ["--min-width-um", "8", "--min-object-um2", "300", "--min-hole-um2", "100"]
+    assert main([*base, "--out", str(tmp_path / "c.zarr"), *on]) == 0
+    res = _last_json(capsys.readouterr().out)
+    c = res["clean"]
+    assert c["grid_um_per_px"] == pytest.approx(MPP * 4)  # the slide's um/px x stride 4
+    assert (c["min_width_um"], c["min_object_um2"], c["min_hole_um2"]) == (8.0, 300.0, 100.0)
+    assert c["radius_px"] == pytest.approx(4.0 / (MPP * 4))
+    assert c["min_hole_px"] == pytest.approx(100.0 / (MPP * 4) ** 2)
+    rawm = open_prediction(tmp_path / "raw.zarr").mask[0].compute()
+    got = open_prediction(tmp_path / "c.zarr").mask[0].compute()
+    assert (got != rawm).any()  # the flags did something
+    np.testing.assert_array_equal(
+        got, clean_block(rawm, c["radius_px"], c["min_object_px"], c["min_hole_px"])
+    )
+    assert res["tissue_fraction"] == pytest.approx(got.mean())
+
+
+@pytest.mark.parametrize("bad", ["-5", "nan"])
+def test_predict_refuses_a_bad_clean_value(files, tmp_path, capsys, bad):
+    _, slide, _, model = files
+    out = str(tmp_path / "o.zarr")
+    argv = ["predict", "--model", model, "--image", slide, "--out", out, "--min-object-um2", bad]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--min-object-um2" in err and len(err.splitlines()) == 1
+    assert os.listdir(tmp_path) == []

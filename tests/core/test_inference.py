@@ -82,7 +82,11 @@ def _run(cfg, stop=None):
 def test_predict_writes_an_ome_zarr_at_the_output_stride(tmp_path, image, saved_model):
     path, model, geometry = saved_model
     out = tmp_path / "pred.zarr"
-    events = _run(PredictConfig(model=path, image=image, out=str(out), chunk=160, threshold=0.45))
+    # Clean-up off: the mask is the thresholded probability, as before it existed.
+    off = {"min_width_um": 0, "min_object_um2": 0, "min_hole_um2": 0}
+    cfg = PredictConfig(model=path, image=image, out=str(out), chunk=160, threshold=0.45, **off)
+    events = _run(cfg)
+    assert not [e for e in events if isinstance(e, Progress) and e.stage == "clean"]
     done = [e for e in events if isinstance(e, Progress) and e.stage == "chunks"]
     assert done[-1].done == done[-1].total > 1
     assert [e.done for e in done] == sorted(e.done for e in done)
@@ -172,8 +176,11 @@ def test_region_of_interest_and_probability_off(tmp_path, image, saved_model):
     store = open_prediction(out)
     assert store.offset == (64, 100) and store.region_shape == (236, 677)
     assert len(store.probability) == 1
-    ref = predict_whole(model, image[64:300, 100:777], geometry)
-    np.testing.assert_array_equal(store.mask[0].compute(), (ref >= 0.5).astype(np.uint8))
+    # The default clean-up, the same as the in-memory API's on the same pixels.
+    crop = image[64:300, 100:777]
+    mask = predict_whole(model, crop, geometry, threshold=0.5)
+    assert (mask != (predict_whole(model, crop, geometry) >= 0.5)).mean() > 0.01
+    np.testing.assert_array_equal(store.mask[0].compute(), mask)
     with pytest.raises(GigapixelError, match="not inside the 517 x 1301"):
         _run(
             PredictConfig(
@@ -248,3 +255,57 @@ def test_mixed_precision_needs_the_model_config(tmp_path, image):
     with pytest.raises(GigapixelError, match="bare.keras: the file records no model config"):
         _run(cfg)
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_predict_cleans_level0_and_records_the_settings(tmp_path, image, saved_model):
+    from napari_gigapixel.core.mask_clean import (
+        DEFAULT_MIN_OBJECT_UM2,
+        DEFAULT_MIN_WIDTH_UM,
+        FALLBACK_MPP,
+        clean_block,
+    )
+
+    path, model, geometry = saved_model
+    out = tmp_path / "clean.zarr"
+    cfg = PredictConfig(model=path, image=image, out=str(out), chunk=160, min_hole_um2=40.0)
+    events = _run(cfg)
+    clean = [e for e in events if isinstance(e, Progress) and e.stage == "clean"]
+    assert clean[-1].done == clean[-1].total > 1  # chunk by chunk
+    said = " ".join(e.text for e in events if isinstance(e, Message))
+    assert f"assumes {FALLBACK_MPP:g} um/px" in said  # an array has no um/px
+    res = events[-1].result
+    grid = FALLBACK_MPP * 4
+    assert res["clean"]["grid_um_per_px"] == grid and res["clean"]["applied"] is True
+    assert res["clean"]["min_width_um"] == DEFAULT_MIN_WIDTH_UM
+    assert res["clean"]["radius_px"] == pytest.approx(DEFAULT_MIN_WIDTH_UM / 2 / grid)
+    assert res["clean"]["min_object_px"] == pytest.approx(DEFAULT_MIN_OBJECT_UM2 / grid**2)
+    assert res["clean"]["min_hole_px"] == pytest.approx(40.0 / grid**2)
+    store = open_prediction(out)
+    assert store.metadata["clean"] == res["clean"]
+    ref = predict_whole(model, image, geometry)
+    c = res["clean"]
+    expected = clean_block(
+        (ref >= 0.5).astype(np.uint8), c["radius_px"], c["min_object_px"], c["min_hole_px"]
+    )
+    got = store.mask[0].compute()
+    np.testing.assert_array_equal(got, expected)
+    assert res["tissue_fraction"] == pytest.approx(got.mean())
+    # The probability is untouched (a user can re-threshold it).
+    assert np.abs(store.probability[0].compute().astype(float) - ref * 255).max() <= 0.5 + 1e-3
+    # The in-memory API gives the same mask.
+    tiled = predict_array(
+        model, image, geometry, chunk=160, threshold=0.5, clean=cfg.clean_settings()
+    )
+    np.testing.assert_array_equal(tiled, expected)
+
+
+@pytest.mark.parametrize("field", ["min_width_um", "min_object_um2", "min_hole_um2"])
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_bad_clean_settings_fail_before_any_work(tmp_path, image, saved_model, field, bad):
+    from napari_gigapixel.core.mask_clean import MaskCleanError
+
+    out = tmp_path / "x.zarr"
+    cfg = PredictConfig(model=saved_model[0], image=image, out=str(out), **{field: bad})
+    with pytest.raises(MaskCleanError, match=field):
+        next(predict(cfg))
+    assert not os.listdir(tmp_path)

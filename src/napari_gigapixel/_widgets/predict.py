@@ -18,6 +18,7 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -30,6 +31,7 @@ from ..core.events import Finished, Progress
 from ._jobs import JobWidgetMixin, set_progress
 from ._layers import LayerError, overlay_kwargs, probability_colormap, slide_path
 from ._resolution import ResolutionPicker
+from ._train_inputs import Section
 from .train import LAST_MODEL
 
 PREDICT_TARGET = "napari_gigapixel.core.inference:predict"
@@ -66,6 +68,11 @@ class PredictWidget(JobWidgetMixin, Container):
         self.out = FileEdit(label="output", mode="w", filter="OME-Zarr (*.ome.zarr *.zarr)")
         self.overwrite = CheckBox(text="overwrite output", value=False)
         self.probability = CheckBox(text="also add the probability image", value=False)
+        self.clean_fields = self._clean_fields()
+        self.clean_section = Section("mask clean-up", self.clean_fields)
+        self.clean_section.set_note(self._clean_note())
+        for field in self.clean_fields:
+            field.changed.connect(lambda _v: self.clean_section.set_note(self._clean_note()))
         self.run_button = PushButton(text="Predict")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.bar = ProgressBar(label="progress", min=0, max=1, value=0)
@@ -79,6 +86,8 @@ class PredictWidget(JobWidgetMixin, Container):
                 self.out,
                 self.overwrite,
                 self.probability,
+                self.clean_section.header,
+                *self.clean_fields,
                 self.run_button,
                 self.stop_button,
                 self.bar,
@@ -94,7 +103,15 @@ class PredictWidget(JobWidgetMixin, Container):
         self._setup_job(
             self.run_button,
             self.stop_button,
-            [self.model, self.slide, self.resolution, self.out, self.overwrite, self.probability],
+            [
+                self.model,
+                self.slide,
+                self.resolution,
+                self.out,
+                self.overwrite,
+                self.probability,
+                *self.clean_fields,
+            ],
             lambda text: show_error(text),
         )
         self.slide.changed.connect(self._suggest_out)
@@ -107,6 +124,46 @@ class PredictWidget(JobWidgetMixin, Container):
         self._suggest_out(self.slide.value)
         self.use_last_model()
         self._update_resolutions()
+
+    def _clean_fields(self) -> list[Any]:
+        """The clean-up settings, defaults from ``PredictConfig`` (as the CLI's)."""
+        from ..core.inference import PredictConfig
+
+        d = PredictConfig(model="", image=None, out="")
+        spec = [
+            (
+                "min_width_um",
+                "min width (um)",
+                d.min_width_um,
+                "strands and specks (pen, dust, fibres) narrower than this are removed; 0: off",
+            ),
+            (
+                "min_object_um2",
+                "min object (um\u00b2)",
+                d.min_object_um2,
+                "tissue objects smaller than this are removed; 0: off",
+            ),
+            (
+                "min_hole_um2",
+                "min hole (um\u00b2)",
+                d.min_hole_um2,
+                "enclosed holes smaller than this are filled; 0: off",
+            ),
+        ]
+        fields = []
+        for name, label, value, tip in spec:
+            f = FloatSpinBox(
+                name=name, label=label, value=value, min=0.0, max=1e9, step=1.0, tooltip=tip
+            )
+            fields.append(f)
+            setattr(self, name, f)
+        return fields
+
+    def _clean_note(self) -> str:
+        vals = [float(f.value) for f in self.clean_fields]
+        if not any(vals):
+            return "off"
+        return "{:g} um, {:g} um\u00b2, {:g} um\u00b2".format(*vals)
 
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         # Slides are RGB images; previews and probabilities are not.
@@ -164,6 +221,9 @@ class PredictWidget(JobWidgetMixin, Container):
             overwrite=bool(self.overwrite.value),
             write_probability=bool(self.probability.value),
             resolution=self.resolution.value,
+            min_width_um=float(self.min_width_um.value),
+            min_object_um2=float(self.min_object_um2.value),
+            min_hole_um2=float(self.min_hole_um2.value),
         )
 
     def _prepare_run(self, cfg: Any) -> None:

@@ -45,6 +45,7 @@ def follow(
     bar = None
     finished = None
     val: dict[str, str] = {}  # the last validation figures, shown until the next
+    stage = None
 
     def get_bar(total: int):
         nonlocal bar
@@ -71,6 +72,12 @@ def follow(
                     "best": f"{event.best_dice:.4f}@{event.best_step}",
                 }
             elif counts == "progress" and isinstance(event, ev.Progress):
+                if bar is not None and stage not in (None, event.stage):
+                    bar.reset(total=event.total)  # a new stage (predict: "clean")
+                    bar.set_description(
+                        event.stage if desc is None else f"{desc} {event.stage}", refresh=False
+                    )
+                stage = event.stage
                 b = get_bar(event.total)
                 if desc is None:
                     b.set_description(event.stage, refresh=False)

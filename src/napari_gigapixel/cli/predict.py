@@ -67,6 +67,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="chunk side in level-0 pixels (memory knob; default: the model's)",
     )
     add_roi(p, "predict only this region")
+    from ..core import mask_clean as mc
+
+    p.add_argument(
+        "--min-width-um",
+        type=float,
+        default=mc.DEFAULT_MIN_WIDTH_UM,
+        help="mask clean-up: remove strands and specks (pen, dust, fibres) narrower than this "
+        "many um (an opening; 0 disables; default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-object-um2",
+        type=float,
+        default=mc.DEFAULT_MIN_OBJECT_UM2,
+        help="mask clean-up: remove tissue objects smaller than this many um^2 "
+        "(0 disables; default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-hole-um2",
+        type=float,
+        default=mc.DEFAULT_MIN_HOLE_UM2,
+        help="mask clean-up: fill enclosed holes in the tissue smaller than this many um^2 "
+        "(0 disables; default: %(default)s)",
+    )
     p.add_argument(
         "--no-probability", action="store_true", help="keep only level 0 of the probability"
     )
@@ -112,7 +135,11 @@ def run(args: argparse.Namespace) -> int:
         write_probability=not args.no_probability,
         mixed_precision=use_mixed_precision(PRECISIONS[args.precision]),
         resolution=_resolution.from_args(args),
+        min_width_um=args.min_width_um,
+        min_object_um2=args.min_object_um2,
+        min_hole_um2=args.min_hole_um2,
     )
+    cfg.clean_settings()  # a bad value fails here, before any slide or model is read
     if _is_many(args.image):
         return _run_many(cfg, args)
     finished = follow(predict(cfg), unit="chunk", desc="predict", quiet=args.quiet)

@@ -30,6 +30,14 @@ import numpy as np
 from ._predict_input import open_image as _open_image
 from .errors import GigapixelError
 from .events import Finished, JobStopped, Message, Progress, StopFlag, stop_requested
+from .mask_clean import (
+    DEFAULT_MIN_HOLE_UM2,
+    DEFAULT_MIN_OBJECT_UM2,
+    DEFAULT_MIN_WIDTH_UM,
+    CleanSettings,
+    clean_zarr_array,
+    level0_mpp,
+)
 from .prediction_store import (
     PredictionError,
     PredictionStore,
@@ -99,6 +107,12 @@ class PredictConfig:
         its um/px when the slide has um/px, else its downsample from level 0).
         The prediction's level 0 then has downsample ``resolution downsample x
         output stride`` relative to the slide's level 0.
+    min_width_um, min_object_um2, min_hole_um2
+        Mask clean-up (:mod:`.mask_clean`): strands and specks narrower than
+        ``min_width_um`` are removed (an opening), then tissue objects smaller
+        than ``min_object_um2``, then enclosed holes smaller than
+        ``min_hole_um2`` are filled. 0 disables each; all 0: the mask is the
+        thresholded probability, as before. The probability is never cleaned.
     """
 
     model: str
@@ -112,6 +126,13 @@ class PredictConfig:
     write_probability: bool = True
     mixed_precision: bool = False
     resolution: Any = None
+    min_width_um: float = DEFAULT_MIN_WIDTH_UM
+    min_object_um2: float = DEFAULT_MIN_OBJECT_UM2
+    min_hole_um2: float = DEFAULT_MIN_HOLE_UM2
+
+    def clean_settings(self) -> CleanSettings:
+        """The mask clean-up settings, validated (:class:`.mask_clean.MaskCleanError`)."""
+        return CleanSettings(self.min_width_um, self.min_object_um2, self.min_hole_um2).validate()
 
 
 # --------------------------------------------------------------------------- writing
@@ -224,6 +245,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     model_meta = read_model_meta(model_path)  # clear error for a foreign file, no Keras
     if not 0.0 <= float(cfg.threshold) <= 1.0:
         raise GigapixelError(f"threshold must be within [0, 1], got {cfg.threshold}.")
+    cleaning = cfg.clean_settings()
     from .unet import Geometry
 
     g = model_meta["geometry"]
@@ -251,6 +273,18 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     )
     resolution_note = info.pop("resolution_message")
     d_res = float(info["resolution"]["downsample"])
+    mpp0, mpp_note = level0_mpp(_mean(info.get("mpp")), model_meta)
+    grid_mpp = mpp0 * d_res * os_
+    clean_px = cleaning.to_pixels(grid_mpp)
+    clean_rec = {
+        **cleaning.to_dict(),
+        "applied": clean_px.active,
+        "grid_um_per_px": grid_mpp,
+        "um_per_px_source": mpp_note,
+        "radius_px": clean_px.radius_px,
+        "min_object_px": clean_px.min_object_px,
+        "min_hole_px": clean_px.min_hole_px,
+    }
     # Writable, and room for the stores (uncompressed upper bound: probability
     # and mask, uint8, at the output stride, plus a third for their pyramids).
     from .preflight import check_output
@@ -264,6 +298,8 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         what="prediction",
     )
     yield Message(resolution_note)
+    if cleaning.active and not info.get("mpp"):
+        yield Message(mpp_note)
     if white is not None:
         info["white_point"] = list(white)
         yield Message("glass colour " + ", ".join(f"{v:.0f}" for v in white))
@@ -282,6 +318,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         "threshold": float(cfg.threshold),
         "downsample": float(os_) * d_res,
         "mixed_precision": bool(cfg.mixed_precision),
+        "clean": clean_rec,
         **info,
     }
     tmp = f"{out}.partial-{os.getpid()}"
@@ -332,6 +369,21 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         t_compute = time.perf_counter() - t_compute
         if stop_requested(stop):
             raise JobStopped()
+        if clean_px.active:
+            yield Message(
+                "cleaning the mask (strands under {min_width_um:g} um, objects under "
+                "{min_object_um2:g} um^2, holes under {min_hole_um2:g} um^2)".format(
+                    **cleaning.to_dict()
+                )
+            )
+            gen = clean_zarr_array(os.path.join(tmp, "labels", "mask", "0"), clean_px, stop)
+            while True:
+                try:
+                    n, total_c = next(gen)
+                except StopIteration as fin:
+                    tissue = int(fin.value)
+                    break
+                yield Progress("clean", n, total_c)
         yield Message("building pyramids")
         downs = build_pyramids(tmp, stop)
         if not cfg.write_probability:
@@ -351,6 +403,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
             "compute_seconds": t_compute,
             "mpx_per_s": h * w / 1e6 / max(t_compute, 1e-9),
             "tissue_fraction": tissue / max(1, prob.shape[0] * prob.shape[1]),
+            "clean": clean_rec,
         }
         mark_complete(tmp, {"result": result})
         commit_store(tmp, out, overwrite=cfg.overwrite)
@@ -366,6 +419,11 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         remove_tree(tmp)
         raise
     yield Finished(result=result)
+
+
+def _mean(mpp: Any) -> float | None:
+    """Mean of a slide's ``[y, x]`` um/px (None without)."""
+    return float(sum(mpp)) / len(mpp) if mpp else None
 
 
 def _drop_probability_levels(path: str, n_levels: int) -> None:

@@ -24,6 +24,8 @@ prediction grid by :meth:`CleanSettings.to_pixels`.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -300,3 +302,51 @@ def _clean_padded_axes(block: np.ndarray, *, px: CleanPixels, depths: dict, full
     pad = [(full - depths[0],) * 2, (full - depths[1],) * 2]
     out = _clean_padded(np.pad(np.asarray(block), pad), px=px, depth=full)
     return out[pad[0][0] : out.shape[0] - pad[0][1], pad[1][0] : out.shape[1] - pad[1][1]]
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def clean_zarr_array(path: str, px: CleanPixels, stop: Any = None) -> Iterator[tuple[int, int]]:
+    """Clean the zarr (format 2) array folder ``path`` chunk by chunk, then swap it in.
+
+    The cleaned mask goes to a sibling ``path + ".clean"`` (the same shape and
+    chunks), one chunk at a time through :func:`clean_dask` (memory: one
+    chunk with its halo); the stop flag is checked between chunks
+    (:class:`.events.JobStopped`). Then the sibling replaces ``path``.
+
+    Yields ``(done, total)`` chunks; returns (``StopIteration.value``) the
+    cleaned mask's tissue pixel count.
+    """
+    import shutil
+
+    import dask.array as da
+    import zarr
+
+    from .events import JobStopped, stop_requested
+
+    src = zarr.open_array(path, mode="r", zarr_format=2)
+    tmp = path.rstrip("/\\") + ".clean"
+    dst = zarr.create_array(
+        store=tmp,
+        shape=src.shape,
+        chunks=src.chunks,
+        dtype="uint8",
+        fill_value=0,
+        zarr_format=2,
+        overwrite=True,
+    )
+    cleaned = clean_dask(da.from_zarr(src), px.radius_px, px.min_object_px, px.min_hole_px)
+    (h, w), (cy, cx) = src.shape, src.chunks
+    cells = [(y, x) for y in range(0, h, cy) for x in range(0, w, cx)]
+    tissue = 0
+    for n, (y, x) in enumerate(cells, 1):
+        if stop_requested(stop):
+            raise JobStopped()
+        block = np.asarray(cleaned[y : y + cy, x : x + cx].compute(scheduler="sync"))
+        dst[y : y + cy, x : x + cx] = block
+        tissue += int(block.sum())
+        yield n, len(cells)
+    shutil.rmtree(path)
+    os.replace(tmp, path)
+    return tissue

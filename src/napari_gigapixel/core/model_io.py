@@ -226,4 +226,5 @@ def load_model(path: str | os.PathLike):
 
         meta["model_config"] = ModelConfig.from_dict(meta["model_config"])
     mark_white_balance(model, meta.get("model_config"))  # predict_array balances as predict
+    model._gigapixel_resolution = meta.get("resolution")  # and cleans its mask as predict
     return model, meta

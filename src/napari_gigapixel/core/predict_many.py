@@ -124,6 +124,8 @@ def predict_many(
     t0 = time.perf_counter()
     if not images:
         raise SlideListError("no slides to predict.")
+    if hasattr(base, "clean_settings"):
+        base.clean_settings()  # a bad clean-up value fails once, before any slide
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise SlideListError(f"{out_dir}: exists and is not a folder; give an output folder.")
     os.makedirs(out_dir, exist_ok=True)

@@ -272,8 +272,14 @@ def predict_array(
     scheduler: str = "threads",
     *,
     white_balance: bool | None = None,
+    threshold: float | None = None,
+    clean: Any = None,
+    mpp: float | None = None,
 ) -> np.ndarray:
     """Tiled inference of an in-memory image (tests, small images): float32 numpy.
+
+    With ``threshold``, the mask instead (uint8 0/1), cleaned as
+    :func:`.inference.predict` cleans it (:func:`threshold_and_clean`).
 
     A model trained with white balance (``ModelConfig.white_balance``) gets
     the image balanced by its own glass colour first, as
@@ -286,19 +292,67 @@ def predict_array(
 
         geometry = model_geometry(model)
     image = balance_like_predict(model, image, white_balance)
-    return predict_dask(model, image, geometry, chunk).compute(scheduler=scheduler)
+    prob = predict_dask(model, image, geometry, chunk)
+    if threshold is None:
+        return prob.compute(scheduler=scheduler)
+    mask = threshold_and_clean(prob, model, geometry, threshold, clean, mpp)
+    return mask.compute(scheduler=scheduler)
 
 
 def predict_whole(
-    model: Any, image: np.ndarray, geometry: Any, *, white_balance: bool | None = None
+    model: Any,
+    image: np.ndarray,
+    geometry: Any,
+    *,
+    white_balance: bool | None = None,
+    threshold: float | None = None,
+    clean: Any = None,
+    mpp: float | None = None,
 ) -> np.ndarray:
     """One whole-image run on the padded image (the reference tiled runs must match).
 
-    White balance as in :func:`predict_array`.
+    White balance, and the mask with ``threshold``, as in :func:`predict_array`.
     """
     image = balance_like_predict(model, np.asarray(image), white_balance)
     s, os_ = int(geometry.stride), int(geometry.output_stride)
     h, w = image.shape[:2]
     hp, wp = -(-h // s) * s, -(-w // s) * s
     padded = np.pad(image[..., :3], ((0, hp - h), (0, wp - w), (0, 0)), constant_values=PAD_VALUE)
-    return _run_model(model, padded)[: -(-h // os_), : -(-w // os_)]
+    prob = _run_model(model, padded)[: -(-h // os_), : -(-w // os_)]
+    if threshold is None:
+        return prob
+    return threshold_and_clean(prob, model, geometry, threshold, clean, mpp)
+
+
+def threshold_and_clean(
+    prob: Any, model: Any, geometry: Any, threshold: float, clean: Any, mpp: float | None
+) -> Any:
+    """The mask of a probability grid (numpy or dask), cleaned as ``predict`` cleans it.
+
+    ``clean`` is a :class:`.mask_clean.CleanSettings` (None: its defaults, as
+    ``PredictConfig``'s; ``CleanSettings(0, 0, 0)``: none). ``mpp`` is the
+    image's um/px; None: the model's training resolution's um/px (recorded
+    in its file), else :data:`.mask_clean.FALLBACK_MPP`. The grid is the
+    image's pixels times the output stride.
+    """
+    from .mask_clean import CleanSettings, clean_block, clean_dask, level0_mpp
+
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise GigapixelError(f"threshold must be within [0, 1], got {threshold}.")
+    settings = (CleanSettings() if clean is None else clean).validate()
+    if mpp:
+        image_mpp = float(mpp)
+    else:
+        rec = getattr(model, "_gigapixel_resolution", None) or {}
+        m0, _ = level0_mpp(None, {"resolution": rec})
+        image_mpp = m0 * float(rec.get("downsample") or 1.0)
+    px = settings.to_pixels(image_mpp * int(geometry.output_stride))
+    if isinstance(prob, np.ndarray):
+        mask = (prob >= threshold).astype(np.uint8)
+        return (
+            clean_block(mask, px.radius_px, px.min_object_px, px.min_hole_px)
+            if px.active
+            else mask
+        )
+    mask = (prob >= threshold).astype(np.uint8)
+    return clean_dask(mask, px.radius_px, px.min_object_px, px.min_hole_px)

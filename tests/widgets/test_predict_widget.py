@@ -63,6 +63,41 @@ def test_config_uses_the_model_just_trained(slide_viewer, fake_jobs, model_file,
     assert [ly.name for ly in viewer.layers] == [slide.name]  # nothing added
 
 
+def test_clean_up_fields_default_to_predict_config_and_reach_the_worker(
+    slide_viewer, fake_jobs, model_file, qtbot, tmp_path
+):
+    from napari_gigapixel.core.inference import PredictConfig
+
+    viewer, _ = slide_viewer
+    w = PredictWidget(viewer)
+    d = PredictConfig(model="", image=None, out="")
+    assert w.min_width_um.value == pytest.approx(d.min_width_um)  # the CLI's defaults too
+    assert w.min_object_um2.value == pytest.approx(d.min_object_um2)
+    assert w.min_hole_um2.value == pytest.approx(d.min_hole_um2)
+
+    def shown(x) -> bool:  # would the user see it once the dock is on screen
+        return x.native.isVisibleTo(w.native)
+
+    assert not shown(w.min_width_um)  # under the collapsed "mask clean-up" header
+    w.clean_section.header.native.click()
+    assert shown(w.min_width_um) and shown(w.min_hole_um2)
+    assert w.clean_section.header.text.startswith("\u25be mask clean-up")
+    w.min_width_um.value = 0.0
+    w.min_hole_um2.value = 120.0
+    assert "120" in w.clean_section.header.text
+    w.out.value = str(tmp_path / "pred.ome.zarr")
+    fake_jobs.script = [Finished(result={}, stopped=True)]
+    w.run_button.clicked.emit()
+    assert not w.min_hole_um2.enabled  # locked while the job runs
+    qtbot.waitUntil(lambda: w.run_button.enabled, timeout=10_000)
+    cfg = fake_jobs[0][1]
+    assert (cfg.min_width_um, cfg.min_object_um2, cfg.min_hole_um2) == (
+        0.0,
+        pytest.approx(d.min_object_um2),
+        120.0,
+    )
+
+
 def test_stop_button_stops_the_job(slide_viewer, fake_jobs, model_file, qtbot, tmp_path):
     viewer, _ = slide_viewer
     w = PredictWidget(viewer)

@@ -309,3 +309,18 @@ def test_bad_clean_settings_fail_before_any_work(tmp_path, image, saved_model, f
     with pytest.raises(MaskCleanError, match=field):
         next(predict(cfg))
     assert not os.listdir(tmp_path)
+
+
+def test_a_stop_during_the_clean_up_leaves_no_store(tmp_path, image, saved_model):
+    out = tmp_path / "pred.zarr"
+    stop = threading.Event()
+    events = []
+    for ev in predict(
+        PredictConfig(model=saved_model[0], image=image, out=str(out), chunk=160), stop
+    ):
+        events.append(ev)
+        if isinstance(ev, Progress) and ev.stage == "clean" and ev.done == 1:
+            stop.set()  # between two chunks of the clean-up pass
+    clean = [e for e in events if isinstance(e, Progress) and e.stage == "clean"]
+    assert clean[-1].done < clean[-1].total
+    assert events[-1].stopped and not out.exists() and not os.listdir(tmp_path)

@@ -67,11 +67,16 @@ def test_one_failed_slide_does_not_stop_the_others(files, tmp_path, capsys):
     d, (a, broken, b) = files
     out = tmp_path / "preds"
     argv = ["predict", "--model", str(d / "m.keras"), "--out", str(out), "--json"]
+    argv += ["--min-width-um", "0", "--min-object-um2", "123"]  # passed to every slide
     rc = main([*argv, "--image", a, "--image", broken, "--image", b])
     cap = capsys.readouterr()
     assert rc == 1
     assert "FAILED" in cap.err and "broken.tif" in cap.err
-    _check(json.loads(cap.out.strip().splitlines()[-1]), out, broken)
+    res = json.loads(cap.out.strip().splitlines()[-1])
+    _check(res, out, broken)
+    for r in res["slides"]:
+        if r["ok"]:
+            assert (r["clean"]["min_width_um"], r["clean"]["min_object_um2"]) == (0.0, 123.0)
 
 
 def test_many_slides_on_a_cluster(files, tmp_path, capsys):

@@ -116,3 +116,14 @@ def test_level0_mpp_sources():
     assert m == 0.25
     m, why = level0_mpp(None, {})
     assert m == FALLBACK_MPP and "assumes" in why
+
+
+def test_a_halo_too_small_breaks_the_equality(monkeypatch):
+    # The check above can fail: 5 px less halo and some chunk sees a cut component.
+    import napari_gigapixel.core.mask_clean as mc
+
+    full = mc.halo
+    monkeypatch.setattr(mc, "halo", lambda r, o, h: full(r, o, h) - 5)
+    m = _blobs((97, 131), 0)
+    got = clean_dask(da.from_array(m, chunks=23), 2.5, 30, 0).compute()
+    assert not np.array_equal(got, clean_block(m, 2.5, 30, 0))

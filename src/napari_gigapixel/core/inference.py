@@ -36,7 +36,7 @@ from .mask_clean import (
     DEFAULT_MIN_WIDTH_UM,
     CleanSettings,
     clean_zarr_array,
-    level0_mpp,
+    plan_clean,
 )
 from .prediction_store import (
     PredictionError,
@@ -273,18 +273,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     )
     resolution_note = info.pop("resolution_message")
     d_res = float(info["resolution"]["downsample"])
-    mpp0, mpp_note = level0_mpp(_mean(info.get("mpp")), model_meta)
-    grid_mpp = mpp0 * d_res * os_
-    clean_px = cleaning.to_pixels(grid_mpp)
-    clean_rec = {
-        **cleaning.to_dict(),
-        "applied": clean_px.active,
-        "grid_um_per_px": grid_mpp,
-        "um_per_px_source": mpp_note,
-        "radius_px": clean_px.radius_px,
-        "min_object_px": clean_px.min_object_px,
-        "min_hole_px": clean_px.min_hole_px,
-    }
+    clean_px, clean_rec = plan_clean(cleaning, info.get("mpp"), model_meta, d_res * os_)
     # Writable, and room for the stores (uncompressed upper bound: probability
     # and mask, uint8, at the output stride, plus a third for their pyramids).
     from .preflight import check_output
@@ -299,7 +288,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     )
     yield Message(resolution_note)
     if cleaning.active and not info.get("mpp"):
-        yield Message(mpp_note)
+        yield Message(clean_rec["um_per_px_source"])
     if white is not None:
         info["white_point"] = list(white)
         yield Message("glass colour " + ", ".join(f"{v:.0f}" for v in white))
@@ -370,20 +359,9 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         if stop_requested(stop):
             raise JobStopped()
         if clean_px.active:
-            yield Message(
-                "cleaning the mask (strands under {min_width_um:g} um, objects under "
-                "{min_object_um2:g} um^2, holes under {min_hole_um2:g} um^2)".format(
-                    **cleaning.to_dict()
-                )
-            )
-            gen = clean_zarr_array(os.path.join(tmp, "labels", "mask", "0"), clean_px, stop)
-            while True:
-                try:
-                    n, total_c = next(gen)
-                except StopIteration as fin:
-                    tissue = int(fin.value)
-                    break
-                yield Progress("clean", n, total_c)
+            yield Message(f"cleaning the mask ({cleaning.describe()})")
+            level0 = os.path.join(tmp, "labels", "mask", "0")
+            tissue = yield from clean_zarr_array(level0, clean_px, stop)
         yield Message("building pyramids")
         downs = build_pyramids(tmp, stop)
         if not cfg.write_probability:
@@ -419,11 +397,6 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         remove_tree(tmp)
         raise
     yield Finished(result=result)
-
-
-def _mean(mpp: Any) -> float | None:
-    """Mean of a slide's ``[y, x]`` um/px (None without)."""
-    return float(sum(mpp)) / len(mpp) if mpp else None
 
 
 def _drop_probability_levels(path: str, n_levels: int) -> None:

@@ -115,6 +115,13 @@ class CleanSettings:
             min_hole_px=float(self.min_hole_um2) / (g * g),
         )
 
+    def describe(self) -> str:
+        """The settings in words (a progress message)."""
+        return (
+            f"strands under {self.min_width_um:g} um, objects under "
+            f"{self.min_object_um2:g} um^2, holes under {self.min_hole_um2:g} um^2"
+        )
+
     def to_dict(self) -> dict[str, float]:
         """The settings as recorded in a prediction's metadata."""
         return {
@@ -145,6 +152,33 @@ def level0_mpp(slide_mpp: float | None, model_meta: dict[str, Any] | None) -> tu
         "neither this slide nor the model records a um/px: the mask clean-up assumes "
         f"{FALLBACK_MPP:g} um/px"
     )
+
+
+def plan_clean(
+    settings: CleanSettings, slide_mpp: Any, model_meta: dict[str, Any] | None, downsample: float
+) -> tuple[CleanPixels, dict[str, Any]]:
+    """Pixels of a grid ``downsample`` level-0 pixels wide, and what a prediction records.
+
+    ``slide_mpp`` is the slide's level-0 um/px (a number, ``[y, x]`` or None;
+    see :func:`level0_mpp` for what is used without). The record (``clean`` in
+    a prediction's metadata and result) holds the settings, ``applied``,
+    ``grid_um_per_px``, ``um_per_px_source`` and the pixel values.
+    """
+    if isinstance(slide_mpp, list | tuple):
+        slide_mpp = float(sum(slide_mpp)) / len(slide_mpp) if slide_mpp else None
+    mpp0, note = level0_mpp(slide_mpp, model_meta)
+    grid = mpp0 * float(downsample)
+    px = settings.to_pixels(grid)
+    rec = {
+        **settings.to_dict(),
+        "applied": px.active,
+        "grid_um_per_px": grid,
+        "um_per_px_source": note,
+        "radius_px": px.radius_px,
+        "min_object_px": px.min_object_px,
+        "min_hole_px": px.min_hole_px,
+    }
+    return px, rec
 
 
 # --------------------------------------------------------------------------- operations
@@ -307,7 +341,7 @@ def _clean_padded_axes(block: np.ndarray, *, px: CleanPixels, depths: dict, full
 # --------------------------------------------------------------------------- stores
 
 
-def clean_zarr_array(path: str, px: CleanPixels, stop: Any = None) -> Iterator[tuple[int, int]]:
+def clean_zarr_array(path: str, px: CleanPixels, stop: Any = None) -> Iterator[Any]:
     """Clean the zarr (format 2) array folder ``path`` chunk by chunk, then swap it in.
 
     The cleaned mask goes to a sibling ``path + ".clean"`` (the same shape and
@@ -315,7 +349,8 @@ def clean_zarr_array(path: str, px: CleanPixels, stop: Any = None) -> Iterator[t
     chunk with its halo); the stop flag is checked between chunks
     (:class:`.events.JobStopped`). Then the sibling replaces ``path``.
 
-    Yields ``(done, total)`` chunks; returns (``StopIteration.value``) the
+    Yields :class:`.events.Progress` (stage ``"clean"``, chunks done of
+    total); returns (``StopIteration.value``, so ``yield from`` gives it) the
     cleaned mask's tissue pixel count.
     """
     import shutil
@@ -323,7 +358,7 @@ def clean_zarr_array(path: str, px: CleanPixels, stop: Any = None) -> Iterator[t
     import dask.array as da
     import zarr
 
-    from .events import JobStopped, stop_requested
+    from .events import JobStopped, Progress, stop_requested
 
     src = zarr.open_array(path, mode="r", zarr_format=2)
     tmp = path.rstrip("/\\") + ".clean"
@@ -346,7 +381,7 @@ def clean_zarr_array(path: str, px: CleanPixels, stop: Any = None) -> Iterator[t
         block = np.asarray(cleaned[y : y + cy, x : x + cx].compute(scheduler="sync"))
         dst[y : y + cy, x : x + cx] = block
         tissue += int(block.sum())
-        yield n, len(cells)
+        yield Progress("clean", n, len(cells))
     shutil.rmtree(path)
     os.replace(tmp, path)
     return tissue

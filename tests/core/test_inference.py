@@ -324,3 +324,13 @@ def test_a_stop_during_the_clean_up_leaves_no_store(tmp_path, image, saved_model
     clean = [e for e in events if isinstance(e, Progress) and e.stage == "clean"]
     assert clean[-1].done < clean[-1].total
     assert events[-1].stopped and not out.exists() and not os.listdir(tmp_path)
+
+
+def test_clean_without_a_threshold_is_refused(image):
+    from napari_gigapixel.core.mask_clean import CleanSettings
+
+    model, geometry = _model(4)
+    with pytest.raises(GigapixelError, match="needs a threshold"):
+        predict_whole(model, image[:64, :64], geometry, clean=CleanSettings())
+    with pytest.raises(GigapixelError, match="needs a threshold"):
+        predict_array(model, image[:64, :64], geometry, clean=CleanSettings())

@@ -292,6 +292,8 @@ def predict_array(
 
         geometry = model_geometry(model)
     image = balance_like_predict(model, image, white_balance)
+    if threshold is None and clean is not None:
+        raise GigapixelError("clean (the mask clean-up) needs a threshold: pass threshold=0.5.")
     prob = predict_dask(model, image, geometry, chunk)
     if threshold is None:
         return prob.compute(scheduler=scheduler)
@@ -318,6 +320,8 @@ def predict_whole(
     h, w = image.shape[:2]
     hp, wp = -(-h // s) * s, -(-w // s) * s
     padded = np.pad(image[..., :3], ((0, hp - h), (0, wp - w), (0, 0)), constant_values=PAD_VALUE)
+    if threshold is None and clean is not None:
+        raise GigapixelError("clean (the mask clean-up) needs a threshold: pass threshold=0.5.")
     prob = _run_model(model, padded)[: -(-h // os_), : -(-w // os_)]
     if threshold is None:
         return prob

@@ -16,10 +16,11 @@ from napari_gigapixel.core.texture_slides import family_region
 SHAPE = (1024, 2048)
 STEPS = 60
 # family: threshold on the worst held-out Dice over seeds 0, 1, 2; measured worst
-# with the recipe (medium model, dice+focal; seed-wise: synthetic-he 0.9888 0.9819
-# 0.9893; ihc 0.9568 0.9555 0.9370; ihc-as-he 0.9810 0.9797 0.9864) less a margin
-# of about 0.02. Each case took 10-15 s on the 2 cores shared with a benchmark.
-THRESHOLDS = {"synthetic-he": 0.96, "ihc": 0.915, "ihc-as-he": 0.96}
+# with the recipe (medium model, dice+focal, predict's default mask clean-up;
+# seed-wise: synthetic-he 0.9903 0.9882 0.9891; ihc 0.9763 0.9757 0.9675;
+# ihc-as-he 0.9907 0.9856 0.9819) less a margin of about 0.02. The three
+# families took 62 s together on the 2 cores shared with a benchmark.
+THRESHOLDS = {"synthetic-he": 0.965, "ihc": 0.945, "ihc-as-he": 0.96}
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray, downsample: int) -> float:
@@ -54,4 +55,5 @@ def test_default_recipe_worst_case_over_seeds(family, tmp_path):
             pass
         store = open_prediction(str(pred))
         scores.append(_dice(np.asarray(store.mask[0]), held_mask, int(store.downsample)))
+    print(family, scores)  # the measured figures (pytest -rP shows them)
     assert min(scores) >= THRESHOLDS[family], scores

@@ -20,7 +20,7 @@ def test_choices_list_levels_then_common_mpp_with_their_cost():
     first, last = ch[0], ch[-1]
     assert (
         "0.25 um/px" in first.label
-        and "8.39 Mpx · ~0.45 s/step" in first.label
+        and "8.39 Mpx · ~0.34 s/step" in first.label
         and "s/step" in first.label
     )
     assert last.request == Resolution(mpp=16.0) and last.resolved.downsample == 64.0

@@ -26,13 +26,12 @@ from .geometry import Geometry
 from .resolution import COMMON_MPP, Resolution, ResolutionError, ResolvedResolution, resolve
 
 #: Training throughput of the recipe's model and loss (``TrainConfig()``: the
-#: medium model, dice+focal, output stride 4, bf16 where the CPU has it). The
-#: small model (dice+bce) measured 22.6 Mpx/s at 16.8 Mpx and 27.3 Mpx/s at
-#: 67 Mpx (``bench_train.py --sizes 16 67 --steps 3 --modes stream``, 2 shared
-#: EPYC cores, bf16); the medium model's step took 1.3-1.4x the small one's on
-#: the 4.2 Mpx tuning slides (same cores, interleaved), so 25 / 1.35. On a busy
-#: machine this errs long; quiet runs are 2-3x faster.
-TRAIN_MPX_PER_S = 18.5
+#: medium model, dice+focal, output stride 4, bf16 where the CPU has it):
+#: 27.3 Mpx/s on a 1.024 Gpx slide (``bench_train.py --sizes 1024 --steps 3
+#: --loss dice+focal``, 2 shared EPYC cores, 37.6 s per step); small slides
+#: run slower per pixel (per-step overheads), so 25. On a busy machine this
+#: errs short.
+TRAIN_MPX_PER_S = 25.0
 #: End-to-end prediction throughput (``bench_predict.py``, 1 Gpx JPEG slide,
 #: threaded scheduler: 71-86 Mpx/s).
 PREDICT_MPX_PER_S = 70.0
@@ -42,8 +41,9 @@ PREDICT_PEAK_BYTES = int(2.7e9)
 #: of ``TrainConfig().model``), in bf16 (used where the CPU has it, as
 #: training's ``"auto"``) and float32. For the small model (37.64 / 48.66) the
 #: estimate was 1.43 / 3.35 GiB for 16.8 / 67 Mpx runs that peaked at 1.30 /
-#: 2.79 GiB: it errs 10-20% high.
-BYTES_PER_PIXEL = {"bf16": 59.75, "float32": 70.75}
+#: 2.79 GiB: it errs 10-20% high; the medium model's 1 Gpx run with a 3.5 GiB
+#: budget peaked at 4.2 GiB RSS (TensorFlow's own memory on top).
+BYTES_PER_PIXEL = {"bf16": 48.78, "float32": 59.81}
 #: The recipe's model's geometry (``model_geometry(build_unet(TrainConfig().model))``;
 #: napari's process never builds a model, so the estimate keeps a copy, and
 #: ``tests/core/test_resolution_cost.py`` checks it against the built model).

@@ -88,10 +88,10 @@ class TrainConfig:
         Seeds the initial weights: the same seed gives the same model.
     model
         Architecture (:class:`.unet.ModelConfig`); default the ``medium`` size
-        preset (:data:`DEFAULT_MODEL_SIZE`, about 31k parameters: the small
+        preset (:data:`DEFAULT_MODEL_SIZE`, about 16k parameters: the small
         paper-sized model often learned "darker than glass is tissue" and
-        called pen, dust and bubble rims tissue; its step costs 1.3x the small
-        one's).
+        called pen, dust and bubble rims tissue; its step costs about 2.5x the
+        small one's FLOPs).
     resume
         A checkpoint to continue from (its weights, optimizer state, model
         config and history); ``steps`` more steps are run.

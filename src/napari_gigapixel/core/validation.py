@@ -16,15 +16,13 @@ validation region with the trainer's own forward pass
 (:func:`.image_step.iter_image_step` with ``forward_only``), and the figures
 are pooled over all regions as one image: hard Dice from the summed
 confusion counts, soft Dice and the training loss from the summed sums.
-:class:`BestTracker` keeps the best step (by validation Dice) and its model
-file, ``<out>.best.keras``, beside the last checkpoint.
+The best-checkpoint bookkeeping (:class:`BestTracker`, ``<out>.best.keras``),
+the per-step hook and the result figures are in :mod:`._val_best` (re-exported
+here).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,16 +30,14 @@ from typing import Any
 import numpy as np
 
 from ._train_augment import SlideView
+from ._val_best import BestTracker as BestTracker
+from ._val_best import best_path as best_path
+from ._val_best import result_figures as result_figures
+from ._val_best import validate_hook as validate_hook
 from .events import Progress
 from .losses import dice_loss_from_sums, hard_dice, pixel_term, uses_dice
 from .masks import MaskError
 from .train_config import TrainConfig, TrainConfigError, _describe
-
-
-def best_path(out: str | os.PathLike) -> str:
-    """``model.keras`` -> ``model.best.keras`` (the best validation checkpoint)."""
-    out = os.fspath(out)
-    return out[: -len(".keras")] + ".best.keras" if out.endswith(".keras") else out + ".best"
 
 
 def val_rois(cfg: TrainConfig) -> list[Any]:
@@ -319,115 +315,3 @@ def pool_scores(region_sums: list[tuple[np.ndarray, float]], loss: str) -> Valid
     return ValidationScore(
         dice=hard_dice(sums[4], sums[5], sums[6]), soft_dice=float(soft), loss=float(value)
     )
-
-
-def validate_hook(cfg: TrainConfig, best: BestTracker, score: Callable[[int], Iterator[Any]]):
-    """The ``validate`` callback of :func:`._step_loop.run_steps` for both trainers.
-
-    Every ``val_every`` steps (and after the last) ``score(step_no)`` (a
-    generator returning a :class:`ValidationScore`: in this process, or on
-    the cluster's workers) rates the model; a new best is written to
-    ``best.path`` by ``save`` and a ``ValidationEvent`` is yielded.
-    """
-    from .events import ValidationEvent
-
-    def validate(step_no: int, last: bool, save: Any):
-        if not (step_no % int(cfg.val_every) == 0 or last):
-            return None
-        s = yield from score(step_no)
-        improved = best.update(step_no, s.dice)
-        if improved:
-            save(best.path)
-        yield ValidationEvent(
-            step=step_no,
-            dice=s.dice,
-            soft_dice=s.soft_dice,
-            loss=s.loss,
-            best_step=best.step,
-            best_dice=best.dice,
-            best_path=os.path.abspath(best.path),
-            improved=improved,
-        )
-        return {"val_dice": s.dice, "val_soft_dice": s.soft_dice, "val_loss": s.loss}
-
-    return validate
-
-
-def result_figures(history: list[dict[str, Any]], best: BestTracker) -> dict[str, Any]:
-    """The validation keys of a training run's result (None where not validated)."""
-    last = next((h for h in reversed(history) if "val_dice" in h), None)
-    return {
-        "val_dice": last["val_dice"] if last else None,
-        "val_loss": last["val_loss"] if last else None,
-        "best_step": best.step,
-        "best_val_dice": best.dice,
-        "best_model": os.path.abspath(best.path) if best.step is not None else None,
-    }
-
-
-class BestTracker:
-    """The best validation step so far and its model file (``<out>.best.keras``).
-
-    Its state travels in every checkpoint's metadata (``meta["validation"]``),
-    so a resumed run keeps comparing against the best of the earlier runs.
-    """
-
-    def __init__(self, out: str, source: str | None) -> None:
-        self.path = best_path(out)
-        self.source = source
-        self.step: int | None = None
-        self.dice: float | None = None
-
-    def resume_from(self, meta: dict[str, Any], resumed_from: str) -> str | None:
-        """Continue the bookkeeping of a checkpoint's metadata; returns a message or None.
-
-        When the earlier best file is elsewhere (resumed into a new ``out``)
-        it is copied beside the new one, so ``<out>.best.keras`` stays the
-        best model of the whole run.
-        """
-        v = meta.get("validation") or {}
-        if v.get("best_step") is None:
-            return None
-        if v.get("source") != self.source:
-            return (
-                "the validation data differ from the resumed model's; "
-                "best-checkpoint bookkeeping starts afresh"
-            )
-        self.step, self.dice = int(v["best_step"]), float(v["best_val_dice"])
-        old = v.get("best_path") or best_path(resumed_from)
-        if not os.path.isfile(old):  # the folder was moved: look beside the resumed file
-            folder = os.path.dirname(os.path.abspath(resumed_from))
-            old = os.path.join(folder, os.path.basename(old))
-        if os.path.isfile(old) and os.path.abspath(old) != os.path.abspath(self.path):
-            _atomic_copy(old, self.path)
-        return f"resumed validation: best Dice {self.dice:.4f} at step {self.step}"
-
-    def update(self, step: int, dice: float) -> bool:
-        """Record a score; True when it is a new best (strictly higher Dice)."""
-        if self.dice is None or dice > self.dice:
-            self.step, self.dice = int(step), float(dice)
-            return True
-        return False
-
-    def meta(self) -> dict[str, Any]:
-        """The ``validation`` entry of a checkpoint's metadata."""
-        return {
-            "source": self.source,
-            "best_step": self.step,
-            "best_val_dice": self.dice,
-            "best_path": os.path.abspath(self.path) if self.step is not None else None,
-        }
-
-
-def _atomic_copy(src: str, dst: str) -> None:
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

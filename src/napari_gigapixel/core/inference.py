@@ -2,8 +2,9 @@
 
 The model runs over the slide as an aligned dask graph (:mod:`.tiled_model`),
 whose outputs over a chunk's core equal those of one whole-image run (the
-tests check it to 1e-5); this module reads the slide, writes the stores and
-relays progress.
+tests check it to 1e-5); this module reads the slide, creates the stores and
+commits them; :mod:`._predict_write` writes the chunks, relays progress and
+runs the finishing passes (mask clean-up, pyramids).
 
 The output stays at the model's output stride (1/4 of the slide by default);
 see :mod:`.prediction_store` for the layout. The same graph runs on dask's
@@ -17,10 +18,8 @@ loads neither. The model is loaded once per process and shared by its threads.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,20 +27,19 @@ from typing import Any
 import numpy as np
 
 from ._predict_input import open_image as _open_image
+from ._predict_write import chunk_writes, iter_compute, iter_finish
 from .errors import GigapixelError
-from .events import Finished, JobStopped, Message, Progress, StopFlag, stop_requested
+from .events import Finished, JobStopped, Message, Progress, StopFlag
 from .mask_clean import (
     DEFAULT_MIN_HOLE_UM2,
     DEFAULT_MIN_OBJECT_UM2,
     DEFAULT_MIN_WIDTH_UM,
     CleanSettings,
-    clean_zarr_array,
     plan_clean,
 )
 from .prediction_store import (
     PredictionError,
     PredictionStore,
-    build_pyramids,
     commit_store,
     create_store,
     mark_complete,
@@ -50,7 +48,6 @@ from .prediction_store import (
 )
 from .tiled_model import (
     ModelRef,
-    _warm_worker,
     default_chunk,
     predict_array,
     predict_dask,
@@ -133,88 +130,6 @@ class PredictConfig:
     def clean_settings(self) -> CleanSettings:
         """The mask clean-up settings, validated (:class:`.mask_clean.MaskCleanError`)."""
         return CleanSettings(self.min_width_um, self.min_object_um2, self.min_hole_um2).validate()
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _write_block(prob, block_info=None, *, prob_arr, mask_arr, threshold, abort):
-    """Write one output chunk of both pyramids; return its tissue pixel count."""
-    if abort is not None and abort.is_set():
-        raise JobStopped()
-    (y0, y1), (x0, x1) = block_info[0]["array-location"]
-    mask = (prob >= threshold).astype(np.uint8)
-    if abort is not None and abort.is_set():  # checked again: the model took a while
-        raise JobStopped()
-    prob_arr[y0:y1, x0:x1] = np.rint(prob * 255.0).astype(np.uint8)
-    mask_arr[y0:y1, x0:x1] = mask
-    return np.full((1, 1), int(mask.sum()), dtype=np.int64)
-
-
-def _compute_with_progress(
-    target: Any, total: int, scheduler: str | None, abort: Any, model_ref: ModelRef | None = None
-):
-    """Run ``target`` (dask array of per-chunk counts) in a thread; yield chunks done.
-
-    The generator ends by returning the computed array (``StopIteration.value``).
-    """
-    done_q: queue.SimpleQueue = queue.SimpleQueue()
-    result: dict[str, Any] = {}
-
-    if scheduler and scheduler.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
-        from distributed import Client, as_completed, futures_of
-
-        client = Client(scheduler, set_as_default=False)
-        try:
-            if model_ref is not None:  # import TF and load the model on every worker first
-                client.run(_warm_worker, model_ref)
-            yield 0  # the timed part starts here
-            persisted = client.persist(target)
-            futures = futures_of(persisted)
-            n = 0
-            for _ in as_completed(futures, loop=client.loop):
-                if abort.is_set():
-                    client.cancel(futures)
-                    raise JobStopped()
-                n += 1
-                yield n
-            return client.compute(persisted).result()
-        finally:
-            client.close()
-
-    from dask.callbacks import Callback
-
-    name = target.name
-
-    class _Count(Callback):
-        def _posttask(self, key, res, dsk, state, id):  # noqa: A002 - dask's signature
-            if isinstance(key, tuple) and key[0] == name:
-                done_q.put(1)
-
-    def work() -> None:
-        try:
-            with _Count():
-                get = "sync" if scheduler in ("sync", "synchronous") else "threads"
-                result["value"] = target.compute(scheduler=get)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the generator
-            result["error"] = exc
-
-    thread = threading.Thread(target=work, name="gigapixel-predict", daemon=True)
-    thread.start()
-    n = 0
-    while thread.is_alive() or not done_q.empty():
-        try:
-            done_q.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        n += 1
-        yield n
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    if n < total:  # dask may fuse or rename a lone chunk's key: all are done now
-        yield total
-    return result["value"]
 
 
 def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
@@ -318,15 +233,8 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         # chunk (the merged last chunk spills only into a chunk of its own).
         zchunks = (prob.chunks[0][0], prob.chunks[1][0])
         prob_arr, mask_arr = create_store(tmp, prob.shape, zchunks, store_meta)
-        counts = prob.map_blocks(
-            _write_block,
-            prob_arr=prob_arr,
-            mask_arr=mask_arr,
-            threshold=float(cfg.threshold),
-            abort=None if distributed else abort,
-            chunks=((1,) * prob.numblocks[0], (1,) * prob.numblocks[1]),
-            dtype=np.int64,
-            name=f"gigapixel-write-{uuid.uuid4().hex}",
+        counts = chunk_writes(
+            prob, prob_arr, mask_arr, float(cfg.threshold), None if distributed else abort
         )
         total = int(np.prod(counts.numblocks))
         h, w = info["resolution_shape"]
@@ -337,35 +245,12 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         yield Progress("chunks", 0, total)
         if distributed:
             yield Message("loading the model on the workers")
-        gen = _compute_with_progress(
-            counts, total, cfg.scheduler, abort, ref if distributed else None
+        tissue, t_compute = yield from iter_compute(
+            counts, total, cfg.scheduler, abort, stop, ref if distributed else None
         )
-        t_compute = time.perf_counter()
-        while True:
-            if stop_requested(stop):
-                abort.set()
-            try:
-                n = next(gen)
-            except StopIteration as fin:
-                tissue = int(np.asarray(fin.value).sum())
-                break
-            if n == 0:  # the workers are ready: time the prediction from here
-                t_compute = time.perf_counter()
-                continue
-            yield Progress("chunks", n, total)
-            if stop_requested(stop):
-                abort.set()
-        t_compute = time.perf_counter() - t_compute
-        if stop_requested(stop):
-            raise JobStopped()
-        if clean_px.active:
-            yield Message(f"cleaning the mask ({cleaning.describe()})")
-            level0 = os.path.join(tmp, "labels", "mask", "0")
-            tissue = yield from clean_zarr_array(level0, clean_px, stop)
-        yield Message("building pyramids")
-        downs = build_pyramids(tmp, stop)
-        if not cfg.write_probability:
-            _drop_probability_levels(tmp, len(downs))
+        tissue, downs = yield from iter_finish(
+            tmp, tissue, clean_px, cleaning, cfg.write_probability, stop
+        )
         seconds = time.perf_counter() - t0
         result = {
             "out": out,
@@ -397,15 +282,3 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         remove_tree(tmp)
         raise
     yield Finished(result=result)
-
-
-def _drop_probability_levels(path: str, n_levels: int) -> None:
-    """Keep only level 0 of the probability (``write_probability=False``)."""
-    for lev in range(1, n_levels):
-        remove_tree(os.path.join(path, str(lev)))
-    import zarr
-
-    root = zarr.open_group(path, mode="r+", zarr_format=2)
-    ms = root.attrs["multiscales"]
-    ms[0]["datasets"] = ms[0]["datasets"][:1]
-    root.attrs["multiscales"] = ms

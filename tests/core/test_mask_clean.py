@@ -127,3 +127,13 @@ def test_a_halo_too_small_breaks_the_equality(monkeypatch):
     m = _blobs((97, 131), 0)
     got = clean_dask(da.from_array(m, chunks=23), 2.5, 30, 0).compute()
     assert not np.array_equal(got, clean_block(m, 2.5, 30, 0))
+
+
+def test_the_radius_does_not_depend_on_scanner_rounding_of_um_per_px():
+    # 20x scanners report 0.5014 or 0.4990 um/px, not 0.5: 4 um is the same disk.
+    from napari_gigapixel.core.mask_clean import CleanSettings
+
+    radii = {
+        CleanSettings(4.0, 0.0, 0.0).to_pixels(mpp * 4).radius_px for mpp in (0.499, 0.5, 0.5014)
+    }
+    assert radii == {1.0}

@@ -113,8 +113,12 @@ class CleanSettings:
     def to_pixels(self, grid_mpp: float) -> CleanPixels:
         """The settings in pixels of a grid of ``grid_mpp`` um/px."""
         g = float(grid_mpp)
+        # The radius is snapped to a tenth of a pixel: scanners report um/px a
+        # little off round figures (0.5014 at 20x), and a disk's pixels jump at
+        # whole radii, so 4 um must not mean radius 1 on one 20x slide and no
+        # opening on another.
         return CleanPixels(
-            radius_px=float(self.min_width_um) / 2.0 / g,
+            radius_px=round(float(self.min_width_um) / 2.0 / g, 1),
             min_object_px=float(self.min_object_um2) / (g * g),
             min_hole_px=float(self.min_hole_um2) / (g * g),
         )

@@ -137,3 +137,42 @@ def test_the_radius_does_not_depend_on_scanner_rounding_of_um_per_px():
         CleanSettings(4.0, 0.0, 0.0).to_pixels(mpp * 4).radius_px for mpp in (0.499, 0.5, 0.5014)
     }
     assert radii == {1.0}
+
+
+@pytest.mark.parametrize(
+    "shape,chunks,radius,obj,hole",
+    [
+        ((97, 131), (23, 23), 2.5, 30, 12),
+        ((97, 131), (40, 64), 1.0, 62.5, 0),
+        ((12, 200), (16, 30), 1.5, 20, 10),  # one chunk row, a halo taller than the slide
+        ((150, 40), (32, 64), 2.0, 0, 15),  # one chunk column
+    ],
+)
+def test_the_store_pass_equals_the_whole_array_clean(tmp_path, shape, chunks, radius, obj, hole):
+    # What predict runs on its level 0: band by band from the zarr store.
+    import zarr
+
+    from napari_gigapixel.core.events import Progress
+    from napari_gigapixel.core.mask_clean import CleanPixels, clean_zarr_array
+
+    m = _blobs(shape, 5)
+    path = str(tmp_path / "0")
+    arr = zarr.create_array(
+        store=path, shape=shape, chunks=chunks, dtype="uint8", fill_value=0, zarr_format=2
+    )
+    arr[:] = m
+    gen = clean_zarr_array(path, CleanPixels(radius, obj, hole))
+    done = []
+    while True:
+        try:
+            done.append(next(gen))
+        except StopIteration as fin:
+            tissue = fin.value
+            break
+    whole = clean_block(m, radius, obj, hole)
+    assert not np.array_equal(whole, m)
+    got = zarr.open_array(path, mode="r", zarr_format=2)[:]
+    np.testing.assert_array_equal(got, whole)
+    assert tissue == int(whole.sum())
+    assert all(isinstance(p, Progress) for p in done) and done[-1].done == done[-1].total
+    assert done[-1].total == -(-shape[0] // chunks[0]) * -(-shape[1] // chunks[1])

@@ -339,24 +339,20 @@ def threshold_and_clean(
     in its file), else :data:`.mask_clean.FALLBACK_MPP`. The grid is the
     image's pixels times the output stride.
     """
-    from .mask_clean import CleanSettings, clean_block, clean_dask, level0_mpp
+    from .mask_clean import CleanSettings, clean_block, clean_dask, plan_clean
 
     if not 0.0 <= float(threshold) <= 1.0:
         raise GigapixelError(f"threshold must be within [0, 1], got {threshold}.")
     settings = (CleanSettings() if clean is None else clean).validate()
-    if mpp:
-        image_mpp = float(mpp)
-    else:
+    os_ = int(geometry.output_stride)
+    if mpp:  # the image's own um/px
+        px, _ = plan_clean(settings, float(mpp), None, os_)
+    else:  # the image is at the model's training resolution: its um/px
         rec = getattr(model, "_gigapixel_resolution", None) or {}
-        m0, _ = level0_mpp(None, {"resolution": rec})
-        image_mpp = m0 * float(rec.get("downsample") or 1.0)
-    px = settings.to_pixels(image_mpp * int(geometry.output_stride))
-    if isinstance(prob, np.ndarray):
-        mask = (prob >= threshold).astype(np.uint8)
-        return (
-            clean_block(mask, px.radius_px, px.min_object_px, px.min_hole_px)
-            if px.active
-            else mask
-        )
+        downsample = float(rec.get("downsample") or 1.0)
+        px, _ = plan_clean(settings, None, {"resolution": rec}, downsample * os_)
     mask = (prob >= threshold).astype(np.uint8)
-    return clean_dask(mask, px.radius_px, px.min_object_px, px.min_hole_px)
+    if not px.active:
+        return mask
+    clean_fn = clean_block if isinstance(prob, np.ndarray) else clean_dask
+    return clean_fn(mask, px.radius_px, px.min_object_px, px.min_hole_px)

@@ -97,3 +97,69 @@ def test_trainer_records_statistics_prior_and_balance_and_predict_applies_them(t
         masks.append(np.asarray(open_prediction(str(pred)).mask[0]))
     assert (masks[0] != masks[1]).mean() < 0.01
     assert masks[0].mean() > 0.2
+
+
+@pytest.mark.parametrize("transform", ["linear", "od"])
+def test_statistics_from_histograms_equal_the_pixels_statistics(transform):
+    from napari_gigapixel.core._train_data import statistics_from_histograms
+    from napari_gigapixel.core.unet import input_transform_table
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (n, 3), dtype=np.uint8) for n in (1000, 2500)]
+    hists = [np.stack([np.bincount(im[:, c], minlength=256) for c in range(3)]) for im in images]
+    mean, std = statistics_from_histograms(hists, transform)
+    values = input_transform_table(transform)[np.concatenate(images)]
+    np.testing.assert_allclose(mean, values.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, values.std(axis=0), rtol=1e-9)
+    # Order of the images (or of the workers that counted them) does not matter.
+    assert statistics_from_histograms(hists[::-1], transform) == (mean, std)
+
+
+def test_model_config_checks_the_input_transform():
+    assert ModelConfig().input_transform == "linear"  # files from before it load as before
+    cfg = ModelConfig(input_transform="od")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(GigapixelError, match="input_transform 'log'"):
+        ModelConfig(input_transform="log")
+
+
+def test_optical_density_model_trains_saves_and_predicts(tmp_path):
+    pytest.importorskip("tensorflow")
+    from napari_gigapixel.core.inference import predict_array
+    from napari_gigapixel.core.unet import load_model, preset_config
+
+    img, mask = _toy()
+    from napari_gigapixel.core.training import TrainConfig, train
+
+    out = tmp_path / "od.keras"
+    cfg = TrainConfig(
+        images=[img],
+        masks=[mask],
+        out=str(out),
+        steps=30,
+        checkpoint_every=0,
+        model=preset_config("small", input_transform="od"),
+    )
+    list(train(cfg))
+    model, meta = load_model(out)
+    mcfg = meta["model_config"]
+    assert mcfg.input_transform == "od"
+    balanced = apply_balance(img, balance_table(white_point(img)))
+    od = np.log10(256.0 / (balanced.reshape(-1, 3).astype(np.float64) + 1.0))
+    np.testing.assert_allclose(mcfg.input_mean, od.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(mcfg.input_std, od.std(axis=0), rtol=1e-6)
+    prob = predict_array(model, img)
+    assert prob.shape[:2] == (32, 48)
+    assert ((prob[..., 0] if prob.ndim == 3 else prob) > 0.5).mean() > 0.2
+
+
+def test_cli_input_transform_reaches_the_model():
+    from napari_gigapixel.cli import build_parser
+    from napari_gigapixel.cli.train import build_config
+    from napari_gigapixel.core.training import TrainConfig
+
+    base = ["train", "--image", "a.tif", "--mask", "m.tif", "--out", "m.keras"]
+    assert build_config(build_parser().parse_args(base)).model == TrainConfig().model
+    for kind in ("od", "linear"):
+        cfg = build_config(build_parser().parse_args([*base, "--input-transform", kind]))
+        assert cfg.model.input_transform == kind

@@ -246,3 +246,23 @@ def test_preview_is_the_block_mean_of_the_whole_image_probability(image):
         block = p[i * f : (i + 1) * f, j * f : (j + 1) * f]
         assert res.preview[i, j] == pytest.approx(block.mean(), abs=1e-6), (i, j)
     assert res.preview.shape == (-(-ho // f), -(-wo // f))
+
+
+def test_optical_density_input_streams_exactly(image):
+    # The optical-density input layer is per pixel: the streamed gradient is
+    # still the whole-image gradient, and the layer computes log10(256/(x+1)).
+    cfg = ModelConfig(
+        input_transform="od", input_mean=(0.3, 0.3, 0.3), input_std=(0.2, 0.2, 0.2), **SMALL
+    )
+    model = build_unet(cfg, seed=3, dtype="float64")
+    _randomise(model, 4)
+    data = _data(image, "dense", 4)
+    ref, ref_loss = whole_image_gradient(model, data, "dice+focal", 4)
+    grads, value, n = streamed_gradient(model, data, "dice+focal", 160)
+    assert n > 1
+    assert rel_err(grads, ref) < 1e-10
+    assert value == pytest.approx(ref_loss, rel=1e-10)
+    # The input layer: (log10(256 / (x + 1)) - mean) / std.
+    got = model.get_layer("rescale")(np.array([[[[0, 127, 255]]]], np.uint8)).numpy()
+    od = np.log10(256.0 / np.array([1.0, 128.0, 256.0]))
+    np.testing.assert_allclose(got[0, 0, 0], (od - 0.3) / 0.2, rtol=1e-12)

@@ -55,7 +55,7 @@ def add_parser(subparsers: Any) -> None:
     from ..core.losses import LOSSES
     from ..core.stain import AUGMENT_MODES, augment_mode
     from ..core.training import LR_FLOOR, LR_SCHEDULES, TrainConfig
-    from ..core.unet import PRESET_NOTES, PRESETS, preset_name
+    from ..core.unet import INPUT_TRANSFORMS, PRESET_NOTES, PRESETS, preset_name
 
     d = TrainConfig  # the dataclass's defaults are the recipe; one place to change it
     p = subparsers.add_parser(
@@ -165,6 +165,13 @@ def add_parser(subparsers: Any) -> None:
         help="width of a new model: "
         + ", ".join(f"'{k}' ({v})" for k, v in PRESET_NOTES.items())
         + " (default %(default)s)",
+    )
+    p.add_argument(
+        "--input-transform",
+        choices=INPUT_TRANSFORMS,
+        default=TrainConfig().model.input_transform,
+        help="what a new model's first layer reads: 'od', optical density (pale and dark "
+        "stain on one scale), or 'linear', grey levels (default %(default)s)",
     )
     p.add_argument(
         "--output-stride",
@@ -281,7 +288,11 @@ def build_config(args: argparse.Namespace):
         mode=args.mode,
         rois=rois,
         seed=args.seed,
-        model=preset_config(args.model_size, output_stride=args.output_stride),
+        model=preset_config(
+            args.model_size,
+            output_stride=args.output_stride,
+            input_transform=args.input_transform,
+        ),
         resume=args.resume,
         augment=args.augment,
         mixed_precision=PRECISIONS[args.precision],

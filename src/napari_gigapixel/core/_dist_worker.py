@@ -63,8 +63,8 @@ class RunSpec:
         ``i`` None for a validation slide, else the training image whose
         ``roi`` it is.
     sums
-        Return each image's pixel sums (:func:`._train_data.image_sums`) for
-        the input statistics.
+        Return each image's pixel histograms (:func:`._train_data.image_histogram`)
+        for the input statistics.
     """
 
     run_id: str
@@ -218,11 +218,11 @@ def describe_image(spec: RunSpec, i: int) -> dict[str, Any] | Any:
 
     Its shape, offset, labelled pixels (after the validation ROI), the counts
     before it (head prior), resolution, glass colour, the validation ROI's
-    message and, with ``spec.sums``, its pixel sums. A bad input (slide,
+    message and, with ``spec.sums``, its pixel histograms. A bad input (slide,
     mask, ROI) comes back as an :class:`._dist_cluster.InputFailure`.
     """
     from ._dist_cluster import InputFailure
-    from ._train_data import image_sums
+    from ._train_data import image_histogram
     from .errors import GigapixelError
 
     with _LOCK:
@@ -241,7 +241,7 @@ def describe_image(spec: RunSpec, i: int) -> dict[str, Any] | Any:
             "resolution": dict(d.resolution or {}),
             "white": info.get("white"),
             "note": info.get("note"),
-            "sums": image_sums(d) if spec.sums else None,
+            "sums": image_histogram(d) if spec.sums else None,
         }
 
 

@@ -35,13 +35,13 @@ __all__ = [
     "build_image_data",
     "check_roi",
     "codes_yw",
-    "image_sums",
+    "image_histogram",
     "input_statistics",
     "label_codes",
     "open_image_source",
     "open_mask_source",
     "snap_rect",
-    "statistics_from_sums",
+    "statistics_from_histograms",
 ]
 
 
@@ -301,49 +301,53 @@ def _build_image_data(
     )
 
 
-def image_sums(d: ImageData, band_rows: int = 1024) -> np.ndarray:
-    """Per-channel sums and sums of squares of one image's pixels, and their count.
+def image_histogram(d: ImageData, band_rows: int = 1024) -> np.ndarray:
+    """Per-channel histogram of one image's pixels: ``(3, 256)`` counts in float64.
 
-    ``[s_r, s_g, s_b, q_r, q_g, q_b, n]`` in float64, one pass over the
-    decoded cache band by band. Every term is an integer (uint8 values and
-    their squares), so the sums are exact below 2**53 (about 1.4e11 pixels)
-    and adding images' sums in any order, or on different machines, gives the
-    same figures (:func:`input_statistics`, the distributed trainer's workers).
+    One pass over the decoded cache band by band. Counts are integers, so the
+    histograms are exact below 2**53 pixels and adding images' histograms in
+    any order, or on different machines, gives the same figures
+    (:func:`input_statistics`, the distributed trainer's workers). A histogram
+    rather than sums: the statistics of any per-value input transform
+    (:data:`.unet.INPUT_TRANSFORMS`) follow from it exactly.
     """
-    total = np.zeros(3)
-    squares = np.zeros(3)
-    count = 0
+    hist = np.zeros((3, 256))
     h, w = d.shape
     for y0 in range(0, h, band_rows):
         block = d.image.read(y0, min(h, y0 + band_rows), 0, w).reshape(-1, 3)
-        f = block.astype(np.float64)
-        total += f.sum(axis=0)
-        squares += np.einsum("ij,ij->j", f, f)
-        count += block.shape[0]
-    return np.concatenate([total, squares, [float(count)]])
+        for c in range(3):
+            hist[c] += np.bincount(block[:, c], minlength=256)
+    return hist
 
 
-def statistics_from_sums(
-    sums: list[np.ndarray],
+def statistics_from_histograms(
+    hists: list[np.ndarray], transform: str = "linear"
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation from images' :func:`image_sums`.
+    """Per-channel mean and standard deviation, after ``transform``, from :func:`image_histogram`.
 
-    A standard deviation below 1 grey level is raised to 1 (a flat image).
+    The values are those the model's input layer computes from each grey
+    level (:func:`.unet.input_transform_table`). A standard deviation below
+    the transform's step at glass (one grey level) is raised to it (a flat image).
     """
-    s = np.sum(sums, axis=0)
-    count = s[6]
-    mean = s[:3] / count
-    std = np.sqrt(np.maximum(s[3:6] / count - mean * mean, 0.0))
-    return tuple(float(v) for v in mean), tuple(float(max(v, 1.0)) for v in std)
+    from .unet import input_transform_floor, input_transform_table
+
+    h = np.sum(hists, axis=0)
+    table = input_transform_table(transform)
+    count = h.sum(axis=1)
+    mean = (h * table).sum(axis=1) / count
+    std = np.sqrt(np.maximum((h * table * table).sum(axis=1) / count - mean * mean, 0.0))
+    floor = input_transform_floor(transform)
+    return tuple(float(v) for v in mean), tuple(float(max(v, floor)) for v in std)
 
 
 def input_statistics(
-    datas: list[ImageData], band_rows: int = 1024
+    datas: list[ImageData], transform: str = "linear", band_rows: int = 1024
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of every pixel of the training images.
 
-    One pass over the decoded caches, band by band, with float64 sums (exact:
-    see :func:`image_sums`). A standard deviation below 1 grey level is raised
-    to 1 (a flat image).
+    Taken after the model's input ``transform`` (``"linear"`` grey levels or
+    ``"od"`` optical density), from one pass over the decoded caches band by
+    band (exact: see :func:`image_histogram`). A standard deviation below one
+    grey level's step is raised to it (a flat image).
     """
-    return statistics_from_sums([image_sums(d, band_rows) for d in datas])
+    return statistics_from_histograms([image_histogram(d, band_rows) for d in datas], transform)

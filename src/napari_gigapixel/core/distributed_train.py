@@ -17,8 +17,8 @@ an image, over tiles. Each step:
 
 The recipe is the single-process trainer's: the workers decode each slide at
 the working resolution (``TrainConfig.resolution``), white-balanced by its own
-glass colour, and return its pixel sums, which the client adds up into the
-input statistics (exact: integer sums) before it builds the model; a
+glass colour, and return its pixel histograms, which the client adds up into
+the input statistics (exact: integer counts) before it builds the model; a
 validation ROI's labels are left out on every worker that decodes its slide;
 validation regions are scored by worker tasks (one region per task, the
 trainer's forward pass) and pooled on the client, which keeps the best model.
@@ -87,7 +87,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
     import dataclasses
 
     from . import _dist_worker as dw
-    from ._train_data import statistics_from_sums
+    from ._train_data import statistics_from_histograms
     from .image_step import preview_factor
     from .input_norm import WHITE
     from .train_config import _describe, _validate
@@ -190,7 +190,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
             model,
             mcfg,
             balanced,
-            lambda: statistics_from_sums([d["sums"] for d in infos]),
+            lambda: statistics_from_histograms([d["sums"] for d in infos], mcfg.input_transform),
             [tuple(d["counts"]) for d in infos],
         )
         if note:

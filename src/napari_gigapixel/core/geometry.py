@@ -55,6 +55,7 @@ class Geometry:
 _IDENTITY = {
     "InputLayer",
     "Rescaling",
+    "InputTransform",  # per pixel (core._input_layer)
     "Activation",
     "ReLU",
     "Dropout",

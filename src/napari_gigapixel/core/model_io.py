@@ -206,6 +206,9 @@ def load_model(path: str | os.PathLike):
     meta = read_model_meta(path)
     import keras
 
+    from ._input_layer import input_layer
+
+    input_layer()  # registers the input layer the file names
     try:
         model = keras.saving.load_model(path, compile=True)
     except Exception as exc:  # Keras raises many types for a damaged archive

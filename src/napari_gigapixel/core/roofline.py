@@ -28,7 +28,7 @@ from typing import Any
 #: Bytes per element of the compute dtypes.
 ITEM_BYTES = {"uint8": 1, "bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
 #: FLOP per element of the cheap element-wise layers (and fused activations).
-ELEMENTWISE_FLOP = {"relu": 1, "sigmoid": 4, "linear": 0, "Rescaling": 2}
+ELEMENTWISE_FLOP = {"relu": 1, "sigmoid": 4, "linear": 0, "Rescaling": 2, "log": 4}
 
 
 @dataclass
@@ -113,6 +113,14 @@ def layer_costs(model: Any) -> list[LayerCost]:
             ew += out_el
         elif kind == "Rescaling":
             ew = ELEMENTWISE_FLOP["Rescaling"] * out_el
+        elif kind == "InputTransform":
+            # x * scale + offset as a 1 x 1 convolution with a diagonal kernel:
+            # the machine does all 3 x 3 products (fast ones), then the offset;
+            # optical density adds a log per value.
+            mac = 3.0 * c_out
+            ew = out_el
+            if layer.kind == "od":
+                ew += ELEMENTWISE_FLOP["log"] * out_el
         matrix = 2.0 * mac
         back = 0.0
         if needs_grad[id(out)]:

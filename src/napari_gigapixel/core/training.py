@@ -117,11 +117,12 @@ def _fit_to_data(cfg: TrainConfig, model, mcfg, balanced: bool, statistics, coun
         mean, std = statistics()
         mcfg = dataclasses.replace(mcfg, input_mean=mean, input_std=std)
         model, mcfg, _, _ = _make_model(cfg, mcfg)
+        fmt, unit = (".3f", " (optical density)") if mcfg.input_transform == "od" else (".1f", "")
         note.append(
-            "input standardised: mean "
-            + ", ".join(f"{v:.1f}" for v in mean)
+            f"input standardised{unit}: mean "
+            + ", ".join(f"{v:{fmt}}" for v in mean)
             + "; std "
-            + ", ".join(f"{v:.1f}" for v in std)
+            + ", ".join(f"{v:{fmt}}" for v in std)
         )
     if cfg.head_prior:
         pos = sum(p for p, _ in counts)
@@ -237,7 +238,7 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
             model,
             mcfg,
             balanced,
-            lambda: _train_data().input_statistics(datas),
+            lambda: _train_data().input_statistics(datas, mcfg.input_transform),
             [(d.n_positive, d.n_labelled) for d in datas],
         )
         if note:

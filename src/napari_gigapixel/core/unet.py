@@ -18,6 +18,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
+from ._input_layer import KINDS
 from .errors import GigapixelError
 from .geometry import Geometry, model_geometry
 from .model_io import (
@@ -36,6 +39,7 @@ __all__ = [
     "META_ENTRY",
     "META_FORMAT",
     "META_VERSION",
+    "INPUT_TRANSFORMS",
     "Geometry",
     "ModelConfig",
     "ModelFileError",
@@ -50,6 +54,23 @@ __all__ = [
     "read_model_meta",
     "save_model",
 ]
+
+
+#: Input transforms of the model's first layer (``ModelConfig.input_transform``).
+INPUT_TRANSFORMS = KINDS
+
+
+def input_transform_table(kind: str) -> np.ndarray:
+    """The value the input layer computes for each grey level 0-255 (float64, 256 entries)."""
+    v = np.arange(256, dtype=np.float64)
+    if kind == "od":
+        return np.log10(256.0 / (v + 1.0))
+    return v
+
+
+def input_transform_floor(kind: str) -> float:
+    """Smallest standard deviation used to standardise: one grey level's step at glass."""
+    return float(np.log10(241.0 / 240.0)) if kind == "od" else 1.0
 
 
 @dataclass
@@ -84,6 +105,14 @@ class ModelConfig:
         The model expects slides white-balanced (:mod:`.input_norm`: each
         slide's glass scaled to one white) before its input layer; the trainer
         and :func:`.inference.predict` do it per slide.
+    input_transform
+        What the input layer computes from each grey level before
+        standardising (:data:`INPUT_TRANSFORMS`): ``"linear"`` the grey level
+        itself; ``"od"`` its optical density ``log10(256 / (x + 1))``
+        (Beer-Lambert: stain amounts add up in it, and a paler slide's tissue
+        is the same pattern scaled down, where in grey levels pale tissue is
+        squeezed into the few levels below glass). A per-pixel map, so tiling
+        stays exact. Files written before it existed load as ``"linear"``.
     """
 
     widths: tuple[int, ...] = (8, 8, 12)
@@ -95,6 +124,7 @@ class ModelConfig:
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
     white_balance: bool = False
+    input_transform: str = "linear"
 
     def __post_init__(self) -> None:
         # Lists come back from JSON; keep tuples so configs compare equal.
@@ -111,6 +141,11 @@ class ModelConfig:
                 raise GigapixelError(
                     "ModelConfig: input_mean and input_std need 3 values (R, G, B), std > 0."
                 )
+        if self.input_transform not in INPUT_TRANSFORMS:
+            raise GigapixelError(
+                f"ModelConfig: input_transform {self.input_transform!r} is not one of "
+                f"{', '.join(INPUT_TRANSFORMS)}."
+            )
         n = len(self.widths)
         if not (n >= 1 and len(self.kernels) == n and len(self.strides) == n):
             raise GigapixelError(
@@ -226,12 +261,16 @@ def build_unet(cfg: ModelConfig | None = None, seed: int = 0, *, dtype: str = "f
     # Centred input ([-1, 1]): on mostly-white slides a [0, 1] input leaves
     # many first-layer ReLUs always on or always off at initialisation, and
     # plain BCE then sometimes never escapes (measured: stuck at ln 2).
-    if cfg.input_mean is None:
-        scale, offset = 1.0 / 127.5, -1.0
+    if cfg.input_mean is None and cfg.input_transform == "od":
+        scale, offset = [1.0] * 3, [0.0] * 3  # optical density is already about 0-2
+    elif cfg.input_mean is None:
+        scale, offset = [1.0 / 127.5] * 3, [-1.0] * 3
     else:  # standardised per channel with the training slides' statistics
         scale = [1.0 / s for s in cfg.input_std]
         offset = [-m / s for m, s in zip(cfg.input_mean, cfg.input_std)]
-    x = layers.Rescaling(scale, offset=offset, dtype=main, name="rescale")(inp)
+    from ._input_layer import input_layer
+
+    x = input_layer()(cfg.input_transform, scale, offset, dtype=main, name="rescale")(inp)
     skips = [x]
     for i, (w, k, s) in enumerate(zip(cfg.widths, cfg.kernels, cfg.strides)):
         x = layers.Conv2D(

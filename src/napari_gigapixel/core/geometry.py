@@ -55,7 +55,7 @@ class Geometry:
 _IDENTITY = {
     "InputLayer",
     "Rescaling",
-    "InputTransform",  # per pixel (core._input_layer)
+    "InputTransform",  # per pixel (core._keras_layers)
     "Activation",
     "ReLU",
     "Dropout",
@@ -74,7 +74,7 @@ def _layer_geometry(layer, inputs: list[tuple[int, int, int]]) -> tuple[int, int
     (t, before, after) = inputs[0]
     if name in _IDENTITY:
         return (t, before, after)
-    if name == "Conv2D":
+    if name in ("Conv2D", "WideGradConv2D"):  # the latter: core._keras_layers
         k = int(layer.kernel_size[0])
         s = int(layer.strides[0])
         d = int(layer.dilation_rate[0])

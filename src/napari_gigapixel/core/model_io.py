@@ -206,9 +206,9 @@ def load_model(path: str | os.PathLike):
     meta = read_model_meta(path)
     import keras
 
-    from ._input_layer import input_layer
+    from ._keras_layers import input_layer, wide_grad_conv
 
-    input_layer()  # registers the input layer the file names
+    input_layer(), wide_grad_conv()  # registers the layers the file may name
     try:
         model = keras.saving.load_model(path, compile=True)
     except Exception as exc:  # Keras raises many types for a damaged archive

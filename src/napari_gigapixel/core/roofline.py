@@ -102,7 +102,7 @@ def layer_costs(model: Any) -> list[LayerCost]:
         act = getattr(getattr(layer, "activation", None), "__name__", "linear")
         ew = ELEMENTWISE_FLOP.get(act, 1) * out_el
         mac = 0.0
-        if kind == "Conv2D":
+        if kind in ("Conv2D", "WideGradConv2D"):
             k = int(layer.kernel_size[0]) * int(layer.kernel_size[1])
             mac = k * int(ins[0].shape[-1]) * c_out * (1.0 / t_out**2)
             ew += out_el  # bias add

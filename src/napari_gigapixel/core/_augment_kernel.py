@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .stain import Augmentation, ColourJitter
+from .stain import Augmentation, ColourJitter, InkRecolour
 
 _FUNCS: dict[Any, Any] = {}
 
@@ -49,6 +49,36 @@ def _colour_kernel():
 
         _FUNCS["colour"] = run
     return _FUNCS["colour"]
+
+
+def _ink_kernel(factor: int):
+    """The XLA ink recolouring (:class:`.stain.InkRecolour`) for labels at 1/``factor``."""
+    key = ("ink", factor)
+    if key not in _FUNCS:
+        import tensorflow as tf
+
+        @tf.function(
+            jit_compile=True,
+            input_signature=[
+                tf.TensorSpec([None, None, 3], tf.uint8),
+                tf.TensorSpec([None, None], tf.uint8),
+                tf.TensorSpec([6], tf.float32),
+            ],
+        )
+        def run(x, background, p):
+            # p: direction (3), darkness scale, threshold, log(white).
+            h, w = tf.shape(x)[0], tf.shape(x)[1]
+            bg = tf.repeat(tf.repeat(background, factor, axis=0), factor, axis=1)[:h, :w]
+            v = tf.cast(x, tf.float32)
+            d = tf.minimum(tf.math.log(tf.maximum(v, 255e-6)) - p[5], 0.0)
+            n = tf.sqrt(tf.reduce_sum(d * d, axis=-1, keepdims=True))
+            sel = (bg[..., None] > 0) & (n > p[4])
+            new = tf.exp(p[5] - n * p[3] * p[:3])
+            new = tf.cast(tf.clip_by_value(tf.round(new), 0.0, 255.0), tf.uint8)
+            return tf.where(sel, new, x)
+
+        _FUNCS[key] = run
+    return _FUNCS[key]
 
 
 def _turn_kernel(k: int, flip: bool):
@@ -86,19 +116,32 @@ def map_rect(
     return y0, y1, x0, x1
 
 
-def transform(src: np.ndarray, aug: Augmentation, shape: tuple[int, int] | None = None):
-    """``fliplr(rot90(src, k))`` with the colour map applied, for a uint8 ``(h, w, 3)`` array.
+def transform(
+    src: np.ndarray,
+    aug: Augmentation,
+    shape: tuple[int, int] | None = None,
+    background: np.ndarray | None = None,
+    factor: int = 1,
+):
+    """``fliplr(rot90(src, k))`` with the ink and the colour map applied, for uint8 ``(h, w, 3)``.
 
     With ``shape``, the result is zero-padded at the bottom and right to that
     shape (a window reaching past the slide: the padding stays 0, as in the
-    whole-image step, which pads the transformed slide). Returns a TensorFlow
-    uint8 tensor (``np.asarray`` reads it), ready for the tile step.
+    whole-image step, which pads the transformed slide). ``background``
+    (uint8, 1 where the mask labels background) at 1/``factor`` of ``src``'s
+    pixels, aligned with its top-left corner, selects where the ink applies;
+    without it there is no ink. Returns a TensorFlow uint8 tensor
+    (``np.asarray`` reads it), ready for the tile step.
     """
     import tensorflow as tf
 
     colour: ColourJitter | None = aug.colour
+    ink: InkRecolour | None = aug.ink
     k, flip = aug.k % 4, bool(aug.flip)
     out = src
+    if ink is not None and background is not None:
+        p = np.append(ink.direction, [ink.scale, ink.threshold, np.log(ink.white)])
+        out = _ink_kernel(int(factor))(out, background, p.astype(np.float32))
     if colour is not None:
         if not colour.gain > 0:
             raise ValueError(f"the colour map needs a positive contrast, got gain {colour.gain}")

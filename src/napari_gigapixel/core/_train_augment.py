@@ -105,7 +105,7 @@ class SlideView:
         Without augmentation a numpy array; with it, the uint8 tensor of
         :func:`._augment_kernel.transform` (the tile step takes either).
         """
-        if not (self.aug.geometric or self.aug.colour is not None):
+        if not (self.aug.geometric or self.aug.colour is not None or self.aug.ink is not None):
             return self.data.image.read(*win)
         from ._augment_kernel import transform
 
@@ -120,13 +120,27 @@ class SlideView:
         key = (int(y0), int(y1), int(x0), int(x1))
         if key in self._memo:
             return self._memo[key]
-        block = self.data.image.read(*self._inverse(y0, cy1, x0, cx1, h, w))
-        out = transform(block, self.aug, (y1 - y0, x1 - x0))
+        rect = self._inverse(y0, cy1, x0, cx1, h, w)
+        block = self.data.image.read(*rect)
+        background = self._background(rect) if self.aug.ink is not None else None
+        out = transform(block, self.aug, (y1 - y0, x1 - x0), background, self.os)
         size = (y1 - y0) * (x1 - x0) * 3
         if self._memo_bytes + size <= self.MEMO_BYTES:
             self._memo[key] = out
             self._memo_bytes += size
         return out
+
+    def _background(self, rect: tuple[int, int, int, int]) -> np.ndarray:
+        """1 where the labels say background, at output stride, for an original-frame
+        rectangle whose top-left corner is on the output grid (tile windows are)."""
+        oy0, oy1, ox0, ox1 = rect
+        if oy0 % self.os or ox0 % self.os:
+            raise ValueError(f"window {rect} is off the output grid of stride {self.os}")
+        lab = self.data.labels.read(
+            oy0 // self.os, -(-oy1 // self.os), ox0 // self.os, -(-ox1 // self.os)
+        )
+        y, wgt = codes_yw(lab, self.data.kind)
+        return ((wgt > 0) & (y == 0)).view(np.uint8)
 
     def labels(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         lh, lw = self.data.labels.shape

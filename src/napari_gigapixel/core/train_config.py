@@ -102,8 +102,13 @@ class TrainConfig:
         colour map, the haematoxylin/eosin/DAB stain jitter (per-stain scale
         and shift in Ruifrok-Johnston colour deconvolution) plus brightness
         and contrast (:mod:`.stain`; with ``white_balance``, the stain scales
-        only, the glass kept white); ``"all"`` (or ``True``): both;
-        ``"none"`` (or ``False``, default): neither.
+        only, the glass kept white); ``"ink"``: on half the steps, pixels the
+        mask labels background that are darker than the glass (pen, dust,
+        bubble rims) take a random ink colour of the same darkness
+        (:class:`.stain.InkRecolour`; needs ``white_balance``), so another
+        slide's pen of a colour the training slide lacks is still glass;
+        ``"all"`` (or ``True``): all three (the ink only with white balance);
+        ``"none"`` (or ``False``, default): none.
     mixed_precision
         bfloat16 compute (float32 weights; transposed convolutions and the
         head stay float32). ``"auto"`` (default): on when the CPU has native
@@ -274,7 +279,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise TrainConfigError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}.")
     from .stain import augment_mode
 
-    augment_mode(cfg.augment)
+    if augment_mode(cfg.augment) == "ink" and not cfg.white_balance:
+        raise TrainConfigError(
+            "augment 'ink' needs white_balance: it measures how dark an artefact is "
+            "against the glass white. Turn white balance on, or use another augment mode."
+        )
     if len(cfg.val_masks) != len(cfg.val_images):
         raise TrainConfigError(
             f"validation needs one mask per validation image: got {len(cfg.val_images)} "

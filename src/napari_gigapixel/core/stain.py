@@ -49,10 +49,11 @@ BRIGHTNESS = 0.05
 #: Ink recolouring (:class:`InkRecolour`): a background-labelled pixel is an
 #: artefact when its optical density (natural log, against the glass white)
 #: has a norm above INK_THRESHOLD (measured on the tuning slides: glass is
-#: under 0.1 at its 95th percentile, 92-96% of pen, dust and bubble-rim pixels
-#: are over 0.15); a step recolours them with probability INK_PROBABILITY,
-#: their darkness scaled by 1 +- INK_SCALE.
-INK_THRESHOLD = 0.15
+#: under 0.1 at its 95th percentile, at least three quarters of pen, dust and
+#: bubble-rim pixels are over 0.3; 0.15 also takes in more of the faint edge
+#: beyond the mask and scored a little worse, README); a step recolours them with
+#: probability INK_PROBABILITY, their darkness scaled by 1 +- INK_SCALE.
+INK_THRESHOLD = 0.3
 INK_PROBABILITY = 0.5
 INK_SCALE = 0.2
 

@@ -31,6 +31,18 @@ from napari_gigapixel.core.tiling import tile_grid  # noqa: E402
 from napari_gigapixel.core.unet import model_geometry  # noqa: E402
 
 
+def _dense(img, mask):
+    """Training data of ``img`` with a dense mask at 1/4, cached in memory."""
+    return build_image_data(
+        img,
+        AnnotationMask(mask, 4.0, "dense"),
+        roi=None,
+        kind="dense",
+        output_stride=4,
+        cache_in_memory=lambda n: True,
+    )
+
+
 def _image(shape, seed=1):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
@@ -88,14 +100,7 @@ def test_modes_and_draws_are_fixed_by_seed_and_step():
 def test_tiles_of_the_transformed_slide_are_the_transformed_tiles(k, flip):
     # 516 x 1300: a multiple of the output stride (so it may turn), not of S.
     img = _image((516, 1300))
-    data = build_image_data(
-        img,
-        AnnotationMask(np.ones((129, 325), np.uint8), 4.0, "dense"),
-        roi=None,
-        kind="dense",
-        output_stride=4,
-        cache_in_memory=lambda n: True,
-    )
+    data = _dense(img, np.ones((129, 325), np.uint8))
     aug = Augmentation(k, flip, draw_augmentation(2, 7, "stain").colour)
     whole = np.asarray(transform(img, aug))
     view = SlideView(data, 4, aug)
@@ -116,14 +121,7 @@ def test_a_step_transforms_each_window_once_within_its_memo_budget(monkeypatch):
     import napari_gigapixel.core._augment_kernel as kernel
 
     img = _image((516, 1300))
-    data = build_image_data(
-        img,
-        AnnotationMask(np.ones((129, 325), np.uint8), 4.0, "dense"),
-        roi=None,
-        kind="dense",
-        output_stride=4,
-        cache_in_memory=lambda n: True,
-    )
+    data = _dense(img, np.ones((129, 325), np.uint8))
     calls = []
     real = kernel.transform
 
@@ -156,13 +154,9 @@ def _augmented_reference(img, data, aug):
     background = (lab == 0).view(np.uint8)  # dense codes: 0 background, 1 tissue
     lab = np.rot90(lab, aug.k)
     lab = lab[:, ::-1] if aug.flip else lab
-    return build_image_data(
+    return _dense(
         np.ascontiguousarray(np.asarray(transform(img, aug, None, background, 4))),
-        AnnotationMask(np.ascontiguousarray(lab), 4.0, "dense"),
-        roi=None,
-        kind="dense",
-        output_stride=4,
-        cache_in_memory=lambda n: True,
+        np.ascontiguousarray(lab),
     )
 
 
@@ -173,14 +167,7 @@ def test_streamed_equals_whole_gradient_with_augmentation_float64(shape, loss):
     img = _image(shape, seed=3)
     rng = np.random.default_rng(4)
     mask = (rng.random((-(-shape[0] // 4), -(-shape[1] // 4))) < 0.4).astype(np.uint8)
-    data = build_image_data(
-        img,
-        AnnotationMask(mask, 4.0, "dense"),
-        roi=None,
-        kind="dense",
-        output_stride=4,
-        cache_in_memory=lambda n: True,
-    )
+    data = _dense(img, mask)
     model = _model(4)
     geo = model_geometry(model)
     aug = Augmentation(1, True, draw_augmentation(0, 11, "stain").colour)
@@ -257,14 +244,7 @@ def test_streamed_equals_whole_gradient_with_ink_float64():
     img = _image(shape, seed=5)
     rng = np.random.default_rng(6)
     mask = (rng.random((shape[0] // 4, shape[1] // 4)) < 0.4).astype(np.uint8)
-    data = build_image_data(
-        img,
-        AnnotationMask(mask, 4.0, "dense"),
-        roi=None,
-        kind="dense",
-        output_stride=4,
-        cache_in_memory=lambda n: True,
-    )
+    data = _dense(img, mask)
     model = _model(4)
     geo = model_geometry(model)
     aug = Augmentation(1, True, None, _ink(2))

@@ -101,8 +101,8 @@ def test_trainer_records_statistics_prior_and_balance_and_predict_applies_them(t
 
 @pytest.mark.parametrize("transform", ["linear", "od"])
 def test_statistics_from_histograms_equal_the_pixels_statistics(transform):
+    from napari_gigapixel.core._keras_layers import input_transform_table
     from napari_gigapixel.core._train_data import statistics_from_histograms
-    from napari_gigapixel.core.unet import input_transform_table
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (n, 3), dtype=np.uint8) for n in (1000, 2500)]

@@ -62,7 +62,7 @@ class RunSpec:
         Validation regions in the trainer's order: ``(image, mask, i, roi)``,
         ``i`` None for a validation slide, else the training image whose
         ``roi`` it is.
-    sums
+    histograms
         Return each image's pixel histograms (:func:`._train_data.image_histogram`)
         for the input statistics.
     """
@@ -87,7 +87,7 @@ class RunSpec:
     keep_white: float | None = None
     val_rois: list[Any] = field(default_factory=list)
     val_regions: list[Any] = field(default_factory=list)
-    sums: bool = False
+    histograms: bool = False
 
 
 def _model(spec: RunSpec):
@@ -218,7 +218,7 @@ def describe_image(spec: RunSpec, i: int) -> dict[str, Any] | Any:
 
     Its shape, offset, labelled pixels (after the validation ROI), the counts
     before it (head prior), resolution, glass colour, the validation ROI's
-    message and, with ``spec.sums``, its pixel histograms. A bad input (slide,
+    message and, with ``spec.histograms``, its pixel histograms. A bad input (slide,
     mask, ROI) comes back as an :class:`._dist_cluster.InputFailure`.
     """
     from ._dist_cluster import InputFailure
@@ -241,7 +241,7 @@ def describe_image(spec: RunSpec, i: int) -> dict[str, Any] | Any:
             "resolution": dict(d.resolution or {}),
             "white": info.get("white"),
             "note": info.get("note"),
-            "sums": image_histogram(d) if spec.sums else None,
+            "histogram": image_histogram(d) if spec.histograms else None,
         }
 
 

@@ -19,8 +19,26 @@ from __future__ import annotations
 import math
 from functools import cache
 
-#: Input transforms (``ModelConfig.input_transform``).
+#: Input transforms (``ModelConfig.input_transform``; ``unet.INPUT_TRANSFORMS``).
 KINDS = ("linear", "od")
+
+
+def input_transform_table(kind: str):
+    """What :class:`InputTransform` computes for each grey level 0-255 (float64, 256 entries).
+
+    The input statistics are taken through it (:func:`._train_data.statistics_from_histograms`).
+    """
+    import numpy as np
+
+    v = np.arange(256, dtype=np.float64)
+    if kind == "od":
+        return np.log10(256.0 / (v + 1.0))
+    return v
+
+
+def input_transform_floor(kind: str) -> float:
+    """Smallest standard deviation used to standardise: one grey level's step at glass."""
+    return math.log10(241.0 / 240.0) if kind == "od" else 1.0
 
 
 @cache
@@ -97,10 +115,10 @@ def wide_grad_conv():
                 return super().convolution_op(inputs, kernel)
             import tensorflow as tf
 
-            strides = [1, *self.strides, 1]
-            padding = self.padding.upper()
             if self.dilation_rate != (1, 1) or self.data_format != "channels_last":
                 return super().convolution_op(inputs, kernel)
+            strides = [1, *self.strides, 1]
+            padding = self.padding.upper()
 
             @tf.custom_gradient
             def conv(x, k):

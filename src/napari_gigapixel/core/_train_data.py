@@ -326,10 +326,10 @@ def statistics_from_histograms(
     """Per-channel mean and standard deviation, after ``transform``, from :func:`image_histogram`.
 
     The values are those the model's input layer computes from each grey
-    level (:func:`.unet.input_transform_table`). A standard deviation below
+    level (:func:`._keras_layers.input_transform_table`). A standard deviation below
     the transform's step at glass (one grey level) is raised to it (a flat image).
     """
-    from .unet import input_transform_floor, input_transform_table
+    from ._keras_layers import input_transform_floor, input_transform_table
 
     h = np.sum(hists, axis=0)
     table = input_transform_table(transform)

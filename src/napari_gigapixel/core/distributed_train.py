@@ -125,7 +125,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
             yield Message(f"continuing at the checkpoint's resolution, {resolution.describe()}")
     # A resumed model keeps the input convention it was trained with (as train()).
     balanced = mcfg.white_balance or (cfg.white_balance and not cfg.resume)
-    fit_sums = bool(cfg.standardize and mcfg.input_mean is None and not cfg.resume)
+    fit_stats = bool(cfg.standardize and mcfg.input_mean is None and not cfg.resume)
     n = len(cfg.images)
     paths = [os.path.abspath(os.fspath(p)) for p in cfg.images]
     masks = [
@@ -161,7 +161,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
         balanced=balanced,
         val_rois=vrois,
         val_regions=regions,
-        sums=fit_sums,
+        histograms=fit_stats,
     )
     client = _connect(cfg.scheduler)
     try:
@@ -190,7 +190,9 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
             model,
             mcfg,
             balanced,
-            lambda: statistics_from_histograms([d["sums"] for d in infos], mcfg.input_transform),
+            lambda: statistics_from_histograms(
+                [d["histogram"] for d in infos], mcfg.input_transform
+            ),
             [tuple(d["counts"]) for d in infos],
         )
         if note:

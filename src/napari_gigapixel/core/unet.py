@@ -18,9 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
-from ._keras_layers import KINDS
+from ._keras_layers import KINDS as INPUT_TRANSFORMS
 from .errors import GigapixelError
 from .geometry import Geometry, model_geometry
 from .model_io import (
@@ -54,23 +52,6 @@ __all__ = [
     "read_model_meta",
     "save_model",
 ]
-
-
-#: Input transforms of the model's first layer (``ModelConfig.input_transform``).
-INPUT_TRANSFORMS = KINDS
-
-
-def input_transform_table(kind: str) -> np.ndarray:
-    """The value the input layer computes for each grey level 0-255 (float64, 256 entries)."""
-    v = np.arange(256, dtype=np.float64)
-    if kind == "od":
-        return np.log10(256.0 / (v + 1.0))
-    return v
-
-
-def input_transform_floor(kind: str) -> float:
-    """Smallest standard deviation used to standardise: one grey level's step at glass."""
-    return float(np.log10(241.0 / 240.0)) if kind == "od" else 1.0
 
 
 @dataclass

@@ -71,3 +71,32 @@ def test_a_cache_that_cannot_fit_is_refused(pair, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10, 10, 0))
     with pytest.raises(TrainConfigError, match="decoded slides need about"):
         preflight(_cfg(pair, tmp_path, memory_gb=1e-6, cache_dir=str(tmp_path)))
+
+
+def _checkpoint_meta_only(path, white_balance: bool) -> str:
+    """A file with napari-gigapixel's metadata only (preflight reads nothing else)."""
+    import json
+    import zipfile
+
+    from napari_gigapixel.core.model_io import META_ENTRY, META_FORMAT
+
+    meta = {
+        "format": META_FORMAT,
+        "geometry": {"stride": 32, "output_stride": 4, "rf_before": 48, "rf_after": 68},
+        "model_config": {"white_balance": white_balance},
+    }
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(META_ENTRY, json.dumps(meta))
+    return str(path)
+
+
+def test_resuming_with_ink_needs_a_white_balanced_checkpoint(pair, tmp_path):
+    # The trainer keeps a resumed model's input convention; ink without white
+    # balance would silently recolour nothing, so it is refused before any work.
+    plain = _checkpoint_meta_only(tmp_path / "plain.keras", white_balance=False)
+    with pytest.raises(TrainConfigError, match="plain.keras: this checkpoint was trained without"):
+        preflight(_cfg(pair, tmp_path, resume=plain, augment="ink"))
+    # Other modes resume as before; so does ink on a white-balanced checkpoint.
+    preflight(_cfg(pair, tmp_path, resume=plain, augment="stain"))
+    balanced = _checkpoint_meta_only(tmp_path / "balanced.keras", white_balance=True)
+    preflight(_cfg(pair, tmp_path, resume=balanced, augment="ink"))

@@ -287,13 +287,12 @@ def predict_array(
     ``white_balance`` True/False overrides what the model records (needed for
     a model built in this process and never saved, which records nothing).
     """
+    _check_clean(threshold, clean)
     if geometry is None:
         from .unet import model_geometry
 
         geometry = model_geometry(model)
     image = balance_like_predict(model, image, white_balance)
-    if threshold is None and clean is not None:
-        raise GigapixelError("clean (the mask clean-up) needs a threshold: pass threshold=0.5.")
     prob = predict_dask(model, image, geometry, chunk)
     if threshold is None:
         return prob.compute(scheduler=scheduler)
@@ -315,17 +314,22 @@ def predict_whole(
 
     White balance, and the mask with ``threshold``, as in :func:`predict_array`.
     """
+    _check_clean(threshold, clean)
     image = balance_like_predict(model, np.asarray(image), white_balance)
     s, os_ = int(geometry.stride), int(geometry.output_stride)
     h, w = image.shape[:2]
     hp, wp = -(-h // s) * s, -(-w // s) * s
     padded = np.pad(image[..., :3], ((0, hp - h), (0, wp - w), (0, 0)), constant_values=PAD_VALUE)
-    if threshold is None and clean is not None:
-        raise GigapixelError("clean (the mask clean-up) needs a threshold: pass threshold=0.5.")
     prob = _run_model(model, padded)[: -(-h // os_), : -(-w // os_)]
     if threshold is None:
         return prob
     return threshold_and_clean(prob, model, geometry, threshold, clean, mpp)
+
+
+def _check_clean(threshold: float | None, clean: Any) -> None:
+    """A clean-up acts on a mask: refuse ``clean`` without ``threshold``, before any work."""
+    if threshold is None and clean is not None:
+        raise GigapixelError("clean (the mask clean-up) needs a threshold: pass threshold=0.5.")
 
 
 def threshold_and_clean(

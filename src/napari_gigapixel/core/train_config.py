@@ -105,7 +105,8 @@ class TrainConfig:
         only, the glass kept white); ``"ink"``: on half the steps, pixels the
         mask labels background that are darker than the glass (pen, dust,
         bubble rims) take a random ink colour of the same darkness
-        (:class:`.stain.InkRecolour`; needs ``white_balance``), so another
+        (:class:`.stain.InkRecolour`; needs ``white_balance``, and a resumed
+        run a white-balanced checkpoint), so another
         slide's pen of a colour the training slide lacks is still glass;
         ``"all"`` (or ``True``): all three (the ink only with white balance);
         ``"none"`` (or ``False``, default): none.

@@ -35,7 +35,8 @@ def preflight(cfg: TrainConfig) -> None:
 
     _validate(cfg)
     if cfg.resume:
-        read_model_meta(check_input(cfg.resume, "checkpoint"))
+        meta = read_model_meta(check_input(cfg.resume, "checkpoint"))
+        _check_resumed_augment(cfg, meta)
     same_as_resume = bool(cfg.resume) and os.path.abspath(os.fspath(cfg.resume)) == (
         os.path.abspath(os.fspath(cfg.out))
     )
@@ -82,6 +83,24 @@ def preflight(cfg: TrainConfig) -> None:
             # Decoded once into a cache, at the working resolution.
             cache_bytes += int((y1 - y0) * (x1 - x0) * 3 / d**2)
     _check_cache_room(cfg, cache_bytes)
+
+
+def _check_resumed_augment(cfg: TrainConfig, meta: dict[str, Any]) -> None:
+    """A resumed run keeps its checkpoint's input convention, white balance included.
+
+    The ink recolouring measures darkness against the white-balanced glass, so
+    ``augment="ink"`` on a checkpoint trained without white balance would run
+    with no ink at all; it is refused here instead of silently ignored.
+    """
+    from .stain import augment_mode
+
+    balanced = bool((meta.get("model_config") or {}).get("white_balance", False))
+    if augment_mode(cfg.augment) == "ink" and not balanced:
+        raise TrainConfigError(
+            f"{cfg.resume}: this checkpoint was trained without white balance, and augment "
+            "'ink' needs it (it measures how dark an artefact is against the white-balanced "
+            "glass). Resume with another augment mode, or train a new model with white balance."
+        )
 
 
 def _check_cache_room(cfg: TrainConfig, cache_bytes: int) -> None:

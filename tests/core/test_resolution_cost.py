@@ -54,6 +54,8 @@ def test_the_model_constants_match_the_default_model():
     m = build_unet(TrainConfig().model, seed=0)
     assert model_geometry(m) == rc.DEFAULT_GEOMETRY
     assert bytes_per_pixel(m) == pytest.approx(rc.BYTES_PER_PIXEL["float32"], abs=0.01)
+    mixed = build_unet(TrainConfig().model, seed=0, dtype="mixed_bfloat16")
+    assert bytes_per_pixel(mixed) == pytest.approx(rc.BYTES_PER_PIXEL["bf16"], abs=0.01)
 
 
 def test_a_continued_checkpoint_lists_only_its_own_resolution():

@@ -18,12 +18,19 @@ from .tiling import padded_shape
 
 #: Resident memory of the worker before any tile (interpreter + TensorFlow).
 BASELINE_BYTES = int(0.8 * 2**30)
-#: Compute working set per window pixel per byte of layer outputs: forward
-#: activations kept for the backward pass, their gradients and the kernels'
-#: temporaries. Calibrated with ``benchmarks/bench_train.py`` on TF 2.21 CPU:
-#: the default model measured ~45 B/px (float32) and ~27 B/px (bf16) against
-#: 71 and 55 B/px of layer outputs, so 2.0 keeps a margin of about 10%.
-ACTIVATION_FACTOR = 2.0
+#: Compute working set per window pixel. Per layer output (channels over
+#: stride squared per level-0 pixel): the activation kept for the backward
+#: pass in its own dtype, plus TEMPORARY_BYTES for its gradient and the
+#: kernels' temporaries, which TensorFlow holds in float32 even under the bf16
+#: policy (the finest decoder convolution's wide kernel gradient, the oneDNN
+#: reorders); then WORKING_SET_MARGIN over all. Calibrated with the recipe's
+#: model on TF 2.21 CPU (8192 x 32768 px, 3.5 GiB budget, RSS sampled every
+#: 20 ms, minus the RSS before the first tile): 47.8 B/px in bf16 and 56.3 B/px
+#: in float32, against 52.4 and 63.5 from this count (10% and 13% over).
+#: Counting both parts at the layer's dtype, as before, gave 39 B/px in bf16:
+#: the 1 Gpx run peaked at 3.9 GiB against its 3.5 GiB budget.
+TEMPORARY_BYTES = 4.8
+WORKING_SET_MARGIN = 1.08
 
 
 def cpu_has_bf16() -> bool:
@@ -62,22 +69,23 @@ def current_rss_bytes() -> int:
 def bytes_per_pixel(model: Any) -> float:
     """Working set of one training tile per window pixel, from the model's layers.
 
-    Sums every layer output's bytes per level-0 pixel (channels over stride
-    squared, times the item size) and scales by :data:`ACTIVATION_FACTOR`.
+    The uint8 window itself, and for every layer output after it (channels
+    over stride squared per level-0 pixel) its own item size plus
+    :data:`TEMPORARY_BYTES`; times :data:`WORKING_SET_MARGIN`.
     """
     from .geometry import tensor_geometry
 
-    total = 3.0  # the uint8 window itself
+    total = 3.0  # the uint8 window itself (the input layer's output)
     outs = [getattr(layer, "output", None) for layer in model.layers]
     geo = tensor_geometry(model, [o for o in outs if o is not None and len(o.shape) == 4])
     for layer in model.layers:
         out = getattr(layer, "output", None)
-        if out is None or len(out.shape) != 4:
+        if out is None or len(out.shape) != 4 or type(layer).__name__ == "InputLayer":
             continue
         tensor_stride = geo[id(out)][0]
         item = np.dtype(str(out.dtype)).itemsize if str(out.dtype) != "bfloat16" else 2
-        total += ACTIVATION_FACTOR * item * int(out.shape[-1]) / tensor_stride**2
-    return total
+        total += (item + TEMPORARY_BYTES) * int(out.shape[-1]) / tensor_stride**2
+    return WORKING_SET_MARGIN * total
 
 
 def auto_core(shape: tuple[int, int], geometry: Geometry, bpp: float, budget_bytes: float) -> int:

@@ -39,11 +39,9 @@ PREDICT_MPX_PER_S = 70.0
 PREDICT_PEAK_BYTES = int(2.7e9)
 #: Working set per window pixel of the recipe's model (``bytes_per_pixel``
 #: of ``TrainConfig().model``), in bf16 (used where the CPU has it, as
-#: training's ``"auto"``) and float32. For the small model (37.64 / 48.66) the
-#: estimate was 1.43 / 3.35 GiB for 16.8 / 67 Mpx runs that peaked at 1.30 /
-#: 2.79 GiB: it errs 10-20% high; the medium model's 1 Gpx run with a 3.5 GiB
-#: budget peaked at 4.2 GiB RSS (TensorFlow's own memory on top).
-BYTES_PER_PIXEL = {"bf16": 48.78, "float32": 59.81}
+#: training's ``"auto"``) and float32: 10-15% over what an 8192 x 32768 px run
+#: measured (47.8 and 56.3 B/px; :data:`._resources.TEMPORARY_BYTES`).
+BYTES_PER_PIXEL = {"bf16": 55.22, "float32": 63.61}
 #: The recipe's model's geometry (``model_geometry(build_unet(TrainConfig().model))``;
 #: napari's process never builds a model, so the estimate keeps a copy, and
 #: ``tests/core/test_resolution_cost.py`` checks it against the built model).

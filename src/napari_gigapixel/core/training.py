@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from ._resources import (
-    ACTIVATION_FACTOR,
     BASELINE_BYTES,
     auto_core,
     bytes_per_pixel,
@@ -55,7 +54,6 @@ from .train_preflight import _resumed_resolution, preflight
 
 # Re-exported: callers import these from ``training`` (the public face of training).
 __all__ = [
-    "ACTIVATION_FACTOR",
     "BASELINE_BYTES",
     "LR_FLOOR",
     "LR_SCHEDULES",

@@ -170,6 +170,32 @@ def test_focal_term_is_the_focal_loss_and_not_bce(image):
     assert rel_err(focal, bce) > 1e-3
 
 
+def test_dice_focal_weighs_the_focal_term_by_focal_weight(image):
+    """``"dice+focal"`` = soft Dice + FOCAL_WEIGHT x mean focal, in the whole-image
+    reference and in the streamed step's reported loss alike."""
+    from napari_gigapixel.core.losses import FOCAL_WEIGHT, soft_dice_numpy
+
+    assert FOCAL_WEIGHT == 3.0  # the recipe's weight (README, Quality)
+    model = _model(4)
+    data = _data(image, "dense", 4)
+    geo = model_geometry(model)
+    h, w = data.shape
+    hp, wp = padded_shape((h, w), geo.stride)
+    x = np.zeros((1, hp, wp, 3), np.uint8)
+    x[0, :h, :w] = data.image.read(0, h, 0, w)
+    ho, wo = -(-h // 4), -(-w // 4)
+    y, wgt = data.labels_yw(0, ho, 0, wo)
+    p = model(x)[0, :ho, :wo, 0].numpy().astype(np.float64)
+    pc = np.clip(p, 1e-7, 1 - 1e-7)
+    pt = np.where(y > 0, pc, 1 - pc)
+    focal_mean = -(wgt * (1 - pt) ** 2 * np.log(pt)).sum() / data.n_labelled
+    want = 1.0 - soft_dice_numpy(p, y, wgt) + FOCAL_WEIGHT * focal_mean
+    _, ref = whole_image_gradient(model, data, "dice+focal", 4)
+    assert ref == pytest.approx(want, rel=1e-6)
+    _, streamed, _ = streamed_gradient(model, data, "dice+focal", 64)
+    assert streamed == pytest.approx(want, rel=1e-5)
+
+
 def test_one_tile_is_the_whole_image_step(image):
     # A core as large as the image: the single-pass whole-image Dice path.
     model = _model(4)

@@ -52,7 +52,7 @@ def _tile(text: str) -> int | str:
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``train`` sub-command."""
-    from ..core.losses import LOSSES
+    from ..core.losses import FOCAL_WEIGHT, LOSSES
     from ..core.stain import AUGMENT_MODES, augment_mode
     from ..core.training import LR_FLOOR, LR_SCHEDULES, TrainConfig
     from ..core.unet import INPUT_TRANSFORMS, PRESET_NOTES, PRESETS, preset_name
@@ -92,7 +92,10 @@ def add_parser(subparsers: Any) -> None:
         "--loss",
         choices=LOSSES,
         default=d.loss,
-        help="default %(default)s; 'dice' alone can collapse to all-tissue from scratch",
+        help=(
+            f"default %(default)s (soft Dice + {FOCAL_WEIGHT:g} x the mean focal term); "
+            "'dice' alone can collapse to all-tissue from scratch"
+        ),
     )
     p.add_argument(
         "--lr",

@@ -24,6 +24,12 @@ import numpy as np
 LOSSES = ("dice+bce", "bce", "dice", "dice+focal", "focal")
 #: Focal loss exponent: ``-(1 - p_t)**FOCAL_GAMMA log p_t`` (Lin et al., 2017).
 FOCAL_GAMMA = 2.0
+#: Weight of the focal term in a loss (``"dice+focal"`` = soft Dice + FOCAL_WEIGHT x
+#: mean focal). Chosen on the tuning slides (``benchmarks/tune_quality.py``, 4 seeds,
+#: 96 scores): 3 gave a worst Dice of 0.9786 against 0.9710 with 1, the palest check
+#: slide's faint tissue and the pen on the glass both weighing more against Dice's
+#: global overlap (README, Quality).
+FOCAL_WEIGHT = 3.0
 #: Additive smoothing of soft Dice (keeps an empty image finite).
 DICE_SMOOTH = 1.0
 #: Probabilities are clipped to [EPS, 1 - EPS] before the logarithms of BCE.
@@ -51,8 +57,10 @@ def pixel_term(kind: str) -> str | None:
 
 def pixel_loss_sum(p, y, w, kind: str):
     """``sum w * term(p, y)`` of the loss's pixel term (BCE for Dice alone, a figure
-    to report), in ``keras.ops``."""
-    return focal_sum(p, y, w) if pixel_term(kind) == "focal" else bce_sum(p, y, w)
+    to report), in ``keras.ops``; the focal term weighted by :data:`FOCAL_WEIGHT`."""
+    if pixel_term(kind) == "focal":
+        return FOCAL_WEIGHT * focal_sum(p, y, w)
+    return bce_sum(p, y, w)
 
 
 def focal_sum(p, y, w, gamma: float = FOCAL_GAMMA):

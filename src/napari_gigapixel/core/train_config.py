@@ -49,9 +49,11 @@ class TrainConfig:
         ``"dice"`` (:data:`.losses.LOSSES`): soft Dice plus a per-pixel term,
         BCE or focal (``-(1 - p_t)**2 log p_t``, which keeps the rare pixels
         the model gets wrong, pen and dust on the glass, from being drowned by
-        millions of easy ones). The defaults (``dice+focal``, the ``medium``
-        model, ``lr`` 1e-2, cosine schedule, 150 steps, white balance and input
-        standardisation) are the recipe chosen with
+        millions of easy ones), each the mean over labelled pixels; the focal
+        term weighs :data:`.losses.FOCAL_WEIGHT` (3) against Dice. The defaults
+        (``dice+focal``, the ``medium`` model, ``lr`` 1e-2, cosine schedule,
+        150 steps, white balance and input standardisation) are the recipe
+        chosen with
         ``benchmarks/tune_quality.py`` on tuning slides and measured by
         ``benchmarks/bench_quality.py`` on held-out ones (README, Quality).
         ``"dice"`` alone is not a good start from random weights: for a

@@ -173,7 +173,7 @@ def test_focal_term_is_the_focal_loss_and_not_bce(image):
 def test_dice_focal_weighs_the_focal_term_by_focal_weight(image):
     """``"dice+focal"`` = soft Dice + FOCAL_WEIGHT x mean focal, in the whole-image
     reference and in the streamed step's reported loss alike."""
-    from napari_gigapixel.core.losses import FOCAL_WEIGHT, soft_dice_numpy
+    from napari_gigapixel.core.losses import EPS, FOCAL_GAMMA, FOCAL_WEIGHT, soft_dice_numpy
 
     assert FOCAL_WEIGHT == 3.0  # the recipe's weight (README, Quality)
     model = _model(4)
@@ -186,9 +186,9 @@ def test_dice_focal_weighs_the_focal_term_by_focal_weight(image):
     ho, wo = -(-h // 4), -(-w // 4)
     y, wgt = data.labels_yw(0, ho, 0, wo)
     p = model(x)[0, :ho, :wo, 0].numpy().astype(np.float64)
-    pc = np.clip(p, 1e-7, 1 - 1e-7)
+    pc = np.clip(p, EPS, 1 - EPS)
     pt = np.where(y > 0, pc, 1 - pc)
-    focal_mean = -(wgt * (1 - pt) ** 2 * np.log(pt)).sum() / data.n_labelled
+    focal_mean = -(wgt * (1 - pt) ** FOCAL_GAMMA * np.log(pt)).sum() / data.n_labelled
     want = 1.0 - soft_dice_numpy(p, y, wgt) + FOCAL_WEIGHT * focal_mean
     _, ref = whole_image_gradient(model, data, "dice+focal", 4)
     assert ref == pytest.approx(want, rel=1e-6)

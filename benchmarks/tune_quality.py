@@ -6,6 +6,17 @@ seeds: per family, each recipe trains on every ``--train-slides`` slide from
 every ``--seeds`` initial seed and is scored on every ``--check-slides`` slide
 (Dice, precision, recall, hard-negative accuracy). The worst case over all
 (family, train slide, seed, check slide) runs is what a recipe is judged by.
+
+The default slides span what the benchmark asks of a recipe. Training slide
+10 is pale and carries green pen; training slide 15 is the darkest tuning
+slide (median optical density of its non-glass pixels 0.86 on ``ihc`` and
+0.62 on ``ihc-as-he``, against 0.66 and 0.46 for slide 10), as the
+benchmark's training slide 0 is darker than its held-out slides (0.63
+against 0.54 and 0.56 on ``ihc-as-he``; at the tissue's faint edge on
+``ihc``, 10th percentile 0.18 against 0.15 and 0.16). Check slide 14 carries
+blue pen, 27 and 32 black pen, and 32 is the palest at its edge. Trained on
+slides 10 and 14 (the protocol before), a recipe never had to carry a dark
+slide's model over to paler slides, where the benchmark's worst cases are.
 Prints one JSON object; progress lines go to stderr. Usage::
 
     python benchmarks/tune_quality.py --recipe base "" --recipe bce "--loss bce"
@@ -31,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", default="1024x4096")
     p.add_argument("--families", nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--train-slides", type=int, nargs="+", default=[10, 13])
-    p.add_argument("--check-slides", type=int, nargs="+", default=[11, 12, 14])
+    p.add_argument("--train-slides", type=int, nargs="+", default=[10, 15])
+    p.add_argument("--check-slides", type=int, nargs="+", default=[11, 14, 27, 32])
     p.add_argument(
         "--recipe",
         nargs=2,

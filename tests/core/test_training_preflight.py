@@ -100,3 +100,9 @@ def test_resuming_with_ink_needs_a_white_balanced_checkpoint(pair, tmp_path):
     preflight(_cfg(pair, tmp_path, resume=plain, augment="stain"))
     balanced = _checkpoint_meta_only(tmp_path / "balanced.keras", white_balance=True)
     preflight(_cfg(pair, tmp_path, resume=balanced, augment="ink"))
+    # The checkpoint's convention decides, not white_balance (a resumed run keeps it):
+    # ink on a balanced checkpoint resumed with white_balance off is not refused,
+    # ink on an unbalanced one with white_balance on still is.
+    preflight(_cfg(pair, tmp_path, resume=balanced, augment="ink", white_balance=False))
+    with pytest.raises(TrainConfigError, match="trained without white balance"):
+        preflight(_cfg(pair, tmp_path, resume=plain, augment="ink", white_balance=True))

@@ -282,7 +282,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise TrainConfigError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}.")
     from .stain import augment_mode
 
-    if augment_mode(cfg.augment) == "ink" and not cfg.white_balance:
+    # A resumed run keeps its checkpoint's white balance whatever white_balance
+    # says: preflight checks that checkpoint instead (_check_resumed_augment).
+    if augment_mode(cfg.augment) == "ink" and not cfg.white_balance and not cfg.resume:
         raise TrainConfigError(
             "augment 'ink' needs white_balance: it measures how dark an artefact is "
             "against the glass white. Turn white balance on, or use another augment mode."

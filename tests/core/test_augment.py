@@ -19,12 +19,14 @@ from napari_gigapixel.core.errors import GigapixelError  # noqa: E402
 from napari_gigapixel.core.image_step import image_step  # noqa: E402
 from napari_gigapixel.core.masks import AnnotationMask  # noqa: E402
 from napari_gigapixel.core.stain import (  # noqa: E402
+    INK_SCALE_RANGE,
     Augmentation,
     ColourJitter,
     InkRecolour,
     apply_colour_numpy,
     apply_ink_numpy,
     augment_mode,
+    auto_note,
     draw_augmentation,
 )
 from napari_gigapixel.core.tiling import tile_grid  # noqa: E402
@@ -234,9 +236,35 @@ def test_ink_draws_and_its_white_balance_requirement():
     # The other modes draw what they drew before the ink existed.
     assert draw_augmentation(3, 5, "all", 240.0).k == draw_augmentation(3, 5, "flip").k
     assert all(draw_augmentation(3, s, "all").ink is None for s in range(20))  # no white
+    assert min(i.scale for i in on) < 0.7 and max(i.scale for i in on) > 1.0
+    assert all(INK_SCALE_RANGE[0] <= i.scale <= INK_SCALE_RANGE[1] for i in on)
     cfg = TrainConfig(images=["a.tif"], masks=["m.tif"], augment="ink", white_balance=False)
     with pytest.raises(TrainConfigError, match="needs white_balance"):
         _validate(cfg)
+
+
+def test_auto_augment_is_the_ink_on_white_balanced_runs_only():
+    """The recipe's default: the ink where the glass is balanced to its white, nothing
+    where it is not (so --no-white-balance, or resuming an unbalanced checkpoint, is
+    not refused, and draws nothing instead of an ink measured against no white)."""
+    from napari_gigapixel.core.train_config import _validate
+    from napari_gigapixel.core.training import TrainConfig
+
+    assert TrainConfig().augment == "auto"
+    inks = 0
+    for s in range(12):
+        auto, ink = draw_augmentation(3, s, "auto", 240.0), draw_augmentation(3, s, "ink", 240.0)
+        assert (auto.k, auto.flip, auto.colour) == (0, False, None)
+        assert (auto.ink is None) == (ink.ink is None)
+        if ink.ink is not None:
+            inks += 1
+            np.testing.assert_array_equal(auto.ink.direction, ink.ink.direction)
+            assert (auto.ink.scale, auto.ink.white) == (ink.ink.scale, ink.ink.white)
+        assert draw_augmentation(3, s, "auto") == Augmentation()
+    assert inks > 0
+    assert "recoloured" in auto_note("auto", True) and "none" in auto_note("auto", False)
+    assert auto_note("ink", True) is None and auto_note(False, True) is None
+    _validate(TrainConfig(images=["a.tif"], masks=["m.tif"], white_balance=False))
 
 
 def test_streamed_equals_whole_gradient_with_ink_float64():
@@ -265,7 +293,8 @@ def test_streamed_equals_whole_gradient_with_ink_float64():
 @pytest.mark.parametrize(
     "flag,mode",
     [
-        ([], "none"),
+        ([], "auto"),
+        (["--augment", "none"], "none"),
         (["--augment"], "all"),
         (["--augment", "stain"], "stain"),
         (["--augment", "ink"], "ink"),

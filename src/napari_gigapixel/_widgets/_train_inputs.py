@@ -34,6 +34,7 @@ SIZE_PRESETS: dict[str, str] = {f"{name} ({PRESET_NOTES[name]})": name for name 
 
 #: Augmentations in words (the values are ``TrainConfig.augment``'s modes).
 AUGMENT_TEXT = {
+    "auto": "auto (ink when white-balanced)",
     "none": "none",
     "flip": "flip (flips, quarter turns)",
     "stain": "stain (H/E/DAB, brightness, contrast)",

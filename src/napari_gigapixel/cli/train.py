@@ -193,8 +193,10 @@ def add_parser(subparsers: Any) -> None:
         metavar="{" + ",".join(AUGMENT_MODES) + "}",
         help="whole-slide augmentation drawn per step, exact under tiling: 'flip' (flips and "
         "quarter turns), 'stain' (H/E/DAB stain, brightness and contrast jitter), 'ink' "
-        "(pen, dust and bubble rims on the glass recoloured as a random ink on half the "
-        "steps), 'all' (all three; what --augment alone means); default %(default)s",
+        "(pen, dust and bubble rims on the glass recoloured as a random, possibly paler "
+        "ink on half the steps; needs white balance), 'all' (all three; what --augment "
+        "alone means), 'auto' ('ink' on white-balanced runs, else none); default "
+        "%(default)s",
     )
     p.add_argument(
         "--mode",

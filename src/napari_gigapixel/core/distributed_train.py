@@ -53,6 +53,7 @@ from ._dist_cluster import (
 )
 from ._dist_step import _one_step, _Plan, _plan_images, _score_validation
 from .events import Message, StopFlag
+from .stain import auto_note
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -125,6 +126,8 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
             yield Message(f"continuing at the checkpoint's resolution, {resolution.describe()}")
     # A resumed model keeps the input convention it was trained with (as train()).
     balanced = mcfg.white_balance or (cfg.white_balance and not cfg.resume)
+    if (note := auto_note(cfg.augment, balanced)) is not None:
+        yield Message(note)
     fit_stats = bool(cfg.standardize and mcfg.input_mean is None and not cfg.resume)
     n = len(cfg.images)
     paths = [os.path.abspath(os.fspath(p)) for p in cfg.images]

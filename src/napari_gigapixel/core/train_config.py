@@ -52,8 +52,8 @@ class TrainConfig:
         millions of easy ones), each the mean over labelled pixels; the focal
         term weighs :data:`.losses.FOCAL_WEIGHT` (3) against Dice. The defaults
         (``dice+focal``, the ``medium`` model, ``lr`` 1e-2, cosine schedule,
-        150 steps, white balance and input standardisation) are the recipe
-        chosen with
+        150 steps, white balance and input standardisation, ``augment``
+        ``"auto"``: the ink on white-balanced runs) are the recipe chosen with
         ``benchmarks/tune_quality.py`` on tuning slides and measured by
         ``benchmarks/bench_quality.py`` on held-out ones (README, Quality).
         ``"dice"`` alone is not a good start from random weights: for a
@@ -111,7 +111,11 @@ class TrainConfig:
         run a white-balanced checkpoint), so another
         slide's pen of a colour the training slide lacks is still glass;
         ``"all"`` (or ``True``): all three (the ink only with white balance);
-        ``"none"`` (or ``False``, default): none.
+        ``"auto"`` (default, the recipe's): ``"ink"`` when the run is
+        white-balanced (a fresh run with ``white_balance``, or a resumed
+        white-balanced checkpoint), ``"none"`` otherwise; ``"none"`` (or
+        ``False``): none. The ink's darkness is scaled by 0.4-1.2, so pale
+        inks are shown as glass too.
     mixed_precision
         bfloat16 compute (float32 weights; transposed convolutions and the
         head stay float32). ``"auto"`` (default): on when the CPU has native
@@ -192,7 +196,7 @@ class TrainConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=lambda: preset_config(DEFAULT_MODEL_SIZE))
     resume: str | None = None
-    augment: bool | str = False
+    augment: bool | str = "auto"
     mixed_precision: bool | str = "auto"
     dtype: str = "float32"
     checkpoint_every: int = 10

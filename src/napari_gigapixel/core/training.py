@@ -41,6 +41,7 @@ from .events import (
 )
 from .image_step import ImageStep, image_step, iter_image_step, preview_factor
 from .input_norm import WHITE
+from .stain import auto_note
 from .tiling import padded_shape, round_up, tile_grid
 from .train_config import (
     LR_FLOOR,
@@ -203,6 +204,8 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     vdatas: list[Any] = []
     # A resumed model keeps the input convention it was trained with.
     balanced = mcfg.white_balance or (cfg.white_balance and not cfg.resume)
+    if (note := auto_note(cfg.augment, balanced)) is not None:
+        yield Message(note)
     try:
         rois = cfg.rois or [None] * len(cfg.images)
         for i, (img, msk) in enumerate(zip(cfg.images, cfg.masks)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from test_resolution import _slide
 
@@ -56,6 +58,36 @@ def test_the_model_constants_match_the_default_model():
     assert bytes_per_pixel(m) == pytest.approx(rc.BYTES_PER_PIXEL["float32"], abs=0.01)
     mixed = build_unet(TrainConfig().model, seed=0, dtype="mixed_bfloat16")
     assert bytes_per_pixel(mixed) == pytest.approx(rc.BYTES_PER_PIXEL["bf16"], abs=0.01)
+
+
+def test_augmented_training_plans_for_the_transform_working_set():
+    """An augmenting run's windows hold the transformed copy and the kernel's temporaries
+    too (measured: without them the recipe's 1 Gpx run peaked at 4.05 GiB on 3.5):
+    the tile plan, and the picker's estimate, count AUGMENT_BYTES per window pixel
+    for the steps that augment, and validation (never augmented) does not."""
+    pytest.importorskip("tensorflow")
+    from napari_gigapixel.core._resources import AUGMENT_BYTES, auto_core, bytes_per_pixel
+    from napari_gigapixel.core.train_config import TrainConfig
+    from napari_gigapixel.core.training import augments
+    from napari_gigapixel.core.unet import build_unet
+
+    cfg = TrainConfig()
+    m = build_unet(cfg.model, seed=0)
+    plain = bytes_per_pixel(m)
+    assert bytes_per_pixel(m, augmented=True) == pytest.approx(plain + AUGMENT_BYTES)
+    balanced = dataclasses.replace(cfg.model, white_balance=True)
+    assert augments(cfg, balanced) and not augments(cfg, cfg.model)  # "auto": the ink
+    assert augments(dataclasses.replace(cfg, augment="flip"), cfg.model)
+    assert not augments(dataclasses.replace(cfg, augment="none"), balanced)
+    budget = 2.0 * 2**30
+    shape = (16384, 65536)
+    geo = rc.DEFAULT_GEOMETRY
+    assert auto_core(shape, geo, plain + AUGMENT_BYTES, budget) < auto_core(
+        shape, geo, plain, budget
+    )
+    assert rc.train_cost(shape, 3.5, bpp=plain) == rc.train_cost(
+        shape, 3.5, bpp=plain + AUGMENT_BYTES, augmented=False
+    )
 
 
 def test_a_continued_checkpoint_lists_only_its_own_resolution():

@@ -276,10 +276,11 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
     )
 
     os_ = geometry.output_stride
-    bpp = bytes_per_pixel(model)
+    bpp = bytes_per_pixel(model)  # validation windows: never augmented
+    train_bpp = bytes_per_pixel(model, augmented=augments(cfg, mcfg))
     # The RSS now holds the interpreter, TensorFlow and the in-memory caches.
     compute_budget = budget - max(BASELINE_BYTES, current_rss_bytes())
-    cores = [core_size(cfg, d.shape, geometry, bpp, compute_budget) for d in datas]
+    cores = [core_size(cfg, d.shape, geometry, train_bpp, compute_budget) for d in datas]
     grids = [tile_grid(d.shape, c, geometry.halo, geometry.stride) for d, c in zip(datas, cores)]
     n_tiles = sum(len(g) for g in grids)
     vgrids = [
@@ -362,6 +363,14 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
         )
     finally:
         pool.shutdown(wait=True)
+
+
+def augments(cfg: TrainConfig, mcfg) -> bool:
+    """Whether the run's steps augment (what it draws: "auto" on a white-balanced model
+    is the ink), so the tile plan counts the transform's working set."""
+    from .stain import resolve_augment
+
+    return resolve_augment(cfg.augment, bool(mcfg.white_balance)) != "none"
 
 
 def core_size(cfg: TrainConfig, shape, geometry, bpp: float, budget: float) -> int:

@@ -41,7 +41,7 @@ from .events import (
 )
 from .image_step import ImageStep, image_step, iter_image_step, preview_factor
 from .input_norm import WHITE
-from .stain import auto_note
+from .stain import auto_note, resolve_augment
 from .tiling import padded_shape, round_up, tile_grid
 from .train_config import (
     LR_FLOOR,
@@ -368,8 +368,6 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
 def augments(cfg: TrainConfig, mcfg) -> bool:
     """Whether the run's steps augment (what it draws: "auto" on a white-balanced model
     is the ink), so the tile plan counts the transform's working set."""
-    from .stain import resolve_augment
-
     return resolve_augment(cfg.augment, bool(mcfg.white_balance)) != "none"
 
 

@@ -48,7 +48,9 @@ def synthetic(shape, block=2048):
         out = np.where(
             t[..., None], np.array([170, 80, 150], np.uint8), np.array([232, 228, 234], np.uint8)
         )
-        return (out + noise).astype(np.uint8)
+        # In 16 bits and clipped: uint8 wrapped glass blue (234 + 23) round to 0-1,
+        # bright yellow specks on 8% of the glass, which the ink then recoloured.
+        return np.minimum(out.astype(np.uint16) + noise, 255).astype(np.uint8)
 
     arr = da.empty((h, w, 3), dtype=np.uint8, chunks=(block, block, 3)).map_blocks(
         lambda b, block_info=None: make(block_info), dtype=np.uint8

@@ -23,6 +23,7 @@ from napari_gigapixel.core.stain import (  # noqa: E402
     Augmentation,
     ColourJitter,
     InkRecolour,
+    PenStrokes,
     apply_colour_numpy,
     apply_ink_numpy,
     augment_mode,
@@ -127,9 +128,9 @@ def test_a_step_transforms_each_window_once_within_its_memo_budget(monkeypatch):
     calls = []
     real = kernel.transform
 
-    def counting(block, aug, shape=None, *rest):
+    def counting(block, aug, shape=None, *rest, **kw):
         calls.append(shape)
-        return real(block, aug, shape, *rest)
+        return real(block, aug, shape, *rest, **kw)
 
     monkeypatch.setattr(kernel, "transform", counting)
     aug = Augmentation(1, True, draw_augmentation(2, 7, "stain").colour)
@@ -157,7 +158,9 @@ def _augmented_reference(img, data, aug):
     lab = np.rot90(lab, aug.k)
     lab = lab[:, ::-1] if aug.flip else lab
     return _dense(
-        np.ascontiguousarray(np.asarray(transform(img, aug, None, background, 4))),
+        np.ascontiguousarray(
+            np.asarray(transform(img, aug, None, background, 4, place=((0, 0), img.shape[:2])))
+        ),
         np.ascontiguousarray(lab),
     )
 
@@ -222,6 +225,67 @@ def test_ink_recolours_dark_background_pixels_only():
     np.testing.assert_allclose(od / np.linalg.norm(od), ink.direction, atol=0.05)
 
 
+@pytest.mark.parametrize("shape", [(336, 352), (331, 349)])
+def test_ink_by_blocks_equals_the_ink_on_every_block(shape):
+    """The ink recolours only the blocks its integer test flags. Each colour
+    near the test's cut (every mix of channels within a few grey levels of
+    it, where the ink's own norm crosses its threshold) sits alone in a block
+    of glass, so a cut one grey level too tight would leave one unrecoloured:
+    the result equals recolouring every block of the window, also for a
+    window off the block grid (a clipped edge window)."""
+    from napari_gigapixel.core._augment_kernel import apply_ink, ink_blocks, ink_cut
+
+    rng = np.random.default_rng(3)
+    img = np.clip(238 + rng.normal(0, 1, shape + (3,)), 0, 255).astype(np.uint8)
+    img[5:11, 7:40] = (60, 160, 90)  # pen
+    ink = _ink()
+    cut = ink_cut(ink)
+    near = np.arange(cut - 4, cut + 2)
+    mixes = np.stack(np.meshgrid(near, near, near, indexing="ij"), -1).reshape(-1, 3)
+    centres = [(y, x) for y in range(24, shape[0] - 8, 16) for x in range(8, shape[1] - 8, 16)]
+    assert len(centres) >= len(mixes)
+    for (y, x), mix in zip(centres, mixes):
+        img[y, x] = mix
+    background = np.ones((-(-shape[0] // 4), -(-shape[1] // 4)), np.uint8)
+    background[-8:, :4] = 0  # some tissue: never recoloured
+    t0 = (background.shape[0] - 8) * 4
+    img[t0:, :16] = (90, 40, 80)
+    every = np.argwhere(np.ones((-(-shape[0] // 16), -(-shape[1] // 16)), bool))
+    full = apply_ink(img.copy(), background, 4, ink, every)
+    changed = (full != img).any(axis=-1)
+    assert changed[5:11, 7:40].all() and not changed[t0:, :16].any()
+    took = [changed[y, x] for (y, x), _ in zip(centres, mixes)]
+    assert 0 < sum(took) < len(mixes)  # the sweep straddles the threshold
+    blocks = ink_blocks(img, background, 4, ink)
+    assert len(blocks) < len(every)
+    np.testing.assert_array_equal(apply_ink(img.copy(), background, 4, ink, blocks), full)
+    full_bg = np.repeat(np.repeat(background > 0, 4, 0), 4, 1)[: shape[0], : shape[1]]
+    ref = apply_ink_numpy(img, full_bg, ink)
+    assert int(np.abs(full.astype(int) - ref).max()) <= 1
+
+
+def test_a_run_keeps_each_windows_ink_blocks_until_the_labels_change():
+    img = _image((256, 320), seed=9)
+    img[:64] = 238
+    img[20:30, 40:200] = (40, 40, 160)  # pen on the glass
+    mask = np.ones((64, 80), np.uint8)
+    mask[:16] = 0
+    data = _dense(img, mask)
+    inks = [i for i in (draw_augmentation(5, s, "ink", 240.0).ink for s in range(30)) if i]
+    win = (0, 128, 0, 160)
+    first = np.asarray(SlideView(data, 4, Augmentation(ink=inks[0])).window(win))
+    assert len(data.ink_index) == 1
+    (blocks,) = data.ink_index.values()
+    second = np.asarray(SlideView(data, 4, Augmentation(ink=inks[1])).window(win))
+    assert len(data.ink_index) == 1 and next(iter(data.ink_index.values())) is blocks
+    data.ink_index.clear()  # recomputed: the same result
+    again = np.asarray(SlideView(data, 4, Augmentation(ink=inks[1])).window(win))
+    np.testing.assert_array_equal(again, second)
+    assert (first != second).any() and (first != img[:128, :160]).any()
+    data.exclude((0, 0, 32, 32), 4)
+    assert data.ink_index == {}
+
+
 def test_ink_draws_and_its_white_balance_requirement():
     from napari_gigapixel.core.train_config import _validate
     from napari_gigapixel.core.training import TrainConfig, TrainConfigError
@@ -243,26 +307,29 @@ def test_ink_draws_and_its_white_balance_requirement():
         _validate(cfg)
 
 
-def test_auto_augment_is_the_ink_on_white_balanced_runs_only():
-    """The recipe's default: the ink where the glass is balanced to its white, nothing
-    where it is not (so --no-white-balance, or resuming an unbalanced checkpoint, is
+def test_auto_augment_is_the_ink_and_pen_on_white_balanced_runs_only():
+    """The recipe's default: the ink and pen strokes where the glass is balanced to its
+    white, nothing where it is not (so --no-white-balance, or resuming an unbalanced checkpoint, is
     not refused, and draws nothing instead of an ink measured against no white)."""
     from napari_gigapixel.core.train_config import _validate
     from napari_gigapixel.core.training import TrainConfig
 
     assert TrainConfig().augment == "auto"
-    inks = 0
+    inks = pens = 0
     for s in range(12):
-        auto, ink = draw_augmentation(3, s, "auto", 240.0), draw_augmentation(3, s, "ink", 240.0)
+        auto, pen = draw_augmentation(3, s, "auto", 240.0), draw_augmentation(3, s, "pen", 240.0)
         assert (auto.k, auto.flip, auto.colour) == (0, False, None)
-        assert (auto.ink is None) == (ink.ink is None)
-        if ink.ink is not None:
+        assert (auto.ink is None) == (pen.ink is None) and (auto.pen is None) == (pen.pen is None)
+        if pen.ink is not None:
             inks += 1
-            np.testing.assert_array_equal(auto.ink.direction, ink.ink.direction)
-            assert (auto.ink.scale, auto.ink.white) == (ink.ink.scale, ink.ink.white)
+            np.testing.assert_array_equal(auto.ink.direction, pen.ink.direction)
+            assert (auto.ink.scale, auto.ink.white) == (pen.ink.scale, pen.ink.white)
+        if pen.pen is not None:
+            pens += 1
+            np.testing.assert_array_equal(auto.pen.ods, pen.pen.ods)
         assert draw_augmentation(3, s, "auto") == Augmentation()
-    assert inks > 0
-    assert "recoloured" in auto_note("auto", True) and "none" in auto_note("auto", False)
+    assert inks > 0 and pens > 0
+    assert "strokes" in auto_note("auto", True) and "none" in auto_note("auto", False)
     assert auto_note("ink", True) is None and auto_note(False, True) is None
     _validate(TrainConfig(images=["a.tif"], masks=["m.tif"], white_balance=False))
 
@@ -282,6 +349,97 @@ def test_streamed_equals_whole_gradient_with_ink_float64():
     ref, ref_loss = whole_image_gradient(model, ref_data, "dice+focal", 4)
     plain, _ = whole_image_gradient(model, turned, "dice+focal", 4)
     assert rel_err(plain, ref) > 1e-3  # the ink does change the step
+    step = _backend.TileStep(model, 1, "dice+focal")
+    tiles = tile_grid(view.shape, 320, geo.halo, geo.stride)
+    res = image_step(step, view, tiles, geo, "dice+focal", data.n_labelled, 1)
+    assert len(tiles) > 2
+    assert rel_err(res.grads, ref) < 1e-10
+    assert res.loss == pytest.approx(ref_loss, rel=1e-10)
+
+
+def _pens() -> PenStrokes:
+    """Two strokes across a slide: a bent blue one and a straight black one."""
+    return PenStrokes(
+        starts=np.array([[0.1, 0.05], [0.9, 0.5]]),
+        steps=(np.array([[0.5, 0.8], [-0.3, 0.9]]), np.array([[-0.7, 0.6]])),
+        widths=np.array([0.06, 0.04]),
+        ods=np.array([[0.9, 0.6, 0.1], [0.8, 0.8, 0.8]]),
+    )
+
+
+def test_pen_strokes_go_on_the_glass_only_and_every_tiling_draws_the_same():
+    """The strokes darken only pixels the mask labels background, along their
+    centre lines, and any window of the drawn slide is the drawn window."""
+    shape = (200, 330)
+    img = np.clip(238 + np.random.default_rng(1).normal(0, 2, shape + (3,)), 0, 255)
+    img = img.astype(np.uint8)
+    mask = np.zeros((50, 83), np.uint8)
+    mask[10:40, 40:70] = 1  # tissue, which the strokes cross
+    img[40:160, 160:280] = (150, 90, 160)
+    data = _dense(img, mask)
+    aug = Augmentation(pen=_pens())
+    whole = np.asarray(SlideView(data, 4, aug).window((0, 200, 0, 330)))
+    changed = (whole != img).any(axis=-1)
+    tissue = np.repeat(np.repeat(mask > 0, 4, 0), 4, 1)[:200, :330]
+    assert changed.mean() > 0.03 and not changed[tissue].any()
+    assert (whole <= img).all()  # ink absorbs: never lighter
+    # The first stroke's first segment passes through (0.1 + 0.25) * 200 = 70,
+    # 0.05 * 330 + 0.4 * 200 = 96.5 (its midpoint), on the glass.
+    assert changed[68:72, 94:99].all()
+    tiled = np.zeros_like(whole)
+    for y0, y1 in ((0, 64), (48, 128), (120, 200)):
+        for x0, x1 in ((0, 100), (96, 236), (228, 330)):
+            tiled[y0:y1, x0:x1] = np.asarray(SlideView(data, 4, aug).window((y0, y1, x0, x1)))
+    np.testing.assert_array_equal(tiled, whole)
+
+
+def test_an_odd_sized_slide_is_not_turned_but_keeps_its_ink_and_pen():
+    img = _image((517, 1301), seed=2)
+    mask = np.zeros((130, 326), np.uint8)
+    mask[60:80, 100:140] = 1
+    data = _dense(img, mask)
+    view = SlideView(data, 4, Augmentation(1, True, None, _ink(), _pens()))
+    assert (view.k, view.flip, view.shape) == (0, False, (517, 1301))
+    assert view.aug.ink is not None and view.aug.pen is not None
+    out = np.asarray(view.window((0, 517, 0, 1301)))
+    assert (out != img).any(axis=-1).mean() > 0.05  # the strokes are on it
+
+
+def test_pen_mode_draws_the_ink_and_strokes_on_half_the_steps():
+    from napari_gigapixel.core.train_config import _validate
+    from napari_gigapixel.core.training import TrainConfig, TrainConfigError
+
+    draws = [draw_augmentation(3, s, "pen", 240.0) for s in range(40)]
+    assert 10 < sum(d.pen is not None for d in draws) < 30
+    for s, d in enumerate(draws):
+        ink = draw_augmentation(3, s, "ink", 240.0).ink
+        assert (d.ink is None) == (ink is None) and (d.k, d.flip, d.colour) == (0, False, None)
+        if ink is not None:
+            np.testing.assert_array_equal(d.ink.direction, ink.direction)
+    pens = [d.pen for d in draws if d.pen is not None]
+    assert all(1 <= len(p.starts) <= 3 and len(p.steps) == len(p.starts) for p in pens)
+    assert all(np.all(p.ods >= 0) for p in pens)
+    assert all(draw_augmentation(3, s, "all", 240.0).pen is None for s in range(20))
+    cfg = TrainConfig(images=["a.tif"], masks=["m.tif"], augment="pen", white_balance=False)
+    with pytest.raises(TrainConfigError, match="'pen' needs white_balance"):
+        _validate(cfg)
+
+
+def test_streamed_equals_whole_gradient_with_pen_float64():
+    shape = (516, 1300)
+    img = _image(shape, seed=5)
+    rng = np.random.default_rng(6)
+    mask = (rng.random((shape[0] // 4, shape[1] // 4)) < 0.4).astype(np.uint8)
+    data = _dense(img, mask)
+    model = _model(4)
+    geo = model_geometry(model)
+    aug = Augmentation(0, False, None, _ink(2), _pens())
+    view = SlideView(data, 4, aug)
+    ref_data = _augmented_reference(img, data, aug)
+    inked = _augmented_reference(img, data, Augmentation(ink=_ink(2)))
+    ref, ref_loss = whole_image_gradient(model, ref_data, "dice+focal", 4)
+    plain, _ = whole_image_gradient(model, inked, "dice+focal", 4)
+    assert rel_err(plain, ref) > 1e-3  # the strokes do change the step
     step = _backend.TileStep(model, 1, "dice+focal")
     tiles = tile_grid(view.shape, 320, geo.halo, geo.stride)
     res = image_step(step, view, tiles, geo, "dice+focal", data.n_labelled, 1)

@@ -63,22 +63,32 @@ def test_the_model_constants_match_the_default_model():
 def test_augmented_training_plans_for_the_transform_working_set():
     """An augmenting run's windows hold the transformed copy and the kernel's temporaries
     too (measured: without them the recipe's 1 Gpx run peaked at 4.05 GiB on 3.5):
-    the tile plan, and the picker's estimate, count AUGMENT_BYTES per window pixel
-    for the steps that augment, and validation (never augmented) does not."""
+    the tile plan, and the picker's estimate, count them per window pixel for the
+    steps that augment (AUGMENT_BYTES; the ink alone, which recolours the window in
+    place, INK_BYTES), and validation (never augmented) does not."""
     pytest.importorskip("tensorflow")
-    from napari_gigapixel.core._resources import AUGMENT_BYTES, auto_core, bytes_per_pixel
+    from napari_gigapixel.core._resources import (
+        AUGMENT_BYTES,
+        INK_BYTES,
+        auto_core,
+        bytes_per_pixel,
+    )
     from napari_gigapixel.core.train_config import TrainConfig
-    from napari_gigapixel.core.training import augments
+    from napari_gigapixel.core.training import drawn_augment
     from napari_gigapixel.core.unet import build_unet
 
     cfg = TrainConfig()
     m = build_unet(cfg.model, seed=0)
     plain = bytes_per_pixel(m)
-    assert bytes_per_pixel(m, augmented=True) == pytest.approx(plain + AUGMENT_BYTES)
+    assert bytes_per_pixel(m, augment="all") == pytest.approx(plain + AUGMENT_BYTES)
+    assert bytes_per_pixel(m, augment="flip") == pytest.approx(plain + AUGMENT_BYTES)
+    assert bytes_per_pixel(m, augment="ink") == pytest.approx(plain + INK_BYTES)
+    assert 0 < INK_BYTES < AUGMENT_BYTES
     balanced = dataclasses.replace(cfg.model, white_balance=True)
-    assert augments(cfg, balanced) and not augments(cfg, cfg.model)  # "auto": the ink
-    assert augments(dataclasses.replace(cfg, augment="flip"), cfg.model)
-    assert not augments(dataclasses.replace(cfg, augment="none"), balanced)
+    assert drawn_augment(cfg, balanced) == "pen"  # "auto" on a balanced model
+    assert drawn_augment(cfg, cfg.model) == "none"
+    assert drawn_augment(dataclasses.replace(cfg, augment="flip"), cfg.model) == "flip"
+    assert drawn_augment(dataclasses.replace(cfg, augment="none"), balanced) == "none"
     budget = 2.0 * 2**30
     shape = (16384, 65536)
     geo = rc.DEFAULT_GEOMETRY
@@ -86,7 +96,10 @@ def test_augmented_training_plans_for_the_transform_working_set():
         shape, geo, plain, budget
     )
     assert rc.train_cost(shape, 3.5, bpp=plain) == rc.train_cost(
-        shape, 3.5, bpp=plain + AUGMENT_BYTES, augmented=False
+        shape, 3.5, bpp=plain + INK_BYTES, augment="none"
+    )
+    assert rc.train_cost(shape, 3.5, bpp=plain, augment="all") == rc.train_cost(
+        shape, 3.5, bpp=plain + AUGMENT_BYTES, augment="none"
     )
 
 

@@ -34,11 +34,12 @@ SIZE_PRESETS: dict[str, str] = {f"{name} ({PRESET_NOTES[name]})": name for name 
 
 #: Augmentations in words (the values are ``TrainConfig.augment``'s modes).
 AUGMENT_TEXT = {
-    "auto": "auto (ink when white-balanced)",
+    "auto": "auto (ink + pen when white-balanced)",
     "none": "none",
     "flip": "flip (flips, quarter turns)",
     "stain": "stain (H/E/DAB, brightness, contrast)",
     "ink": "ink (pen, dust on the glass recoloured)",
+    "pen": "pen (ink + pen strokes drawn on the glass)",
     "all": "all (flip + stain + ink)",
 }
 

@@ -36,8 +36,20 @@ WORKING_SET_MARGIN = 1.08
 #: temporaries, held while the next tile's window is transformed in the reading
 #: thread. Measured with the recipe (ink) at 1.024 Gpx, 3.5 GiB budget: 4.05 GiB
 #: peak with 30 windows of 7,136 px against 3.18 GiB unaugmented, 18 B per window
-#: pixel; 20 with a margin.
+#: pixel; 20 with a margin. The ink alone (the recipe's) recolours the window
+#: it read in place, a few percent of it at a time (:func:`._augment_kernel.apply_ink`):
+#: INK_BYTES covers its block flags' temporaries, on the first step only.
 AUGMENT_BYTES = 20.0
+INK_BYTES = 4.0
+
+
+def augment_bytes(mode: str) -> float:
+    """Extra working set per window pixel of a step drawing augmentation ``mode``
+    (:func:`.stain.resolve_augment`'s: "none", "flip", "stain", "ink", "pen" or "all");
+    the pen strokes are drawn in place too, a piece of a stroke at a time."""
+    if mode == "none":
+        return 0.0
+    return INK_BYTES if mode in ("ink", "pen") else AUGMENT_BYTES
 
 
 def cpu_has_bf16() -> bool:
@@ -73,14 +85,14 @@ def current_rss_bytes() -> int:
         return peak_rss_bytes()
 
 
-def bytes_per_pixel(model: Any, augmented: bool = False) -> float:
+def bytes_per_pixel(model: Any, augment: str = "none") -> float:
     """Working set of one training tile per window pixel, from the model's layers.
 
     The uint8 window itself, and for every layer output after it (channels
     over stride squared per level-0 pixel) its own item size plus
     :data:`TEMPORARY_BYTES`; times :data:`WORKING_SET_MARGIN`; plus
-    :data:`AUGMENT_BYTES` when the steps are ``augmented`` (training with an
-    augmentation; validation and inference are not).
+    :func:`augment_bytes` of the mode the steps draw (``augment``: training
+    with an augmentation; validation and inference never augment).
     """
     from .geometry import tensor_geometry
 
@@ -94,7 +106,7 @@ def bytes_per_pixel(model: Any, augmented: bool = False) -> float:
         tensor_stride = geo[id(out)][0]
         item = np.dtype(str(out.dtype)).itemsize if str(out.dtype) != "bfloat16" else 2
         total += (item + TEMPORARY_BYTES) * int(out.shape[-1]) / tensor_stride**2
-    return WORKING_SET_MARGIN * total + (AUGMENT_BYTES if augmented else 0.0)
+    return WORKING_SET_MARGIN * total + augment_bytes(augment)
 
 
 def auto_core(shape: tuple[int, int], geometry: Geometry, bpp: float, budget_bytes: float) -> int:

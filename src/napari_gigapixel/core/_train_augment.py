@@ -9,6 +9,7 @@ whole-image step on the augmented slide.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -60,9 +61,9 @@ class SlideView:
         if (self.flip or self.k) and os_ > 1 and (h % os_ or w % os_):
             # A flip would move the partial last block of output pixels to the
             # top/left, where no output grid has it: such images are not
-            # flipped or turned (the colour map still applies).
+            # flipped or turned (the colour map, the ink and the pen still apply).
             self.k, self.flip = 0, False
-            self.aug = Augmentation(0, False, self.aug.colour)
+            self.aug = dataclasses.replace(self.aug, k=0, flip=False)
         self.shape = (w, h) if self.k % 2 else (h, w)
 
     def _aug_shape(self, h: int, w: int) -> tuple[int, int]:
@@ -102,10 +103,13 @@ class SlideView:
     def window(self, win: tuple[int, int, int, int]) -> Any:
         """Pixels of a window of the augmented slide (zero past its extent).
 
-        Without augmentation a numpy array; with it, the uint8 tensor of
-        :func:`._augment_kernel.transform` (the tile step takes either).
+        Without augmentation a numpy array; with it, what
+        :func:`._augment_kernel.transform` returns, a uint8 tensor or (the ink
+        and pen alone) a numpy array: the tile step takes either.
         """
-        if not (self.aug.geometric or self.aug.colour is not None or self.aug.ink is not None):
+        aug = self.aug
+        pixelwise = (aug.colour, aug.ink, aug.pen)
+        if not aug.geometric and all(p is None for p in pixelwise):
             return self.data.image.read(*win)
         from ._augment_kernel import transform
 
@@ -121,14 +125,46 @@ class SlideView:
         if key in self._memo:
             return self._memo[key]
         rect = self._inverse(y0, cy1, x0, cx1, h, w)
-        block = self.data.image.read(*rect)
-        background = self._background(rect) if self.aug.ink is not None else None
-        out = transform(block, self.aug, (y1 - y0, x1 - x0), background, self.os)
+        block = self.data.image.read(*rect)  # a fresh array: the ink may write into it
+        background = blocks = None
+        if aug.ink is not None or aug.pen is not None:
+            background = self._background(rect)
+        if aug.ink is not None:
+            blocks = self._ink_blocks(rect, block, background)
+        out = transform(
+            block,
+            aug,
+            (y1 - y0, x1 - x0),
+            background,
+            self.os,
+            blocks,
+            inplace=True,
+            place=((rect[0], rect[2]), (h, w)),
+        )
         size = (y1 - y0) * (x1 - x0) * 3
         if self._memo_bytes + size <= self.MEMO_BYTES:
             self._memo[key] = out
             self._memo_bytes += size
         return out
+
+    def _ink_blocks(self, rect, block: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """The window's blocks that may take the ink (:func:`._augment_kernel.ink_blocks`).
+
+        They depend on the pixels, the labels and the ink's glass white and
+        threshold only, never on the step's draw: kept on the image data
+        (``ImageData.ink_index``) for the run, so later steps recolour those
+        blocks without looking at the rest of the window again.
+        """
+        from ._augment_kernel import ink_blocks, ink_cut
+
+        index = getattr(self.data, "ink_index", None)
+        key = (tuple(int(v) for v in rect), self.os, ink_cut(self.aug.ink))
+        if index is not None and key in index:
+            return index[key]
+        blocks = ink_blocks(block, background, self.os, self.aug.ink)
+        if index is not None:
+            index[key] = blocks
+        return blocks
 
     def _background(self, rect: tuple[int, int, int, int]) -> np.ndarray:
         """1 where the labels say background, at output stride, for an original-frame

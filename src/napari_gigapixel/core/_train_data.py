@@ -13,7 +13,7 @@ no full-resolution mask ever exists.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,8 @@ class ImageData:
     downsample: float = 1.0  # level-0 pixels per pixel of the working resolution
     resolution: dict[str, Any] | None = None  # the resolved resolution and the model record
     origin: tuple[int, int] | None = None  # ROI origin in pixels of the working resolution
+    # Per window, the blocks the ink may recolour (``SlideView._ink_blocks``).
+    ink_index: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def origin_px(self) -> tuple[int, int]:
@@ -127,6 +129,7 @@ class ImageData:
         n_lab, n_pos = float(w.sum(dtype=np.int64)), float((y & w).sum(dtype=np.int64))
         rows[:, ox0:ox1] = EXCLUDED
         self.labels.write_rows(oy0, rows)
+        self.ink_index.clear()  # the ink's blocks follow the labels
         self.n_labelled -= n_lab
         self.n_positive -= n_pos
         return n_lab

@@ -93,7 +93,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
     from .input_norm import WHITE
     from .train_config import _describe, _validate
     from .train_preflight import _resumed_resolution
-    from .training import _fit_to_data, _make_model, augments
+    from .training import _fit_to_data, _make_model, drawn_augment
     from .validation import best_path, val_rois
 
     _validate(cfg)
@@ -224,7 +224,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
             client,
             spec_f,
             infos,
-            _cores(cfg, model, geometry, infos, augmented=augments(cfg, mcfg)),
+            _cores(cfg, model, geometry, infos, augment=drawn_augment(cfg, mcfg)),
             slots,
             split=n < len(workers),
         )
@@ -265,13 +265,13 @@ class _Validation:
     meta: dict[str, Any]
 
 
-def _cores(cfg, model, geometry, infos, augmented: bool = False) -> list[int]:
+def _cores(cfg, model, geometry, infos, augment: str = "none") -> list[int]:
     """Core size per image, chosen as the single-process trainer chooses it
-    (``augmented``: training windows of an augmenting run; validation never is)."""
+    (``augment``: the mode training windows draw; validation never augments)."""
     from ._resources import BASELINE_BYTES, bytes_per_pixel
     from .training import core_size
 
-    bpp = bytes_per_pixel(model, augmented=augmented)
+    bpp = bytes_per_pixel(model, augment=augment)
     # A worker's budget: its RSS holds TensorFlow (the baseline) and the caches.
     budget = float(cfg.memory_gb) * 2**30 - BASELINE_BYTES
     return [core_size(cfg, tuple(d["shape"]), geometry, bpp, budget) for d in infos]

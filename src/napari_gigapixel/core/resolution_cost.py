@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._resources import AUGMENT_BYTES, BASELINE_BYTES, auto_core, cpu_has_bf16
+from ._resources import BASELINE_BYTES, augment_bytes, auto_core, cpu_has_bf16
 from .geometry import Geometry
 from .resolution import COMMON_MPP, Resolution, ResolutionError, ResolvedResolution, resolve
 
@@ -64,14 +64,14 @@ def train_cost(
     memory_gb: float,
     geometry: Geometry = DEFAULT_GEOMETRY,
     bpp: float | None = None,
-    augmented: bool = True,
+    augment: str = "ink",
 ) -> tuple[float, int]:
     """(seconds per step, peak bytes) of training on ``shape`` pixels within ``memory_gb``.
 
-    ``augmented``: the steps augment (the recipe's default ink does), so each
-    window also holds :data:`~._resources.AUGMENT_BYTES` per pixel.
+    ``augment``: the mode the steps draw (the recipe's default draws the ink),
+    whose working set each window also holds (:func:`~._resources.augment_bytes`).
     """
-    bpp = (bpp or default_bpp()) + (AUGMENT_BYTES if augmented else 0.0)
+    bpp = (bpp or default_bpp()) + augment_bytes(augment)
     h, w = int(shape[0]), int(shape[1])
     px = h * w
     budget = float(memory_gb) * 2**30

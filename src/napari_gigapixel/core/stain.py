@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Augmentation modes: flips and quarter turns ("flip"), the colour jitter
-#: ("stain"), artefacts on the glass recoloured as a random ink ("ink"), all
-#: three ("all"); "auto" (the recipe's) is "ink" on white-balanced runs and
-#: "none" on the others (the ink measures darkness against the balanced glass).
+#: ("stain"), artefacts on the glass recoloured as a random ink ("ink"), the
+#: ink plus pen strokes drawn on the glass ("pen"), flip + stain + ink ("all");
+#: "auto" (the recipe's) is "pen" on white-balanced runs and "none" on the
+#: others (the ink measures darkness against the balanced glass).
 #: ``augment=True`` means "all".
-AUGMENT_MODES = ("auto", "none", "flip", "stain", "ink", "all")
+AUGMENT_MODES = ("auto", "none", "flip", "stain", "ink", "pen", "all")
 
 #: Ruifrok & Johnston's stain OD vectors (rows: haematoxylin, eosin, DAB), as in
 #: ``skimage.color.rgb_from_hed``, and its inverse.
@@ -64,6 +65,17 @@ INK_THRESHOLD = 0.3
 INK_PROBABILITY = 0.5
 INK_SCALE_RANGE = (0.4, 1.2)
 
+#: Pen strokes (:class:`PenStrokes`, mode "pen"): on a step with probability
+#: PEN_PROBABILITY, 1-3 strokes of 1-4 straight segments each (length a
+#: fraction PEN_SEGMENT of the slide's short side, turning by a normal angle
+#: of PEN_TURN radians at each joint), PEN_WIDTH wide (same unit), of an ink
+#: with optical density norm PEN_OD along a random colour.
+PEN_PROBABILITY = 0.5
+PEN_SEGMENT = (0.05, 0.3)
+PEN_TURN = 0.7
+PEN_WIDTH = (0.005, 0.02)
+PEN_OD = (0.4, 1.6)
+
 
 def augment_mode(value: object) -> str:
     """Normalise ``TrainConfig.augment``: a mode name, or a bool (True -> "all")."""
@@ -81,11 +93,11 @@ def augment_mode(value: object) -> str:
 
 
 def resolve_augment(value: object, balanced: bool) -> str:
-    """The mode a run draws: :func:`augment_mode`, with "auto" as "ink" on
-    white-balanced runs (``balanced``) and "none" on the others."""
+    """The mode a run draws: :func:`augment_mode`, with "auto" as "pen" (the ink
+    and pen strokes) on white-balanced runs (``balanced``) and "none" on the others."""
     mode = augment_mode(value)
     if mode == "auto":
-        return "ink" if balanced else "none"
+        return "pen" if balanced else "none"
     return mode
 
 
@@ -95,7 +107,8 @@ def auto_note(value: object, balanced: bool) -> str | None:
         return None
     if balanced:
         return (
-            "augmentation (auto): pen, dust and bubbles on the glass recoloured on half the steps"
+            "augmentation (auto): pen, dust and bubbles on the glass recoloured, and pen "
+            "strokes drawn on it, each on half the steps"
         )
     return "augmentation (auto): none, as the run is not white-balanced"
 
@@ -171,13 +184,51 @@ class InkRecolour:
 
 
 @dataclass(frozen=True)
+class PenStrokes:
+    """One step's pen strokes on the glass (drawn by :func:`._pen.draw_pens`).
+
+    Stroke ``i`` starts at ``starts[i]`` (fractions of the slide's height and
+    width) and follows the ``steps[i]`` (an ``(m, 2)`` array of y, x moves in
+    units of the slide's short side); it is ``widths[i]`` wide (same unit),
+    of optical density ``ods[i]`` (natural log, per channel) at its centre
+    line. It is drawn on the pixels the mask labels background only.
+    """
+
+    starts: np.ndarray  # (n, 2)
+    steps: tuple[np.ndarray, ...]
+    widths: np.ndarray  # (n,)
+    ods: np.ndarray  # (n, 3)
+
+
+def draw_pen_strokes(rng: np.random.Generator) -> PenStrokes:
+    """1-3 random pen strokes (:data:`PEN_SEGMENT` ... :data:`PEN_OD`)."""
+    n = int(rng.integers(1, 4))
+    steps = []
+    for _ in range(n):
+        m = int(rng.integers(1, 5))
+        angle = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, PEN_TURN, m))
+        length = rng.uniform(*PEN_SEGMENT, m)
+        steps.append(np.stack([length * np.sin(angle), length * np.cos(angle)], axis=1))
+    colour = np.abs(rng.normal(size=(n, 3))) + 1e-3
+    colour /= np.linalg.norm(colour, axis=1, keepdims=True)
+    return PenStrokes(
+        starts=rng.uniform(0, 1, (n, 2)),
+        steps=tuple(steps),
+        widths=rng.uniform(*PEN_WIDTH, n),
+        ods=colour * rng.uniform(*PEN_OD, (n, 1)),
+    )
+
+
+@dataclass(frozen=True)
 class Augmentation:
-    """One step's whole-slide augmentation: ``k`` quarter turns, a flip, a colour map, an ink."""
+    """One step's whole-slide augmentation: ``k`` quarter turns, a flip, a colour map,
+    an ink, pen strokes."""
 
     k: int = 0
     flip: bool = False
     colour: ColourJitter | None = None
     ink: InkRecolour | None = None
+    pen: PenStrokes | None = None
 
     @property
     def geometric(self) -> bool:
@@ -215,7 +266,7 @@ def draw_augmentation(
     ink = None
     # The ink measures darkness against the glass white: white-balanced runs
     # only ("ink" without white balance is refused by the config's checks).
-    if ink_on and mode in ("ink", "all") and keep_white is not None:
+    if ink_on and mode in ("ink", "pen", "all") and keep_white is not None:
         ink = InkRecolour(direction / np.linalg.norm(direction), float(ink_scale), keep_white)
     if mode == "flip":
         return Augmentation(k, flip, None)
@@ -223,6 +274,11 @@ def draw_augmentation(
         return Augmentation(0, False, colour)
     if mode == "ink":
         return Augmentation(0, False, None, ink)
+    if mode == "pen":
+        # A stream of its own: every other mode draws what it drew before.
+        pen_rng = np.random.default_rng([seed, step, 7919, 1])
+        pen = draw_pen_strokes(pen_rng) if pen_rng.random() < PEN_PROBABILITY else None
+        return Augmentation(0, False, None, ink, pen)
     return Augmentation(k, flip, colour, ink)
 
 

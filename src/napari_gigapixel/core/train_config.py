@@ -53,7 +53,7 @@ class TrainConfig:
         term weighs :data:`.losses.FOCAL_WEIGHT` (3) against Dice. The defaults
         (``dice+focal``, the ``medium`` model, ``lr`` 1e-2, cosine schedule,
         150 steps, white balance and input standardisation, ``augment``
-        ``"auto"``: the ink on white-balanced runs) are the recipe chosen with
+        ``"auto"``: the ink and pen strokes on white-balanced runs) are the recipe chosen with
         ``benchmarks/tune_quality.py`` on tuning slides and measured by
         ``benchmarks/bench_quality.py`` on held-out ones (README, Quality).
         ``"dice"`` alone is not a good start from random weights: for a
@@ -110,8 +110,11 @@ class TrainConfig:
         (:class:`.stain.InkRecolour`; needs ``white_balance``, and a resumed
         run a white-balanced checkpoint), so another
         slide's pen of a colour the training slide lacks is still glass;
-        ``"all"`` (or ``True``): all three (the ink only with white balance);
-        ``"auto"`` (default, the recipe's): ``"ink"`` when the run is
+        ``"pen"``: the ink, and on half the steps 1-3 pen strokes of a
+        random ink drawn on the pixels the mask labels background
+        (:class:`.stain.PenStrokes`; for training slides with little or no
+        pen on the glass); ``"all"`` (or ``True``): all three (the ink only with white balance);
+        ``"auto"`` (default, the recipe's): ``"pen"`` when the run is
         white-balanced (a fresh run with ``white_balance``, or a resumed
         white-balanced checkpoint), ``"none"`` otherwise; ``"none"`` (or
         ``False``): none. The ink's darkness is scaled by 0.4-1.2, so pale
@@ -288,9 +291,10 @@ def _validate(cfg: TrainConfig) -> None:
 
     # A resumed run keeps its checkpoint's white balance whatever white_balance
     # says: preflight checks that checkpoint instead (_check_resumed_augment).
-    if augment_mode(cfg.augment) == "ink" and not cfg.white_balance and not cfg.resume:
+    mode = augment_mode(cfg.augment)
+    if mode in ("ink", "pen") and not cfg.white_balance and not cfg.resume:
         raise TrainConfigError(
-            "augment 'ink' needs white_balance: it measures how dark an artefact is "
+            f"augment '{mode}' needs white_balance: it measures how dark an artefact is "
             "against the glass white. Turn white balance on, or use another augment mode."
         )
     if len(cfg.val_masks) != len(cfg.val_images):

@@ -95,10 +95,11 @@ def _check_resumed_augment(cfg: TrainConfig, meta: dict[str, Any]) -> None:
     from .stain import augment_mode
 
     balanced = bool((meta.get("model_config") or {}).get("white_balance", False))
-    if augment_mode(cfg.augment) == "ink" and not balanced:
+    mode = augment_mode(cfg.augment)
+    if mode in ("ink", "pen") and not balanced:
         raise TrainConfigError(
             f"{cfg.resume}: this checkpoint was trained without white balance, and augment "
-            "'ink' needs it (it measures how dark an artefact is against the white-balanced "
+            f"'{mode}' needs it (it measures how dark an artefact is against the white-balanced "
             "glass). Resume with another augment mode, or train a new model with white balance."
         )
 

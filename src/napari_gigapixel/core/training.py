@@ -277,7 +277,7 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
 
     os_ = geometry.output_stride
     bpp = bytes_per_pixel(model)  # validation windows: never augmented
-    train_bpp = bytes_per_pixel(model, augmented=augments(cfg, mcfg))
+    train_bpp = bytes_per_pixel(model, augment=drawn_augment(cfg, mcfg))
     # The RSS now holds the interpreter, TensorFlow and the in-memory caches.
     compute_budget = budget - max(BASELINE_BYTES, current_rss_bytes())
     cores = [core_size(cfg, d.shape, geometry, train_bpp, compute_budget) for d in datas]
@@ -365,10 +365,10 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
         pool.shutdown(wait=True)
 
 
-def augments(cfg: TrainConfig, mcfg) -> bool:
-    """Whether the run's steps augment (what it draws: "auto" on a white-balanced model
-    is the ink), so the tile plan counts the transform's working set."""
-    return resolve_augment(cfg.augment, bool(mcfg.white_balance)) != "none"
+def drawn_augment(cfg: TrainConfig, mcfg) -> str:
+    """The augmentation mode the run's steps draw ("auto" on a white-balanced model
+    is the ink and pen strokes), so the tile plan counts the transform's working set."""
+    return resolve_augment(cfg.augment, bool(mcfg.white_balance))
 
 
 def core_size(cfg: TrainConfig, shape, geometry, bpp: float, budget: float) -> int:

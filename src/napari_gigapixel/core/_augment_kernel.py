@@ -272,8 +272,8 @@ def transform(
     in the slide and the slide's shape, original frame) puts the pen strokes
     (:mod:`._pen`, drawn after the ink, on background pixels); without it
     there are none. Returns a TensorFlow uint8 tensor
-    (``np.asarray`` reads it), or with the ink alone the numpy array, ready
-    for the tile step.
+    (``np.asarray`` reads it), or with the ink and the pen alone a numpy
+    array, ready for the tile step.
     """
     import tensorflow as tf
 
@@ -297,7 +297,9 @@ def transform(
     if k or flip:
         out = _turn_kernel(k, flip)(out)
     if isinstance(out, np.ndarray):
-        # The ink alone: no tensor copy of the window.
+        # The ink and the pen alone: no tensor copy of the window.
+        if out is src and not inplace:
+            out = np.array(src)  # nothing applied: still the caller's own copy
         if shape is not None and tuple(out.shape[:2]) != tuple(shape):
             out = np.pad(out, [(0, shape[0] - out.shape[0]), (0, shape[1] - out.shape[1]), (0, 0)])
         return out

@@ -64,11 +64,11 @@ def train_cost(
     memory_gb: float,
     geometry: Geometry = DEFAULT_GEOMETRY,
     bpp: float | None = None,
-    augment: str = "ink",
+    augment: str = "pen",
 ) -> tuple[float, int]:
     """(seconds per step, peak bytes) of training on ``shape`` pixels within ``memory_gb``.
 
-    ``augment``: the mode the steps draw (the recipe's default draws the ink),
+    ``augment``: the mode the steps draw (the recipe draws the ink and pen strokes),
     whose working set each window also holds (:func:`~._resources.augment_bytes`).
     """
     bpp = (bpp or default_bpp()) + augment_bytes(augment)

@@ -10,7 +10,8 @@ process's CPU seconds (all threads; steadier than wall time on a shared host).
 Also times the augmentation of one window alone (``SlideView.window``).
 Modes are drawn as a white-balanced run (the default) draws them: ``stain``
 keeps the glass white, and ``ink`` (drawn on half of a run's steps) is on in
-every round, so its figure is the cost of a step that recolours.
+every round, so its figure is the cost of a step that recolours; ``pen`` (the
+recipe's) is the ink plus one draw of pen strokes, both on in every round.
 Prints one JSON object.
 
 Usage::
@@ -29,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-MODES = ("none", "flip", "stain", "ink", "all")
+MODES = ("none", "flip", "stain", "ink", "pen", "all")
 
 
 def child(size: int, rounds: int, memory_gb: float, loss: str, model_size: str) -> dict:
@@ -73,6 +74,12 @@ def child(size: int, rounds: int, memory_gb: float, loss: str, model_size: str) 
         for a in (draw_augmentation(0, s, "ink", keep_white=WHITE) for s in range(1, 100))
         if a.ink is not None
     )
+    # One set of pen strokes for every round ("pen": these and the ink).
+    pen = next(
+        a.pen
+        for a in (draw_augmentation(0, s, "pen", keep_white=WHITE) for s in range(1, 100))
+        if a.pen is not None
+    )
     times: dict[str, list[float]] = {m: [] for m in MODES}
     cpu: dict[str, list[float]] = {m: [] for m in MODES}
     window_times: dict[str, list[float]] = {m: [] for m in MODES}
@@ -88,7 +95,8 @@ def child(size: int, rounds: int, memory_gb: float, loss: str, model_size: str) 
                 1 if aug.geometric else 0,
                 aug.geometric,
                 aug.colour,
-                ink if mode in ("ink", "all") else None,
+                ink if mode in ("ink", "pen", "all") else None,
+                pen if mode == "pen" else None,
             )
             view = SlideView(data, 4, aug)
             grid = tile_grid(view.shape, core, geo.halo, geo.stride)

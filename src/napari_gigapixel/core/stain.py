@@ -243,7 +243,7 @@ def draw_augmentation(
     With ``keep_white`` (the grey level white-balanced slides put their glass
     on), the colour map is :meth:`ColourJitter.keeping_white` of the same
     per-stain scales: no shift, brightness or contrast. ``mode`` "auto" is
-    "ink" with ``keep_white`` and "none" without.
+    "pen" (the ink and pen strokes) with ``keep_white`` and "none" without.
     """
     mode = resolve_augment(mode, keep_white is not None)
     if mode == "none":

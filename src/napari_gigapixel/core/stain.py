@@ -32,6 +32,9 @@ import numpy as np
 #: others (the ink measures darkness against the balanced glass).
 #: ``augment=True`` means "all".
 AUGMENT_MODES = ("auto", "none", "flip", "stain", "ink", "pen", "all")
+#: The modes asked for by name that need a white-balanced run (the ink measures
+#: darkness against the balanced glass); "all" draws its ink only when balanced.
+WHITE_MODES = ("ink", "pen")
 
 #: Ruifrok & Johnston's stain OD vectors (rows: haematoxylin, eosin, DAB), as in
 #: ``skimage.color.rgb_from_hed``, and its inverse.

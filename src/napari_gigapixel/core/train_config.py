@@ -287,12 +287,12 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if int(cfg.checkpoint_every) < 0:
         raise TrainConfigError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}.")
-    from .stain import augment_mode
+    from .stain import WHITE_MODES, augment_mode
 
     # A resumed run keeps its checkpoint's white balance whatever white_balance
     # says: preflight checks that checkpoint instead (_check_resumed_augment).
     mode = augment_mode(cfg.augment)
-    if mode in ("ink", "pen") and not cfg.white_balance and not cfg.resume:
+    if mode in WHITE_MODES and not cfg.white_balance and not cfg.resume:
         raise TrainConfigError(
             f"augment '{mode}' needs white_balance: it measures how dark an artefact is "
             "against the glass white. Turn white balance on, or use another augment mode."

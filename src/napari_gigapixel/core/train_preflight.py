@@ -92,11 +92,11 @@ def _check_resumed_augment(cfg: TrainConfig, meta: dict[str, Any]) -> None:
     ``augment="ink"`` on a checkpoint trained without white balance would run
     with no ink at all; it is refused here instead of silently ignored.
     """
-    from .stain import augment_mode
+    from .stain import WHITE_MODES, augment_mode
 
     balanced = bool((meta.get("model_config") or {}).get("white_balance", False))
     mode = augment_mode(cfg.augment)
-    if mode in ("ink", "pen") and not balanced:
+    if mode in WHITE_MODES and not balanced:
         raise TrainConfigError(
             f"{cfg.resume}: this checkpoint was trained without white balance, and augment "
             f"'{mode}' needs it (it measures how dark an artefact is against the white-balanced "

@@ -150,6 +150,43 @@ def test_a_step_transforms_each_window_once_within_its_memo_budget(monkeypatch):
     assert all(np.array_equal(a, b) for a, b in zip(first + first, redo))
 
 
+def test_the_colour_map_is_one_table_per_map_shared_by_every_window(monkeypatch):
+    """The map is computed once per step for all 2**24 colours; windows look it up."""
+    import napari_gigapixel.core._augment_kernel as kernel
+
+    builds = []
+    real = kernel._colour_table_kernel
+
+    def counting():
+        fn = real()
+
+        def run(m, b):
+            builds.append(1)
+            return fn(m, b)
+
+        return run
+
+    monkeypatch.setattr(kernel, "_colour_table_kernel", counting)
+    monkeypatch.delitem(kernel._FUNCS, "table", raising=False)
+    img = _image((516, 1300))
+    data = _dense(img, np.ones((129, 325), np.uint8))
+    aug = Augmentation(0, False, draw_augmentation(2, 7, "stain").colour)
+    view = SlideView(data, 4, aug)
+    for tile in tile_grid(view.shape, 224, 32, 32):
+        view.window(tile.window)
+    assert len(builds) == 1
+    # Every colour of the table is the float64 map of that colour within a grey level.
+    table = np.asarray(kernel.colour_table(aug.colour))
+    assert len(builds) == 1 and table.shape == (1 << 24, 3)
+    idx = np.random.default_rng(0).integers(0, 1 << 24, 4096)
+    rgb = np.stack([idx >> 16, (idx >> 8) & 255, idx & 255], -1).astype(np.uint8)
+    ref = apply_colour_numpy(rgb, aug.colour).astype(int)
+    assert np.abs(table[idx].astype(int) - ref).max() <= 1
+    # The next step's map is a new table.
+    kernel.colour_table(draw_augmentation(2, 8, "stain").colour)
+    assert len(builds) == 2
+
+
 def _augmented_reference(img, data, aug):
     """The augmented slide and its labels as a plain image (the whole-image step's input)."""
     ho, wo = data.labels.shape

@@ -39,6 +39,9 @@ WORKING_SET_MARGIN = 1.08
 #: pixel; 20 with a margin. The ink alone (the recipe's) recolours the window
 #: it read in place, a few percent of it at a time (:func:`._augment_kernel.apply_ink`):
 #: INK_BYTES covers its block flags' temporaries, on the first step only.
+#: The colour map ("stain", "all") is now a lookup in a per-step table of all
+#: 2**24 colours (48 MB, within BASELINE_BYTES) with no float temporaries, so
+#: AUGMENT_BYTES is generous for it; it stays until measured at 1 Gpx.
 AUGMENT_BYTES = 20.0
 INK_BYTES = 4.0
 

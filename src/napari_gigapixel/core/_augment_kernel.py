@@ -87,11 +87,13 @@ def colour_table(colour: ColourJitter):
     """The colour map of every 8-bit colour, ``(2**24, 3)`` uint8 (a TensorFlow tensor).
 
     Built once per map (a step's windows, in both of Dice's passes, share it):
-    16.8 M colours through the float32 map take about 0.04 s, and a lookup
+    16.8 M colours through the float32 map take 0.04-0.07 s, and a lookup
     per pixel then costs about half of computing log, the 3x3 map and exp
     for it (0.032 against 0.059 s for a 25 Mpx window on the development
-    machine), which kept ``--augment stain`` over the issue's 15% per step.
-    A pixel's value depends on its colour alone, whatever window holds it.
+    machine), with no transcendental work competing with the convolutions:
+    ``--augment stain`` went from +18-21% to +1% per step at 268 Mpx
+    (``benchmarks/bench_augment.py``). A pixel's value depends on its colour
+    alone, whatever window holds it.
     """
     if not colour.gain > 0:
         raise ValueError(f"the colour map needs a positive contrast, got gain {colour.gain}")

@@ -99,15 +99,26 @@ def test_modes_and_draws_are_fixed_by_seed_and_step():
         augment_mode("strong")
 
 
-@pytest.mark.parametrize("k,flip", [(0, False), (1, True), (2, False), (3, True)])
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+@pytest.mark.parametrize("flip", [False, True])
 def test_tiles_of_the_transformed_slide_are_the_transformed_tiles(k, flip):
+    """A turn with a transpose in it is read as the turned slide's transpose (a
+    mirror of the slide); the step runs it with transposed kernels."""
     # 516 x 1300: a multiple of the output stride (so it may turn), not of S.
     img = _image((516, 1300))
     data = _dense(img, np.ones((129, 325), np.uint8))
     aug = Augmentation(k, flip, draw_augmentation(2, 7, "stain").colour)
     whole = np.asarray(transform(img, aug))
     view = SlideView(data, 4, aug)
-    assert view.shape == whole.shape[:2]
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    turned = np.rot90(a, k)[:, ::-1] if flip else np.rot90(a, k)
+    assert view.transposed == (k % 2 == 1)
+    if view.transposed:
+        whole = whole.swapaxes(0, 1)
+        turned = turned.T
+    mirror = transform(np.repeat(a[..., None], 3, -1), Augmentation(view.k, view.flip))
+    assert view.k in (0, 2) and np.array_equal(turned, np.asarray(mirror)[..., 0])
+    assert view.shape == whole.shape[:2] == img.shape[:2]
     for core in (224,):
         for tile in tile_grid(view.shape, core, 32, 32):
             y0, y1, x0, x1 = tile.window
@@ -216,7 +227,8 @@ def test_streamed_equals_whole_gradient_with_augmentation_float64(shape, loss):
     view = SlideView(data, 4, aug)
     # An odd-sized slide is not turned (its partial output pixels would move);
     # the colour map still applies.
-    assert (view.k, view.flip) == ((0, False) if shape[0] % 4 else (1, True))
+    assert (view.aug.k, view.aug.flip) == ((0, False) if shape[0] % 4 else (1, True))
+    assert view.transposed == (shape[0] % 4 == 0)
     ref_data = _augmented_reference(img, data, view.aug)
     ref, ref_loss = whole_image_gradient(model, ref_data, loss, 4)
     plain, _ = whole_image_gradient(model, data, loss, 4)
@@ -228,6 +240,42 @@ def test_streamed_equals_whole_gradient_with_augmentation_float64(shape, loss):
         assert len(tiles) > 2
         assert rel_err(res.grads, ref) < 1e-10, (shape, loss, core)
         assert res.loss == pytest.approx(ref_loss, rel=1e-10)
+
+
+def test_a_turned_step_transposes_kernels_inside_it_only():
+    """The step of a turned slide runs on transposed kernels and puts the model's
+    own back when it ends, also when it is stopped between two tiles."""
+    from napari_gigapixel.core.events import JobStopped
+    from napari_gigapixel.core.image_step import iter_image_step
+
+    img = _image((516, 1300), seed=3)
+    data = _dense(img, (np.random.default_rng(1).random((129, 325)) < 0.4).astype(np.uint8))
+    model = _model(4)
+    geo = model_geometry(model)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    step = _backend.TileStep(model, 1)
+    view = SlideView(data, 4, Augmentation(3, False))  # transpose of a mirror
+    assert view.transposed
+    tiles = tile_grid(view.shape, 320, geo.halo, geo.stride)
+    seen = []
+
+    class StopAfterOne:
+        def is_set(self):
+            kernel = model.get_layer("enc2").kernel.numpy()
+            seen.append(np.array_equal(kernel, np.swapaxes(before_enc2, 0, 1)))
+            return len(seen) > 1
+
+    before_enc2 = model.get_layer("enc2").kernel.numpy().copy()
+    assert not np.array_equal(before_enc2, np.swapaxes(before_enc2, 0, 1))
+    gen = iter_image_step(
+        step, view, tiles, geo, "dice+bce", data.n_labelled, 1, stop=StopAfterOne()
+    )
+    with pytest.raises(JobStopped):
+        for _ in gen:
+            pass
+    assert seen == [True, True]  # inside the step: the transposed kernels
+    for v, b in zip(model.trainable_variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)
 
 
 def _ink(seed: int = 0) -> InkRecolour:
@@ -413,7 +461,7 @@ def test_an_odd_sized_slide_is_not_turned_but_keeps_its_ink_and_pen():
     mask[60:80, 100:140] = 1
     data = _dense(img, mask)
     view = SlideView(data, 4, Augmentation(1, True, None, _ink(), _pens()))
-    assert (view.k, view.flip, view.shape) == (0, False, (517, 1301))
+    assert (view.geometric, view.shape) == (False, (517, 1301))
     assert view.aug.ink is not None and view.aug.pen is not None
     out = np.asarray(view.window((0, 517, 0, 1301)))
     assert (out != img).any(axis=-1).mean() > 0.05  # the strokes are on it

@@ -7,8 +7,10 @@ path of every tile: the old ``--augment`` step took 2-3x the plain one
 (``benchmarks/bench_augment.py``). Here the colour map of a window is one
 XLA-compiled lookup in a table of all 2**24 colours, built once per step
 by an XLA-compiled fused loop (log, the 3x3 map, exp, rounding in
-registers), and the turns and flips another (XLA's transposes); the result
-stays a TensorFlow tensor that the tile step takes as it is. Each is traced
+registers). The trainer's windows are only ever mirrored (a turn's
+transpose goes into the model's kernels, :mod:`._train_augment`): the mirror
+is fused into the lookup's reads, or alone one XLA reverse (a copy's cost;
+a transpose of 3-byte pixels cost 4-5x one). The result stays a TensorFlow tensor that the tile step takes as it is. Each is traced
 once and compiled by XLA once per window shape (a handful per run, a
 fraction of a second each, in the first steps).
 
@@ -63,9 +65,11 @@ def _colour_table_kernel():
     return _FUNCS["colour_table"]
 
 
-def _lookup_kernel():
-    """The XLA table lookup of a uint8 ``(h, w, 3)`` window (traced per input shape)."""
-    if "lookup" not in _FUNCS:
+def _lookup_kernel(axes: tuple[int, ...] = ()):
+    """The XLA table lookup of a uint8 ``(h, w, 3)`` window, mirrored along ``axes``
+    (the mirror fused into the gather's reads: free, where alone it is a copy)."""
+    key = ("lookup", axes)
+    if key not in _FUNCS:
         import tensorflow as tf
 
         @tf.function(
@@ -76,11 +80,21 @@ def _lookup_kernel():
             ],
         )
         def run(x, table):
+            if axes:
+                x = tf.reverse(x, list(axes))
             x = tf.cast(x, tf.int32)
             return tf.gather(table, (x[..., 0] * 256 + x[..., 1]) * 256 + x[..., 2])
 
-        _FUNCS["lookup"] = run
-    return _FUNCS["lookup"]
+        _FUNCS[key] = run
+    return _FUNCS[key]
+
+
+def mirror_axes(k: int, flip: bool) -> tuple[int, ...] | None:
+    """The axes ``fliplr(rot90(a, k))`` reverses, or None when it turns ``a`` (k odd)."""
+    if k % 2:
+        return None
+    rows = k % 4 == 2
+    return tuple(a for a, on in ((0, rows), (1, rows != bool(flip))) if on)
 
 
 def colour_table(colour: ColourJitter):
@@ -271,7 +285,9 @@ def _turn_kernel(k: int, flip: bool):
 
         @tf.function(jit_compile=True, input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
         def run(x):
-            if k:
+            if k == 2:  # a mirror of rows and columns: the trainer's only turn
+                x = tf.reverse(x, [0, 1])
+            elif k:
                 x = tf.image.rot90(x, k)
             if flip:
                 x = tf.reverse(x, [1])
@@ -337,10 +353,14 @@ def transform(
         if out is src and not inplace:
             out = np.array(src)
         out = draw_pens(out, background, factor, place[0], aug.pen, place[1])
-    if colour is not None:
-        out = _lookup_kernel()(out, colour_table(colour))
-    if k or flip:
-        out = _turn_kernel(k, flip)(out)
+    axes = mirror_axes(k, flip)
+    if colour is not None and axes is not None:
+        out = _lookup_kernel(axes)(out, colour_table(colour))
+    else:
+        if colour is not None:
+            out = _lookup_kernel()(out, colour_table(colour))
+        if k or flip:
+            out = _turn_kernel(k, flip)(out)
     if isinstance(out, np.ndarray):
         # The ink and the pen alone: no tensor copy of the window.
         if out is src and not inplace:

@@ -345,24 +345,25 @@ def tile_share(
         stats = np.zeros(8)
         grads: list[np.ndarray] | None = None
         patches = []
-        for tile in tiles:
-            inputs = _tile_inputs(view, tile, os_)
-            if inputs is None:
-                continue
-            x, y, wgt, oy, ox = inputs
-            if which == "forward":
-                r = step_fn.forward(x, y, wgt, oy, ox)
-            else:
-                r = step_fn.gradient(
-                    x, y, wgt, oy, ox, c_bce=coeff[0], c_da=coeff[1], c_db=coeff[2]
-                )
-                if grads is None:
-                    grads = [g.astype(np.float64) for g in r.grads]
+        with step_fn.transposed(view.transposed):  # a turned slide (image_step)
+            for tile in tiles:
+                inputs = _tile_inputs(view, tile, os_)
+                if inputs is None:
+                    continue
+                x, y, wgt, oy, ox = inputs
+                if which == "forward":
+                    r = step_fn.forward(x, y, wgt, oy, ox)
                 else:
-                    for acc, g in zip(grads, r.grads):
-                        acc += g
-            stats += r.stats
-            patches.append((tile.core[0] // os_ // f, tile.core[2] // os_ // f, r.preview))
+                    r = step_fn.gradient(
+                        x, y, wgt, oy, ox, c_bce=coeff[0], c_da=coeff[1], c_db=coeff[2]
+                    )
+                    if grads is None:
+                        grads = [g.astype(np.float64) for g in r.grads]
+                    else:
+                        for acc, g in zip(grads, r.grads):
+                            acc += g
+                stats += r.stats
+                patches.append((tile.core[0] // os_ // f, tile.core[2] // os_ // f, r.preview))
         return {"stats": stats, "grads": grads, "patches": patches}
 
 

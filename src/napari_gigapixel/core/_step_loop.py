@@ -186,7 +186,7 @@ def preview_event(i: int, res: Any, view: Any, f: float, os_: int, offset) -> Pr
     ``f * os_`` is its pixel size in level-0 pixels (``f`` includes the working
     resolution's downsample when that is not level 0).
     """
-    if view.k or view.flip or res.preview is None:
+    if view.geometric or res.preview is None:
         return None
     return PreviewEvent(
         image_index=i, probability=res.preview, downsample=float(f * os_), offset=tuple(offset)

@@ -5,6 +5,12 @@ A flip, a 90-degree turn or a colour map (:mod:`.stain`) applied to the
 the augmented slide, read here from the original's caches and transformed by
 :func:`._augment_kernel.transform`, so the tiled step stays exactly the
 whole-image step on the augmented slide.
+
+Of the eight turns and flips, the four with a transpose in them are split
+into a mirror of the pixels and a transpose of the model's kernels
+(:meth:`._backend.TileStep.transposed`): the step on the mirrored slide with
+transposed kernels is exactly the step on the turned slide, and a mirror
+costs XLA a copy where a transpose cost 4-5x one.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ._augment_kernel import mirror_axes
 from ._train_data import codes_yw
 from .stain import Augmentation, ColourJitter, draw_augmentation
 
@@ -23,6 +30,21 @@ def augment_params(
 ) -> Augmentation:
     """The whole-slide augmentation of one step (see :func:`.stain.draw_augmentation`)."""
     return draw_augmentation(seed, step, enabled, keep_white)
+
+
+#: ``fliplr(rot90(a, k))`` for (k, flip) is ``transpose(m(a))`` (``t``) or
+#: ``m(a)``, with ``m`` the mirror ``fliplr(rot90(a, k'))``, k' in {0, 2}:
+#: (k, flip) -> (t, k', flip'). Checked against numpy in the tests.
+SPLIT = {
+    (0, False): (False, 0, False),
+    (0, True): (False, 0, True),
+    (2, False): (False, 2, False),
+    (2, True): (False, 2, True),
+    (1, False): (True, 0, True),
+    (1, True): (True, 2, False),
+    (3, False): (True, 2, True),
+    (3, True): (True, 0, False),
+}
 
 
 def _as_augmentation(aug: Augmentation | tuple) -> Augmentation:
@@ -41,7 +63,10 @@ class SlideView:
 
     Windows of the augmented slide are read from the original's caches and
     transformed; the transform is applied to the *whole* slide, so the tiled
-    step stays exactly the whole-image step on the augmented slide.
+    step stays exactly the whole-image step on the augmented slide. With
+    ``transposed`` set, the windows and labels are those of the turned slide's
+    transpose (the slide mirrored, :data:`SPLIT`), and the step runs on them
+    with transposed kernels (:meth:`._backend.TileStep.transposed`).
     """
 
     #: Bytes of transformed windows kept for the step's later passes (Dice's
@@ -56,48 +81,48 @@ class SlideView:
         self._memo_bytes = 0
         self.os = os_
         self.aug = _as_augmentation(aug)
-        self.k, self.flip = self.aug.k % 4, self.aug.flip
         h, w = data.shape
-        if (self.flip or self.k) and os_ > 1 and (h % os_ or w % os_):
+        if self.aug.geometric and os_ > 1 and (h % os_ or w % os_):
             # A flip would move the partial last block of output pixels to the
             # top/left, where no output grid has it: such images are not
             # flipped or turned (the colour map, the ink and the pen still apply).
-            self.k, self.flip = 0, False
             self.aug = dataclasses.replace(self.aug, k=0, flip=False)
-        self.shape = (w, h) if self.k % 2 else (h, w)
+        #: The pixels' own transform: the mirror, the colour map, the ink, the pen.
+        self.transposed, k, flip = SPLIT[(self.aug.k % 4, bool(self.aug.flip))]
+        self._pixels = dataclasses.replace(self.aug, k=k, flip=flip)
+        self.k, self.flip = k, flip
+        self.shape = (h, w)
 
-    def _aug_shape(self, h: int, w: int) -> tuple[int, int]:
-        return (w, h) if self.k % 2 else (h, w)
+    @property
+    def geometric(self) -> bool:
+        """Whether the slide is turned or flipped (its outputs are not the slide's)."""
+        return bool(self.transposed or self.k or self.flip)
 
     def _read(self, cache, y0, y1, x0, x1, h, w):
-        ah, aw = self._aug_shape(h, w)
-        cy1, cx1 = min(y1, ah), min(x1, aw)
+        cy1, cx1 = min(y1, h), min(x1, w)
         out_shape = (y1 - y0, x1 - x0) + cache.shape[2:]
         if not (self.k or self.flip):
             return cache.read(y0, y1, x0, x1)
-        # Original-frame dimensions seen by _map: for odd k, the augmented
-        # frame (ah, aw) came from an original (aw, ah).
-        oy0, oy1, ox0, ox1 = self._inverse(y0, cy1, x0, cx1, h, w)
-        block = cache.read(oy0, oy1, ox0, ox1)
-        block = np.rot90(block, self.k) if self.k else block
-        block = block[:, ::-1] if self.flip else block
+        block = cache.read(*self._inverse(y0, cy1, x0, cx1, h, w))
+        rows, cols = self._mirrors()
+        block = block[::-1] if rows else block
+        block = block[:, ::-1] if cols else block
         out = np.zeros(out_shape, np.uint8)
         out[: block.shape[0], : block.shape[1]] = block
         return out
 
+    def _mirrors(self) -> tuple[bool, bool]:
+        """Whether the rows, the columns are reversed."""
+        axes = mirror_axes(self.k, self.flip)
+        return 0 in axes, 1 in axes
+
     def _inverse(self, y0, y1, x0, x1, h, w):
-        # Augmented = flip_lr(rot90(orig, k)). Undo the flip, then the turns.
-        ah, aw = self._aug_shape(h, w)
-        if self.flip:
-            x0, x1 = aw - x1, aw - x0
-        cur_h, cur_w = ah, aw
-        for _ in range(self.k % 4):
-            # rot90 (counter-clockwise): rotated[i, j] = orig[j, W - 1 - i] with
-            # rotated shape (W, H); so rows [y0, y1) of rotated -> columns
-            # [W - y1, W - y0) of orig, and columns of rotated -> rows of orig.
-            orig_h, orig_w = cur_w, cur_h
-            y0, y1, x0, x1 = x0, x1, orig_w - y1, orig_w - y0
-            cur_h, cur_w = orig_h, orig_w
+        """The original-frame rectangle that a mirrored-frame rectangle comes from."""
+        rows, cols = self._mirrors()
+        if rows:
+            y0, y1 = h - y1, h - y0
+        if cols:
+            x0, x1 = w - x1, w - x0
         return y0, y1, x0, x1
 
     def window(self, win: tuple[int, int, int, int]) -> Any:
@@ -107,20 +132,19 @@ class SlideView:
         :func:`._augment_kernel.transform` returns, a uint8 tensor or (the ink
         and pen alone) a numpy array: the tile step takes either.
         """
-        aug = self.aug
+        aug = self._pixels
         pixelwise = (aug.colour, aug.ink, aug.pen)
         if not aug.geometric and all(p is None for p in pixelwise):
             return self.data.image.read(*win)
         from ._augment_kernel import transform
 
         h, w = self.data.shape
-        ah, aw = self.shape
         y0, y1, x0, x1 = win
-        cy1, cx1 = min(y1, ah), min(x1, aw)
+        cy1, cx1 = min(y1, h), min(x1, w)
         if cy1 <= y0 or cx1 <= x0:
             return np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
-        # The slide's part of the window, read in the original frame, turned,
-        # flipped and coloured, then padded with zeros to the window.
+        # The slide's part of the window, read in the original frame, mirrored
+        # and coloured, then padded with zeros to the window.
         key = (int(y0), int(y1), int(x0), int(x1))
         if key in self._memo:
             return self._memo[key]
@@ -158,10 +182,10 @@ class SlideView:
         from ._augment_kernel import ink_blocks, ink_cut
 
         index = getattr(self.data, "ink_index", None)
-        key = (tuple(int(v) for v in rect), self.os, ink_cut(self.aug.ink))
+        key = (tuple(int(v) for v in rect), self.os, ink_cut(self._pixels.ink))
         if index is not None and key in index:
             return index[key]
-        blocks = ink_blocks(block, background, self.os, self.aug.ink)
+        blocks = ink_blocks(block, background, self.os, self._pixels.ink)
         if index is not None:
             index[key] = blocks
         return blocks

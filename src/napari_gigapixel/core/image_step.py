@@ -126,47 +126,49 @@ def iter_image_step(
     coeff = (0.0, 0.0)
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(1)
+    # A turned slide's step: the mirrored pixels with transposed kernels.
     try:
-        for which in passes:
-            if which == "grad" and use_dice and not one_tile:
-                coeff = dice_grad_coefficients(stats_f[1], stats_f[2], stats_f[3])
-            # Read the next tile while the current one computes (TF drops the GIL).
-            pending = pool.submit(_tile_inputs, view, tiles[0], os_)
-            for i, tile in enumerate(tiles):
-                if stop_requested(stop):
-                    raise JobStopped()
-                inputs = pending.result()
-                if i + 1 < len(tiles):
-                    pending = pool.submit(_tile_inputs, view, tiles[i + 1], os_)
-                if inputs is not None:
-                    x, y, wgt, oy, ox = inputs
-                    if which == "forward":
-                        r = step_fn.forward(x, y, wgt, oy, ox)
-                        stats_f += r.stats
-                    else:
-                        r = step_fn.gradient(
-                            x,
-                            y,
-                            wgt,
-                            oy,
-                            ox,
-                            c_bce=c_bce,
-                            c_da=coeff[0],
-                            c_db=coeff[1],
-                            c_dice=1.0 if (use_dice and one_tile) else 0.0,
-                        )
-                        stats_g += r.stats
-                        if grads is None:
-                            grads = [g.astype(np.float64) for g in r.grads]
+        with step_fn.transposed(view.transposed):
+            for which in passes:
+                if which == "grad" and use_dice and not one_tile:
+                    coeff = dice_grad_coefficients(stats_f[1], stats_f[2], stats_f[3])
+                # Read the next tile while the current one computes (TF drops the GIL).
+                pending = pool.submit(_tile_inputs, view, tiles[0], os_)
+                for i, tile in enumerate(tiles):
+                    if stop_requested(stop):
+                        raise JobStopped()
+                    inputs = pending.result()
+                    if i + 1 < len(tiles):
+                        pending = pool.submit(_tile_inputs, view, tiles[i + 1], os_)
+                    if inputs is not None:
+                        x, y, wgt, oy, ox = inputs
+                        if which == "forward":
+                            r = step_fn.forward(x, y, wgt, oy, ox)
+                            stats_f += r.stats
                         else:
-                            for acc, g in zip(grads, r.grads):
-                                acc += g
-                    if which == passes[0]:
-                        py, px = tile.core[0] // os_ // f, tile.core[2] // os_ // f
-                        pv = r.preview
-                        preview[py : py + pv.shape[0], px : px + pv.shape[1]] = pv
-                done += 1
-                yield Progress(stage, done, total, label)
+                            r = step_fn.gradient(
+                                x,
+                                y,
+                                wgt,
+                                oy,
+                                ox,
+                                c_bce=c_bce,
+                                c_da=coeff[0],
+                                c_db=coeff[1],
+                                c_dice=1.0 if (use_dice and one_tile) else 0.0,
+                            )
+                            stats_g += r.stats
+                            if grads is None:
+                                grads = [g.astype(np.float64) for g in r.grads]
+                            else:
+                                for acc, g in zip(grads, r.grads):
+                                    acc += g
+                        if which == passes[0]:
+                            py, px = tile.core[0] // os_ // f, tile.core[2] // os_ // f
+                            pv = r.preview
+                            preview[py : py + pv.shape[0], px : px + pv.shape[1]] = pv
+                    done += 1
+                    yield Progress(stage, done, total, label)
     finally:
         if own_pool:
             pool.shutdown(wait=True)

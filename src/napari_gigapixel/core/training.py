@@ -308,8 +308,6 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
         out = []
         for i, (d, grid) in enumerate(zip(datas, grids)):
             view = _View(d, os_, _augment_params(cfg.seed, step_no, cfg.augment, white))
-            if (view.k or view.flip) and view.shape != d.shape:
-                grid = tile_grid(view.shape, cores[i], geometry.halo, geometry.stride)
             res = yield from iter_image_step(
                 step_fn,
                 view,

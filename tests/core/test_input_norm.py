@@ -10,6 +10,7 @@ from napari_gigapixel.core.input_norm import WHITE, apply_balance, balance_table
 from napari_gigapixel.core.synthetic import make_synthetic_slide, synthetic_region
 from napari_gigapixel.core.train_config import learning_rate
 from napari_gigapixel.core.unet import ModelConfig
+from napari_gigapixel.core.white_field import white_field
 
 
 def test_white_point_finds_the_glass_of_a_slide_array_and_file(tmp_path):
@@ -82,8 +83,8 @@ def test_trainer_records_statistics_prior_and_balance_and_predict_applies_them(t
     assert any("tissue prior" in n for n in notes)
     model, meta = load_model(out)
     mcfg = meta["model_config"]
-    assert mcfg.white_balance is True
-    balanced = apply_balance(img, balance_table(white_point(img)))
+    assert mcfg.white_balance is True and mcfg.white_field is True
+    balanced = white_field(img).apply(img, 0, 0)
     flat = balanced.reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(mcfg.input_mean, flat.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(mcfg.input_std, flat.std(axis=0), rtol=1e-6)
@@ -144,7 +145,7 @@ def test_optical_density_model_trains_saves_and_predicts(tmp_path):
     model, meta = load_model(out)
     mcfg = meta["model_config"]
     assert mcfg.input_transform == "od"
-    balanced = apply_balance(img, balance_table(white_point(img)))
+    balanced = white_field(img).apply(img, 0, 0)
     od = np.log10(256.0 / (balanced.reshape(-1, 3).astype(np.float64) + 1.0))
     np.testing.assert_allclose(mcfg.input_mean, od.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(mcfg.input_std, od.std(axis=0), rtol=1e-6)

@@ -16,7 +16,8 @@ from napari_gigapixel.core.inference import (  # noqa: E402
     predict_whole,
 )
 from napari_gigapixel.core.input_norm import apply_balance, balance_table, white_point  # noqa: E402
-from napari_gigapixel.core.tiled_model import model_white_balance  # noqa: E402
+from napari_gigapixel.core.tiled_model import model_white_balance, model_white_field  # noqa: E402
+from napari_gigapixel.core.white_field import white_field  # noqa: E402
 
 SHAPE = (301, 517)  # odd: padded edges and a merged last chunk
 SMALL = dict(widths=(4, 6, 8), decoder_widths=(3, 4, 4))
@@ -33,11 +34,12 @@ def _image(seed: int = 0) -> np.ndarray:
     return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def balanced_model(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["per-slide", "per-place"])
+def balanced_model(request, tmp_path_factory):
+    """A white-balanced model: per slide (files from before ``white_field``) or per place."""
     from napari_gigapixel.core.unet import ModelConfig, build_unet, model_geometry, save_model
 
-    mcfg = ModelConfig(**SMALL, white_balance=True)
+    mcfg = ModelConfig(**SMALL, white_balance=True, white_field=request.param)
     model = build_unet(mcfg, seed=5)
     path = tmp_path_factory.mktemp("wb") / "wb.keras"
     save_model(model, path, geometry=model_geometry(model), model_config=mcfg)
@@ -65,8 +67,11 @@ def test_predict_array_equals_predict_on_the_same_pixels_as_a_slide(balanced_mod
     assert store.metadata["white_point"] == list(white_point(img))
 
     model, meta = load_model(balanced_model)
+    local = meta["model_config"].white_field
+    assert store.metadata["white_field"] is local
     geometry = meta["geometry"]
     assert model_white_balance(model) is True and model_white_balance(balanced_model) is True
+    assert model_white_field(model) is local and model_white_field(balanced_model) is local
     for source in (model, balanced_model):  # a loaded model, a path
         got = predict_array(source, img, geometry, chunk=96)
         assert got.shape == stored.shape
@@ -77,7 +82,10 @@ def test_predict_array_equals_predict_on_the_same_pixels_as_a_slide(balanced_mod
     # and balancing by hand then switching it off gives the same one.
     raw = predict_array(model, img, geometry, chunk=96, white_balance=False)
     assert np.abs(raw - stored).max() > 4 * TOL  # would fail the agreement above
-    by_hand = apply_balance(img, balance_table(white_point(img)))
+    if local:  # per place: each pixel by its own cell's glass (chunks of 128 and 96 agree)
+        by_hand = white_field(img).apply(img, 0, 0)
+    else:
+        by_hand = apply_balance(img, balance_table(white_point(img)))
     again = predict_whole(model, by_hand, geometry, white_balance=False)
     np.testing.assert_allclose(again, whole, atol=1e-6)
 

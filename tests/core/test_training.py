@@ -110,8 +110,11 @@ def test_events_checkpoint_metadata_and_learning(data, tmp_path):
     assert meta["train_config"]["loss"] == "dice"
     # The architecture asked for, plus the recipe's input statistics and white balance.
     mcfg = meta["model_config"]
-    assert mcfg.white_balance is True and mcfg.input_mean is not None
-    plain = dataclasses.replace(mcfg, input_mean=None, input_std=None, white_balance=False)
+    assert mcfg.white_balance is True and mcfg.white_field is True
+    assert mcfg.input_mean is not None
+    plain = dataclasses.replace(
+        mcfg, input_mean=None, input_std=None, white_balance=False, white_field=False
+    )
     assert plain == SMALL
     fin = events[-1].result
     assert fin["steps"] == 6 and fin["tile"] == 64 and 0 <= fin["dice"] <= 1

@@ -183,7 +183,8 @@ class RecipeInputs:
         self.white_balance = CheckBox(
             text="white balance",
             value=d.white_balance,
-            tooltip="Scale each slide's glass to one white, here and when predicting.",
+            tooltip="Scale each slide's glass to one white, cell by cell (the lamp's "
+            "shading goes too), here and when predicting.",
         )
         self.standardize = CheckBox(
             text="standardize",

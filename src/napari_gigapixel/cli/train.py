@@ -210,7 +210,8 @@ def add_parser(subparsers: Any) -> None:
         "--white-balance",
         action=argparse.BooleanOptionalAction,
         default=d.white_balance,
-        help="scale each slide's glass to one white, here and when predicting (default on)",
+        help="scale each slide's glass to one white, cell by cell (the lamp's shading goes "
+        "too), here and when predicting (default on)",
     )
     p.add_argument(
         "--standardize",

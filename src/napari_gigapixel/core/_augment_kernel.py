@@ -10,9 +10,10 @@ by an XLA-compiled fused loop (log, the 3x3 map, exp, rounding in
 registers). The trainer's windows are only ever mirrored (a turn's
 transpose goes into the model's kernels, :mod:`._train_augment`): the mirror
 is fused into the lookup's reads, or alone one XLA reverse (a copy's cost;
-a transpose of 3-byte pixels cost 4-5x one). The result stays a TensorFlow tensor that the tile step takes as it is. Each is traced
-once and compiled by XLA once per window shape (a handful per run, a
-fraction of a second each, in the first steps).
+a transpose of 3-byte pixels cost 4-5x one). The result stays a TensorFlow
+tensor that the tile step takes as it is. Each is traced once and compiled
+by XLA once per window shape (a handful per run, a fraction of a second
+each, in the first steps).
 
 The ink (:class:`.stain.InkRecolour`) changes only pixels the mask calls
 background that are darker than the glass: pen, dust, bubble rims, a few

@@ -54,6 +54,8 @@ class RunSpec:
         The working resolution (:class:`.resolution.Resolution`).
     balanced
         White-balance every slide by its own glass colour (:mod:`.input_norm`).
+    local_balance
+        With ``balanced``: per place (:mod:`.white_field`), not per slide.
     keep_white
         The colour jitter keeps the glass on this white (white-balanced runs).
     val_rois
@@ -84,6 +86,7 @@ class RunSpec:
     geometry: dict[str, int] = field(default_factory=dict)
     resolution: Any = None
     balanced: bool = False
+    local_balance: bool = False
     keep_white: float | None = None
     val_rois: list[Any] = field(default_factory=list)
     val_regions: list[Any] = field(default_factory=list)
@@ -158,12 +161,13 @@ def _training_image(spec: RunSpec, i: int):
     info: dict[str, Any] = {}
     table = None
     if spec.balanced:
-        from .input_norm import balance_table, white_point
+        from .input_norm import slide_balance
 
         # A missing or non-RGB slide fails with its own error first.
         open_image_source(spec.images[i])[2]()
-        info["white"] = white_point(spec.images[i])
-        table = balance_table(info["white"])
+        table, info["white"], info["balance_note"] = slide_balance(
+            spec.images[i], spec.local_balance
+        )
     d = build_image_data(
         spec.images[i],
         spec.masks[i],
@@ -240,6 +244,7 @@ def describe_image(spec: RunSpec, i: int) -> dict[str, Any] | Any:
             "downsample": float(d.downsample),
             "resolution": dict(d.resolution or {}),
             "white": info.get("white"),
+            "balance_note": info.get("balance_note"),
             "note": info.get("note"),
             "histogram": image_histogram(d) if spec.histograms else None,
         }

@@ -19,6 +19,14 @@ from .tiled_model import _MODELS_LOCK
 _SLIDES: dict[str, Any] = {}
 
 
+def _balance_chunk(block, balance, origin, downsample, block_info=None):
+    """One chunk white-balanced (:func:`.input_norm.balance_pixels`) at its place."""
+    from .input_norm import balance_pixels
+
+    (y0, _), (x0, _) = block_info[0]["array-location"][:2]
+    return balance_pixels(block, balance, origin[0] + y0, origin[1] + x0, downsample)
+
+
 def _read_slide_block(path: str, block_info=None, level: int = 0) -> np.ndarray:
     """One chunk of a slide's level, read by path (picklable: for distributed workers)."""
     from .slide import open_slide
@@ -39,7 +47,7 @@ def open_image(
     by_path_chunk: int | None = None,
     resolution: Any = None,
     model_meta: dict[str, Any] | None = None,
-    balance: np.ndarray | None = None,
+    balance: Any = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The dask array to predict (working resolution, ROI applied) and its metadata.
 
@@ -52,8 +60,9 @@ def open_image(
     handle per process) in chunks of that side: a distributed scheduler must
     pickle the graph, and an open file handle does not pickle.
 
-    ``balance`` (a :func:`.input_norm.balance_table`) white-balances the
-    pixels at the working resolution, chunk by chunk. It is applied here, to
+    ``balance`` (a :func:`.input_norm.balance_table` or a
+    :class:`.white_field.WhiteField`) white-balances the pixels at the working
+    resolution, chunk by chunk, each at its place in the slide. It is applied here, to
     the array the slide's closers are tied to: a caller that wrapped the
     returned array and dropped it would close the slide before reading it.
     """
@@ -116,9 +125,12 @@ def open_image(
         info["region_shape"] = [h, w]
     info["resolution_shape"] = [int(arr.shape[0]), int(arr.shape[1])]
     if balance is not None:
-        from .input_norm import apply_balance
-
-        arr = arr.map_blocks(apply_balance, table=balance, dtype=np.uint8)
+        # The chunk's place in the slide at this resolution (a local balance's gains
+        # depend on it): the ROI's origin plus the chunk's place in the region.
+        origin = (ry0, rx0) if roi is not None else (0, 0)
+        arr = arr.map_blocks(
+            _balance_chunk, balance=balance, origin=origin, downsample=d, dtype=np.uint8
+        )
     if closers:
         weakref.finalize(arr, _run_closers, closers)
     return arr, info

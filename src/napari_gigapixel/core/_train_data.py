@@ -151,7 +151,7 @@ def build_image_data(
     band_rows: int = 2048,
     on_band: Callable[[int, int], None] | None = None,
     resolution: Any = None,
-    balance: np.ndarray | None = None,
+    balance: Any = None,
     res_roi: tuple[int, int, int, int] | None = None,
 ) -> ImageData:
     """Decode one image (its ROI) and its labels into caches, band by band.
@@ -210,7 +210,7 @@ def _build_image_data(
     band_rows: int,
     on_band: Callable[[int, int], None] | None,
     resolution: Any,
-    balance: np.ndarray | None = None,
+    balance: Any = None,
     res_roi: tuple[int, int, int, int] | None = None,
 ) -> ImageData:
     from .resolution import as_slide, map_roi, model_resolution, resolution_array, resolve
@@ -244,9 +244,9 @@ def _build_image_data(
     if isinstance(array, np.ndarray):
         roi_px = array[ry0:ry1, rx0:rx1]
         if balance is not None:
-            from .input_norm import apply_balance
+            from .input_norm import balance_pixels
 
-            roi_px = apply_balance(roi_px, balance)
+            roi_px = balance_pixels(roi_px, balance, ry0, rx0, d)
         image = ArrayCache.wrap(roi_px)
     else:
         image = ArrayCache((h, w, 3), in_memory=cache_in_memory(h * w * 3), folder=cache_dir)
@@ -260,9 +260,9 @@ def _build_image_data(
             if not isinstance(array, np.ndarray):
                 block = np.asarray(array[ry0 + by : ry0 + by1, rx0:rx1])
                 if balance is not None:
-                    from .input_norm import apply_balance
+                    from .input_norm import balance_pixels
 
-                    block = apply_balance(block, balance)
+                    block = balance_pixels(block, balance, ry0 + by, rx0, d)
                 image.write_rows(by, block)
             # Output pixel (i, j) covers resolution pixels [i os, (i+1) os): its
             # label is the mask at the centre of that block in level-0 pixels.

@@ -93,7 +93,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
     from .input_norm import WHITE
     from .train_config import _describe, _validate
     from .train_preflight import _resumed_resolution
-    from .training import _fit_to_data, _make_model, drawn_augment
+    from .training import _fit_to_data, _make_model, drawn_augment, local_balance
     from .validation import best_path, val_rois
 
     _validate(cfg)
@@ -162,6 +162,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
         },
         resolution=resolution,
         balanced=balanced,
+        local_balance=local_balance(cfg, mcfg),
         val_rois=vrois,
         val_regions=regions,
         histograms=fit_stats,
@@ -184,9 +185,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
         infos = yield from _gather(client, futs, stop, [0], n, stage="cache")
         for i, d in enumerate(infos):
             if d["white"] is not None:
-                yield Message(
-                    f"image {i + 1} glass colour " + ", ".join(f"{v:.0f}" for v in d["white"])
-                )
+                yield Message(f"image {i + 1} {d['balance_note']}")
             yield Message(f"image {i + 1} at {d['resolution'].get('describe', 'level 0')}")
         model, mcfg, note = _fit_to_data(
             cfg,

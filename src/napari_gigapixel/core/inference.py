@@ -170,13 +170,14 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     distributed = bool(cfg.scheduler) and "://" in str(cfg.scheduler)
     mcfg = model_meta.get("model_config") or {}
     white = balance = None
-    if mcfg.get("white_balance") if isinstance(mcfg, dict) else mcfg.white_balance:
-        # The model was trained on white-balanced slides: balance this one
-        # the same way (one constant per channel, so exact under chunking).
-        from .input_norm import balance_table, white_point
+    flag = mcfg.get if isinstance(mcfg, dict) else lambda k: getattr(mcfg, k, False)
+    if flag("white_balance"):
+        # The model was trained on white-balanced slides: balance this one the
+        # same way, per place (its glass field) or per slide as the model was;
+        # a function of each pixel and its place, so exact under chunking.
+        from .input_norm import slide_balance
 
-        white = white_point(cfg.image)
-        balance = balance_table(white)
+        balance, white, balance_note = slide_balance(cfg.image, bool(flag("white_field")))
     # The slide opens before the model loads: a bad path fails in a second.
     image, info = _open_image(
         cfg.image,
@@ -206,7 +207,8 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         yield Message(clean_rec["um_per_px_source"])
     if white is not None:
         info["white_point"] = list(white)
-        yield Message("glass colour " + ", ".join(f"{v:.0f}" for v in white))
+        info["white_field"] = bool(flag("white_field"))
+        yield Message(balance_note)
     ref = ModelRef(model_path, bool(cfg.mixed_precision))
     if distributed:
         model: Any = ref  # each worker process loads it once

@@ -32,14 +32,16 @@ PERCENTILE = 99.0
 SAMPLE_PIXELS = 4_000_000
 
 
-def _sample(arr: Any) -> np.ndarray:
-    """Pixels ``(n, 3)`` uint8 of an (H, W, 3) array on a regular grid of at most SAMPLE_PIXELS."""
+def _sample(arr: Any, level0: Any = None) -> tuple[np.ndarray, float]:
+    """An (H, W, 3) array-like on a regular grid of at most SAMPLE_PIXELS pixels, uint8
+    ``(h, w, 3)``, and its level-0 pixels per pixel (``level0``: the level-0 array)."""
     h, w = int(arr.shape[0]), int(arr.shape[1])
     step = max(1, math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))
     block = arr[::step, ::step, :3]
     if hasattr(block, "compute"):
         block = block.compute()
-    return np.asarray(block, dtype=np.uint8).reshape(-1, 3)
+    full = int((level0 if level0 is not None else arr).shape[1])
+    return np.asarray(block, dtype=np.uint8), step * full / max(w, 1)
 
 
 def _small_level(slide: Any) -> Any:
@@ -51,37 +53,55 @@ def _small_level(slide: Any) -> Any:
     return arr
 
 
+def read_sample(source: Any) -> tuple[np.ndarray, float, float | None]:
+    """A small copy of a slide: uint8 ``(h, w, 3)``, its level-0 pixels per pixel and
+    the level-0 pixel size in um (None when unknown).
+
+    ``source``: a slide path (the smallest pyramid level with at least a
+    quarter of :data:`SAMPLE_PIXELS` pixels is read, whole, then sampled), an
+    open :class:`.slide_base.Slide` (the same), or an ``(H, W, 3)`` uint8
+    array-like (sampled on a regular grid, taken as level 0).
+    """
+    if isinstance(source, str | os.PathLike):
+        from .slide import open_slide
+
+        with open_slide(os.fspath(source)) as slide:
+            return (*_sample(_small_level(slide), slide.levels[0]), _um(slide))
+    if hasattr(source, "levels"):  # an open Slide (e.g. an array at a resolution)
+        return (*_sample(_small_level(source), source.levels[0]), _um(source))
+    return (*_sample(source), None)
+
+
+def _um(slide: Any) -> float | None:
+    mpp = getattr(slide, "mpp", None)
+    return float(mpp[1]) if mpp else None
+
+
+def glass_colour(px: np.ndarray) -> tuple[float, float, float]:
+    """Per-channel :data:`PERCENTILE` of uint8 pixels ``(..., 3)`` (at least 1)."""
+    flat = np.asarray(px, np.uint8).reshape(-1, 3)
+    out = []
+    for c in range(3):
+        cum = np.cumsum(np.bincount(flat[:, c], minlength=256))
+        out.append(float(max(1, np.searchsorted(cum, PERCENTILE / 100.0 * cum[-1]))))
+    return out[0], out[1], out[2]
+
+
 def white_point(source: Any) -> tuple[float, float, float]:
     """The glass colour of a slide: per-channel 99th percentile of its pixels.
 
     Parameters
     ----------
     source
-        A slide path (the smallest pyramid level with at least a quarter of
-        :data:`SAMPLE_PIXELS` pixels is read, whole), an open
-        :class:`.slide_base.Slide` (the same), or an ``(H, W, 3)`` uint8
-        array-like (sampled on a regular grid).
+        A slide path, an open :class:`.slide_base.Slide` or an ``(H, W, 3)``
+        uint8 array-like (:func:`read_sample`).
 
     Returns
     -------
     (r, g, b)
         Grey levels (at least 1).
     """
-    if isinstance(source, str | os.PathLike):
-        from .slide import open_slide
-
-        with open_slide(os.fspath(source)) as slide:
-            px = _sample(_small_level(slide))
-    elif hasattr(source, "levels"):  # an open Slide (e.g. an array at a resolution)
-        px = _sample(_small_level(source))
-    else:
-        px = _sample(source)
-    out = []
-    for c in range(3):
-        counts = np.bincount(px[:, c], minlength=256)
-        cum = np.cumsum(counts)
-        out.append(float(max(1, np.searchsorted(cum, PERCENTILE / 100.0 * cum[-1]))))
-    return out[0], out[1], out[2]
+    return glass_colour(read_sample(source)[0])
 
 
 def balance_table(white: tuple[float, float, float]) -> np.ndarray:
@@ -100,4 +120,40 @@ def apply_balance(block: np.ndarray, table: np.ndarray) -> np.ndarray:
     return out
 
 
-__all__ = ["PERCENTILE", "WHITE", "apply_balance", "balance_table", "white_point"]
+def balance_pixels(
+    block: np.ndarray, balance: Any, y0: int = 0, x0: int = 0, downsample: float = 1.0
+) -> np.ndarray:
+    """``block`` white-balanced by ``balance``: a :func:`balance_table` (one gain per
+    slide and channel) or a :class:`.white_field.WhiteField` (a gain per place:
+    ``(y0, x0)`` is the block's top-left pixel in the slide at a working
+    resolution of ``downsample`` level-0 pixels per pixel); None: unchanged."""
+    if balance is None:
+        return block
+    if isinstance(balance, np.ndarray):
+        return apply_balance(block, balance)
+    return balance.apply(block, y0, x0, downsample)
+
+
+def slide_balance(source: Any, local: bool) -> tuple[Any, tuple[float, float, float], str]:
+    """How to balance a slide: ``(balance, white point, message)``, per place
+    (:func:`.white_field.white_field`) when ``local``, else per slide."""
+    if local:
+        from .white_field import white_field
+
+        field = white_field(source)
+        return field, field.white, field.describe()
+    white = white_point(source)
+    return balance_table(white), white, "glass colour " + ", ".join(f"{v:.0f}" for v in white)
+
+
+__all__ = [
+    "PERCENTILE",
+    "WHITE",
+    "apply_balance",
+    "balance_pixels",
+    "balance_table",
+    "glass_colour",
+    "read_sample",
+    "slide_balance",
+    "white_point",
+]

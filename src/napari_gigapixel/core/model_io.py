@@ -40,10 +40,12 @@ def mark_white_balance(model: Any, model_config: Any) -> None:
     :func:`.tiled_model.predict_array` and ``predict_whole`` know what a model expects.
     """
     if isinstance(model_config, dict):
-        flag = model_config.get("white_balance")
+        flag, local = model_config.get("white_balance"), model_config.get("white_field")
     else:
         flag = getattr(model_config, "white_balance", False)
+        local = getattr(model_config, "white_field", False)
     model._gigapixel_white_balance = bool(flag)
+    model._gigapixel_white_field = bool(flag and local)  # per place (.white_field)
 
 
 def save_model(

@@ -117,15 +117,27 @@ def model_white_balance(model: Any) -> bool | None:
     return None if flag is None else bool(flag)
 
 
+def model_white_field(model: Any) -> bool:
+    """Whether ``model`` (as :func:`model_white_balance`) is balanced per place
+    (``ModelConfig.white_field``); False when it says nothing."""
+    if isinstance(model, ModelRef):
+        model = model.path
+    if isinstance(model, str | os.PathLike):
+        mcfg = read_model_meta(os.fspath(model)).get("model_config") or {}
+        return bool(mcfg.get("white_balance") and mcfg.get("white_field"))
+    return bool(getattr(model, "_gigapixel_white_field", False))
+
+
 def balance_like_predict(model: Any, image: Any, white_balance: bool | None = None) -> Any:
     """``image`` white-balanced as :func:`.inference.predict` balances a slide, when due.
 
     The balance is due when ``white_balance`` is True, or None and the model
     records it (:func:`model_white_balance`). The glass colour is the image's
-    own (:func:`.input_norm.white_point` of the whole array: the same sample
-    and percentile as a slide of that size), mapped by one lookup table per
-    channel, element-wise, so chunking cannot change it. numpy in, numpy out;
-    dask in, dask out (lazy).
+    own (:func:`.input_norm.slide_balance` of the whole array, taken as level
+    0: the same sample and percentile as a slide of that size), per place
+    when the model is (:func:`model_white_field`), else one lookup table per
+    channel; each pixel's value depends on its value and place only, so
+    chunking cannot change it. numpy in, numpy out; dask in, dask out (lazy).
     """
     if white_balance is None:
         white_balance = bool(model_white_balance(model))
@@ -136,12 +148,15 @@ def balance_like_predict(model: Any, image: Any, white_balance: bool | None = No
             f"inference: the image must be (H, W, 3) uint8 RGB, got {tuple(image.shape)} "
             f"{image.dtype}."
         )
-    from .input_norm import apply_balance, balance_table, white_point
+    from ._predict_input import _balance_chunk
+    from .input_norm import balance_pixels, slide_balance
 
-    table = balance_table(white_point(image))
+    balance = slide_balance(image, model_white_field(model))[0]
     if hasattr(image, "map_blocks"):  # dask: stays lazy, block by block
-        return image[..., :3].map_blocks(apply_balance, table=table, dtype=np.uint8)
-    return apply_balance(np.asarray(image)[..., :3], table)
+        return image[..., :3].map_blocks(
+            _balance_chunk, balance=balance, origin=(0, 0), downsample=1.0, dtype=np.uint8
+        )
+    return balance_pixels(np.asarray(image)[..., :3], balance)
 
 
 def _warm_worker(ref: ModelRef) -> None:

@@ -110,8 +110,9 @@ def _fit_to_data(cfg: TrainConfig, model, mcfg, balanced: bool, statistics, coun
     if cfg.resume:
         return model, mcfg, None
     note = []
-    if balanced and not mcfg.white_balance:
-        mcfg = dataclasses.replace(mcfg, white_balance=True)
+    if balanced and not (mcfg.white_balance and mcfg.white_field):
+        # A fresh white-balanced model is balanced per place (local_balance).
+        mcfg = dataclasses.replace(mcfg, white_balance=True, white_field=True)
     if cfg.standardize and mcfg.input_mean is None:
         mean, std = statistics()
         mcfg = dataclasses.replace(mcfg, input_mean=mean, input_std=std)
@@ -212,13 +213,12 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
             yield Message(f"decoding image {i + 1}/{len(cfg.images)}: {_describe(img)}")
             table = None
             if balanced:
-                from .input_norm import balance_table, white_point
+                from .input_norm import slide_balance
 
                 # A missing or non-RGB slide fails with its own error first.
                 _train_data().open_image_source(img)[2]()
-                white = white_point(img)
-                table = balance_table(white)
-                yield Message("glass colour " + ", ".join(f"{v:.0f}" for v in white))
+                table, _, note = slide_balance(img, local_balance(cfg, mcfg))
+                yield Message(note)
             datas.append(
                 _train_data().build_image_data(
                     img,
@@ -361,6 +361,12 @@ def _run(cfg, stop, model, mcfg, history, meta, geometry, datas, vdatas, budget,
         )
     finally:
         pool.shutdown(wait=True)
+
+
+def local_balance(cfg: TrainConfig, mcfg) -> bool:
+    """Whether a white-balanced run balances per place (:mod:`.white_field`): every
+    fresh run, and a resumed one whose checkpoint was (older ones per slide)."""
+    return bool(mcfg.white_field) if cfg.resume else True
 
 
 def drawn_augment(cfg: TrainConfig, mcfg) -> str:

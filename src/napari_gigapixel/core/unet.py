@@ -86,6 +86,11 @@ class ModelConfig:
         The model expects slides white-balanced (:mod:`.input_norm`: each
         slide's glass scaled to one white) before its input layer; the trainer
         and :func:`.inference.predict` do it per slide.
+    white_field
+        With ``white_balance``: the balance is local (:mod:`.white_field`: the
+        glass colour per cell of about 64 um, so the lamp's shading goes too),
+        not one gain per slide. New white-balanced models have it; files
+        written before it existed load without it and are balanced per slide.
     input_transform
         What the input layer computes from each grey level before
         standardising (:data:`INPUT_TRANSFORMS`): ``"linear"`` the grey level
@@ -105,6 +110,7 @@ class ModelConfig:
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
     white_balance: bool = False
+    white_field: bool = False
     input_transform: str = "linear"
 
     def __post_init__(self) -> None:

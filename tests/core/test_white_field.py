@@ -118,3 +118,20 @@ def test_fresh_runs_balance_per_place_and_resumed_ones_keep_their_checkpoints_wa
     resumed = TrainConfig(images=["a.tif"], masks=["m.tif"], resume="m.keras")
     assert local_balance(resumed, old) is False
     assert local_balance(resumed, ModelConfig(white_balance=True, white_field=True)) is True
+
+
+def test_a_large_section_is_not_raised_towards_white():
+    """Inside a section wider than the 3 x 3 cells, tissue is not taken for glass:
+    its gain stays within FLOOR_SHARE of the glass's around it."""
+    from napari_gigapixel.core.white_field import FLOOR_SHARE
+
+    rng = np.random.default_rng(4)
+    img = np.clip(rng.normal(238, 2, (1600, 1600, 3)), 0, 255)
+    img[200:1400, 200:1400] = np.clip(rng.normal([205, 170, 200], 8, (1200, 1200, 3)), 0, 255)
+    img = img.astype(np.uint8)
+    field = white_field(img)
+    gains = field.gains(0, 1600, 0, 1600).astype(np.float64)
+    inner, outer = gains[40:60, 40:60].mean(), gains[:8, :8].mean()
+    assert inner / outer <= 1.0 / FLOOR_SHARE + 0.01
+    out = field.apply(img, 0, 0).astype(np.float64)
+    assert out[600:1000, 600:1000].mean() < 0.92 * out[:150, :150].mean()

@@ -11,9 +11,11 @@ training slide's glass calls a darker stretch of another slide's glass tissue
 :class:`WhiteField` holds the glass colour of each cell of about 64 um: the
 95th percentile of the cell's pixels per channel (a cell with 5% glass shows
 its glass), the largest of each 3 x 3 cells (a cell full of tissue takes its
-neighbours' glass), smoothed over a cell and held within 85-105% of the
-slide's own white point (:func:`.input_norm.white_point`), so a dark scanner
-border or a slide full of tissue is never scaled to white. It is found in one
+neighbours' glass) but at least 96% of the brightest within 8 cells (inside
+a large section, where no glass is that near, tissue is not taken for
+glass), smoothed over a cell and held within 85-105% of the slide's own
+white point (:func:`.input_norm.white_point`), so a dark scanner border or a
+slide full of tissue is never scaled to white. It is found in one
 pass over a small pyramid level before any tile is processed.
 
 Applied, every pixel is multiplied by ``WHITE / glass`` at its place, in
@@ -43,6 +45,12 @@ CELL_PERCENTILE = 95.0
 MIN_CELL_SAMPLES = 16
 #: The local glass is held within these fractions of the slide's white point.
 FIELD_RANGE = (0.85, 1.05)
+#: ... and at least FLOOR_SHARE of the brightest cell within FLOOR_REACH cells
+#: (about 0.5 mm) each side: the lamp's shading changes by about 3% per mm on
+#: the tuning slides, and tissue is never raised by more than 4% against the
+#: glass around it (without it, by up to 17% inside the sample slide's sections).
+FLOOR_SHARE = 0.96
+FLOOR_REACH = 8
 #: Working-resolution pixels per gain block (one gain per block and channel).
 GAIN_BLOCK = 16
 #: Fixed-point bits of the gains.
@@ -157,7 +165,13 @@ def white_field(source: Any) -> WhiteField:
     for c in range(3):
         # A cell full of tissue takes its neighbours' glass; then smooth over a cell.
         g = ndimage.maximum_filter(glass[..., c], size=3, mode="nearest")
-        g = ndimage.gaussian_filter(g, 1.0, mode="nearest")
+        # A cell of tissue with no glass in reach of the 3 x 3 cells (inside a
+        # large section) would take its own brightest pixels for glass and be
+        # raised towards white; its glass is at least FLOOR_SHARE of the
+        # brightest within FLOOR_REACH cells.
+        reach = 2 * FLOOR_REACH + 1
+        floor = FLOOR_SHARE * ndimage.maximum_filter(glass[..., c], size=reach, mode="nearest")
+        g = ndimage.gaussian_filter(np.maximum(g, floor), 1.0, mode="nearest")
         grid[..., c] = np.clip(g, lo[c], hi[c])
     return WhiteField(grid=grid, cell=cs * ds, white=(white[0], white[1], white[2]))
 

@@ -19,7 +19,7 @@ from .tiled_model import _MODELS_LOCK
 _SLIDES: dict[str, Any] = {}
 
 
-def _balance_chunk(block, balance, origin, downsample, block_info=None):
+def balance_chunk(block, balance, origin, downsample, block_info=None):
     """One chunk white-balanced (:func:`.input_norm.balance_pixels`) at its place."""
     from .input_norm import balance_pixels
 
@@ -129,7 +129,7 @@ def open_image(
         # depend on it): the ROI's origin plus the chunk's place in the region.
         origin = (ry0, rx0) if roi is not None else (0, 0)
         arr = arr.map_blocks(
-            _balance_chunk, balance=balance, origin=origin, downsample=d, dtype=np.uint8
+            balance_chunk, balance=balance, origin=origin, downsample=d, dtype=np.uint8
         )
     if closers:
         weakref.finalize(arr, _run_closers, closers)

@@ -148,13 +148,13 @@ def balance_like_predict(model: Any, image: Any, white_balance: bool | None = No
             f"inference: the image must be (H, W, 3) uint8 RGB, got {tuple(image.shape)} "
             f"{image.dtype}."
         )
-    from ._predict_input import _balance_chunk
+    from ._predict_input import balance_chunk
     from .input_norm import balance_pixels, slide_balance
 
     balance = slide_balance(image, model_white_field(model))[0]
     if hasattr(image, "map_blocks"):  # dask: stays lazy, block by block
         return image[..., :3].map_blocks(
-            _balance_chunk, balance=balance, origin=(0, 0), downsample=1.0, dtype=np.uint8
+            balance_chunk, balance=balance, origin=(0, 0), downsample=1.0, dtype=np.uint8
         )
     return balance_pixels(np.asarray(image)[..., :3], balance)
 

@@ -44,10 +44,14 @@ def _make_model(path: Path, size: str) -> None:
     from napari_gigapixel.core.unet import build_unet, model_geometry, preset_config, save_model
 
     # The form a trained recipe model has: standardised input (per-channel
-    # statistics in its input layer) and white balance (predict balances each
-    # slide), so both costs are in the figures.
+    # statistics in its input layer) and the local white balance (predict
+    # balances each slide per cell), so both costs are in the figures.
     mcfg = preset_config(
-        size, input_mean=(205.0, 185.0, 210.0), input_std=(40.0, 50.0, 35.0), white_balance=True
+        size,
+        input_mean=(205.0, 185.0, 210.0),
+        input_std=(40.0, 50.0, 35.0),
+        white_balance=True,
+        white_field=True,
     )
     model = build_unet(mcfg, seed=0)
     save_model(model, path, geometry=model_geometry(model), model_config=mcfg)

@@ -310,3 +310,22 @@ def test_cli_trains_a_cohort_on_the_cluster(slides, cluster, tmp_path, capsys):
     assert figures["best_model"] == str(tmp_path / "cli.best.keras")
     assert 0 < figures["best_val_dice"] <= 1 and figures["best_step"] in (1, 2)
     assert load_model(out)[1]["train_config"]["scheduler"] == cluster.scheduler_address
+
+
+def test_a_step_whose_task_the_scheduler_cancelled_may_run_again():
+    """Only a cancelled task (a worker restarted while its task moved) reruns the
+    step; a task that failed or killed its workers fails it."""
+    from distributed.client import FutureCancelledError
+    from distributed.scheduler import KilledWorker
+
+    from napari_gigapixel.core._dist_cluster import cancelled_by_cluster
+
+    def failed(cause):
+        try:
+            raise DistributedTrainError("a distributed training step failed") from cause
+        except DistributedTrainError as exc:
+            return exc
+
+    assert cancelled_by_cluster(failed(FutureCancelledError("k", reason="already forgotten")))
+    assert not cancelled_by_cluster(failed(KilledWorker("k", "w", 3)))
+    assert not cancelled_by_cluster(failed(ValueError("a worker-side bug")))

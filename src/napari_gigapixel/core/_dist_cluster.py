@@ -28,6 +28,29 @@ class DistributedTrainError(GigapixelError):
     """A distributed step that cannot complete (scheduler unreachable, workers lost)."""
 
 
+#: Times a whole step is run again when the scheduler cancelled one of its tasks.
+STEP_RETRIES = 1
+
+
+def cancelled_by_cluster(exc: BaseException) -> bool:
+    """Whether a failed step's cause is a task the scheduler cancelled rather than ran
+    and failed: with a worker restarted mid-step, dask sometimes forgets a task that
+    was moving ("cancelled for reason: already forgotten") instead of rerunning it.
+    Nothing was applied, so the step can simply run again (the same weights and
+    draws: the same result)."""
+    import asyncio
+    import concurrent.futures
+
+    kinds: tuple[type, ...] = (asyncio.CancelledError, concurrent.futures.CancelledError)
+    try:
+        from distributed.client import FutureCancelledError
+
+        kinds += (FutureCancelledError,)
+    except ImportError:  # older distributed: a plain CancelledError
+        pass
+    return isinstance(exc.__cause__, kinds)
+
+
 @dataclass
 class InputFailure:
     """A worker task's :class:`GigapixelError` (a bad slide, mask or ROI), returned.

@@ -25,8 +25,10 @@ trainer's forward pass) and pooled on the client, which keeps the best model.
 
 So the weights equal the single-process run's (float32 rounding aside). A
 worker lost mid-step: its tasks are rerun elsewhere (dask's ``retries``,
-rescheduling); when that fails the step raises
-:class:`DistributedTrainError` and the last checkpoint stays as written.
+rescheduling), and a step whose task the scheduler cancelled instead
+(:func:`._dist_cluster.cancelled_by_cluster`) runs once more; when that fails
+the step raises :class:`DistributedTrainError` and the last checkpoint stays
+as written.
 
 The cluster plumbing lives in :mod:`._dist_cluster` and one step's layout and
 reduction in :mod:`._dist_step`; the worker-side tasks in :mod:`._dist_worker`.
@@ -46,10 +48,12 @@ from ._dist_cluster import (
     NO_WORKER_SECONDS,
     POLL_SECONDS,
     RETRIES,
+    STEP_RETRIES,
     DistributedTrainError,
     _connect,
     _gather,
     _workers,
+    cancelled_by_cluster,
 )
 from ._dist_step import _one_step, _Plan, _plan_images, _score_validation
 from .events import Message, StopFlag
@@ -313,9 +317,15 @@ def _run_steps(cfg, stop, model, mcfg, history, geometry, plan: _Plan, spec, t_s
         return [v.numpy() for v in model.trainable_variables]
 
     def compute(step_no: int):
-        return (
-            yield from _one_step(plan, spec, weights(), step_no, geometry, stop, f"step {step_no}")
-        )
+        label = f"step {step_no}"
+        for attempt in range(STEP_RETRIES + 1):
+            try:
+                w = weights()
+                return (yield from _one_step(plan, spec, w, step_no, geometry, stop, label))
+            except DistributedTrainError as exc:
+                if attempt == STEP_RETRIES or not cancelled_by_cluster(exc):
+                    raise
+                yield Message(f"{label}: the cluster cancelled a task ({exc.__cause__}); again")
 
     def score(step_no: int):
         return (

@@ -298,22 +298,6 @@ def _turn_kernel(k: int, flip: bool):
     return _FUNCS[key]
 
 
-def map_rect(
-    rect: tuple[int, int, int, int], shape: tuple[int, int], k: int, flip: bool
-) -> tuple[int, int, int, int]:
-    """Where rows/cols ``(y0, y1, x0, x1)`` of an ``(h, w)`` array ``a`` land in
-    ``fliplr(rot90(a, k))`` (``flip`` on)."""
-    y0, y1, x0, x1 = rect
-    h, w = shape
-    for _ in range(k % 4):
-        # rot90 (counter-clockwise): out[i, j] = a[j, w - 1 - i], shape (w, h).
-        y0, y1, x0, x1 = w - x1, w - x0, y0, y1
-        h, w = w, h
-    if flip:
-        x0, x1 = w - x1, w - x0
-    return y0, y1, x0, x1
-
-
 def transform(
     src: np.ndarray,
     aug: Augmentation,

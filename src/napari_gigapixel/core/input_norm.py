@@ -143,7 +143,12 @@ def slide_balance(source: Any, local: bool) -> tuple[Any, tuple[float, float, fl
         field = white_field(source)
         return field, field.white, field.describe()
     white = white_point(source)
-    return balance_table(white), white, "glass colour " + ", ".join(f"{v:.0f}" for v in white)
+    return balance_table(white), white, glass_note(white)
+
+
+def glass_note(white: tuple[float, float, float]) -> str:
+    """What the user is told about a slide's glass colour."""
+    return "glass colour " + ", ".join(f"{v:.0f}" for v in white)
 
 
 __all__ = [
@@ -153,6 +158,7 @@ __all__ = [
     "balance_pixels",
     "balance_table",
     "glass_colour",
+    "glass_note",
     "read_sample",
     "slide_balance",
     "white_point",

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .input_norm import WHITE, glass_colour, read_sample
+from .input_norm import WHITE, glass_colour, glass_note, read_sample
 
 #: Side of the cells the glass is estimated in (um), or in level-0 pixels for
 #: slides without a pixel size.
@@ -120,10 +120,8 @@ class WhiteField:
         lo, hi = self.grid.min(axis=(0, 1)), self.grid.max(axis=(0, 1))
         spread = ", ".join(f"{a:.0f}-{b:.0f}" for a, b in zip(lo, hi))
         return (
-            "glass colour "
-            + ", ".join(f"{v:.0f}" for v in self.white)
-            + f"; balanced per {self.cell:.0f} px cell ({self.grid.shape[0]} x "
-            f"{self.grid.shape[1]}; local glass {spread})"
+            glass_note(self.white) + f"; balanced per {self.cell:.0f} px cell "
+            f"({self.grid.shape[0]} x {self.grid.shape[1]}; local glass {spread})"
         )
 
 

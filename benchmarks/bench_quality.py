@@ -170,7 +170,7 @@ def rf_baseline(train: dict, held: dict[int, dict], shape, seed: int, samples: i
     from sklearn.ensemble import RandomForestClassifier
 
     from napari_gigapixel.core.mask_io import load_mask
-    from napari_gigapixel.core.masks import AnnotationMask
+    from napari_gigapixel.core.mask_refine import RefinedMask
 
     t0 = time.perf_counter()
     x = rf_features(_quarter(train["slide"]))
@@ -188,8 +188,11 @@ def rf_baseline(train: dict, held: dict[int, dict], shape, seed: int, samples: i
     out = {"train_seconds": train_s, "heldout": {}}
     for hseed, paths in held.items():
         f = rf_features(_quarter(paths["slide"]))
-        low = forest.predict(f.reshape(-1, f.shape[-1])).reshape(f.shape[:2]).astype(np.uint8)
-        pred = AnnotationMask(low, downsample=float(RF_DOWNSAMPLE), name="random forest")
+        p = forest.predict_proba(f.reshape(-1, f.shape[-1]))[:, 1].reshape(f.shape[:2])
+        prob = np.rint(p * 255.0).astype(np.uint8)
+        # Read at level 0 as the U-Net's prediction is (its probability's 0.5
+        # line), so both are judged with the same sub-pixel border.
+        pred = RefinedMask(prob, (p >= 0.5).astype(np.uint8), RF_DOWNSAMPLE, 0.5, "random forest")
         out["heldout"][hseed] = scores_of(pred, paths, shape)
     return out
 
@@ -209,7 +212,7 @@ def unet_run(
     """
     from napari_gigapixel.core.events import Finished
     from napari_gigapixel.core.inference import PredictConfig, predict
-    from napari_gigapixel.core.masks import AnnotationMask
+    from napari_gigapixel.core.mask_refine import refined_mask
     from napari_gigapixel.core.prediction_store import open_prediction
 
     model = str(out / f"model_seed{seed}.keras")
@@ -232,8 +235,9 @@ def unet_run(
         for ev in predict(cfg):
             if isinstance(ev, Finished) and ev.stopped:
                 raise SystemExit("prediction stopped")
-        store = open_prediction(pred_path)
-        pred = AnnotationMask(store.mask[0], downsample=store.downsample, name="u-net")
+        # Scored as evaluate does: the mask at level 0 along the probability's
+        # threshold line, not its 4 x 4 blocks (core/mask_refine.py).
+        pred = refined_mask(open_prediction(pred_path))
         res["heldout"][hseed] = scores_of(pred, paths, shape)
     return res
 

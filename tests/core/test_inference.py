@@ -109,12 +109,22 @@ def test_predict_writes_an_ome_zarr_at_the_output_stride(tmp_path, image, saved_
     ]
     assert scales[0] == [4.0, 4.0]
     assert len(store.mask) == len(scales) and store.downsamples == [s[0] for s in scales]
-    # Full-resolution view: nearest upsampling, lazily.
-    full = store.mask_level0(chunk=256)
-    assert full.shape == ODD and full.chunksize == (256, 256)
-    np.testing.assert_array_equal(
-        full[:8, :8].compute(), np.repeat(np.repeat(store.mask[0][:2, :2].compute(), 4, 0), 4, 1)
-    )
+    # Full-resolution views, lazily: each output pixel's block (nearest) ...
+    near = store.mask_level0(chunk=256, refine=False)
+    assert near.shape == ODD and near.chunksize == (256, 256)
+    m = store.mask[0].compute()
+    up = np.repeat(np.repeat(m, 4, 0), 4, 1)[: ODD[0], : ODD[1]]
+    np.testing.assert_array_equal(near.compute(), up)
+    # ... and the probability's threshold line (the default): the same pixels
+    # wherever a block and its 8 neighbours agree, sub-block borders elsewhere.
+    from scipy import ndimage as ndi
+
+    full = store.mask_level0(chunk=256).compute()
+    assert full.shape == ODD
+    calm = ndi.minimum_filter(m, 3, mode="nearest") == ndi.maximum_filter(m, 3, mode="nearest")
+    calm = np.repeat(np.repeat(calm, 4, 0), 4, 1)[: ODD[0], : ODD[1]]
+    np.testing.assert_array_equal(full[calm], up[calm])
+    assert (full != up).any()
     assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from napari_gigapixel.core import otsu
+from napari_gigapixel.core.mask_refine import RefinedMask
 from napari_gigapixel.core.masks import AnnotationMask, MaskError
 from napari_gigapixel.core.metrics import (
     Confusion,
@@ -168,7 +169,11 @@ def test_evaluate_scores_a_stored_prediction_beside_otsu(tmp_path):
     _write_prediction(tmp_path / "p.zarr", pred4, 4, (H, W))
     truth8 = truth[3::8, 3::8]  # the truth at 1/8, level inferred from its shape
     out = evaluate(tmp_path / "p.zarr", truth8, slide=[rgb, rgb[1::4, 1::4]], chunk=300)
-    ref = _counts(_up(pred4, 4, (H, W)), _up(truth8, 8, (H, W)))
+    # Counted at level 0 along the probability's 0.5 line (core/mask_refine.py):
+    # here a 0/255 probability, so the blocks with their corners rounded.
+    refined = RefinedMask(pred4 * 255, pred4, 4, 0.5).read_window(0, H, 0, W)
+    assert 0 < (refined != _up(pred4, 4, (H, W))).sum() < 0.01 * H * W
+    ref = _counts(refined, _up(truth8, 8, (H, W)))
     assert out["tp"] == ref.tp and out["fn"] == ref.fn and out["pixels"] == H * W
     assert out["dice"] == pytest.approx(dice(ref)) and out["iou"] == pytest.approx(iou(ref))
     assert out["truth_downsample"] == 8.0 and out["pred_downsample"] == 4.0

@@ -57,8 +57,13 @@ def _blobs(shape, seed):
     return (np.kron(small, np.ones((16, 16)))[: shape[0], : shape[1]] < 0.5).astype(np.uint8)
 
 
-def _reference(pred: np.ndarray, dp: int, truth: np.ndarray, dt: int):
-    p = np.repeat(np.repeat(pred, dp, 0), dp, 1)[:H, :W].astype(bool)
+def _reference(pred: np.ndarray, dp: int, truth: np.ndarray, dt: int, refined: bool = False):
+    if refined:  # a stored prediction is counted along its probability's threshold line
+        from napari_gigapixel.core.mask_refine import RefinedMask
+
+        p = RefinedMask(pred * 255, pred, dp, 0.5).read_window(0, H, 0, W).astype(bool)
+    else:
+        p = np.repeat(np.repeat(pred, dp, 0), dp, 1)[:H, :W].astype(bool)
     t = np.repeat(np.repeat(truth, dt, 0), dt, 1)[:H, :W].astype(bool)
     return (int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum()), int((~p & ~t).sum()))
 
@@ -141,5 +146,6 @@ def test_evaluate_reads_the_truth_one_tile_window_at_a_time(tmp_path):
     truth = _blobs((H, W), 7)
     truth_d, truth_rec = _recorded(truth)
     out = evaluate(tmp_path / "p.zarr", AnnotationMask(truth_d), chunk=TILE)
-    assert (out["tp"], out["fp"], out["fn"], out["tn"]) == _reference(pred, 4, truth, 1)
+    ref = _reference(pred, 4, truth, 1, refined=True)
+    assert (out["tp"], out["fp"], out["fn"], out["tn"]) == ref
     _assert_tile_sized(truth_rec, TILE)

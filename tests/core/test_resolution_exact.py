@@ -177,11 +177,12 @@ def test_training_records_its_resolution_and_evaluate_compares_there(tmp_path):
     h2, w2 = slide.levels[2].shape[:2]
     assert figs["pixels"] == h2 * w2 and figs["resolution"]["downsample"] == 4.0
     json.dumps(figs)
-    # Same counts, by hand: both masks at the centre of each level-2 pixel.
+    # Same counts, by hand: both masks at the centre of each level-2 pixel
+    # (the prediction along its probability's threshold line).
     from napari_gigapixel.core.inference import open_prediction
+    from napari_gigapixel.core.mask_refine import refined_mask
 
     store = open_prediction(out)
-    pm = AnnotationMask(store.mask[0], downsample=store.downsample)
-    p = pm.read_grid(0, 0, h2, w2, 4.0) > 0
+    p = refined_mask(store).read_grid(0, 0, h2, w2, 4.0) > 0
     t = mask.read_grid(0, 0, h2, w2, 4.0) > 0
     assert figs["tp"] == int((p & t).sum()) and figs["fn"] == int((~p & t).sum())

@@ -109,7 +109,9 @@ class _Shifted:
 
 def as_mask(obj: Any, *, downsample: float | None = None, name: str = "mask") -> AnnotationMask:
     """Wrap a 2-D array (numpy, dask, zarr) as a dense :class:`AnnotationMask`."""
-    if isinstance(obj, AnnotationMask | _Shifted):
+    from .mask_refine import RefinedMask
+
+    if isinstance(obj, AnnotationMask | _Shifted | RefinedMask):
         return obj  # type: ignore[return-value]
     return AnnotationMask(obj, downsample=float(downsample or 1.0), kind="dense", name=name)
 

@@ -68,8 +68,9 @@ def score_prediction(
     """Level-0 confusion of a stored prediction's region against ``truth``.
 
     The one count behind ``evaluate`` and the Review widget: the prediction is
-    read at its own finest level (the model's output stride), never a
-    resampled pyramid level, so both give the same numbers.
+    read from its own finest level (the model's output stride), never a
+    resampled pyramid level, and at level 0 as its probability's threshold
+    line (:class:`.mask_refine.RefinedMask`), so both give the same numbers.
 
     Parameters
     ----------
@@ -78,12 +79,13 @@ def score_prediction(
     truth
         The ground truth over the whole slide (any level).
     """
+    from .mask_refine import refined_mask
+
     # The predicted region in level-0 pixels: its origin (the ROI's, rounded
     # to the working resolution's pixels, maybe fractional) and its extent.
     oy, ox = store.offset
     truth_r = _Shifted(truth, (oy, ox)) if (oy, ox) != (0, 0) else truth
-    pred_m = AnnotationMask(store.mask[0], downsample=store.downsample, name=str(store.path))
-    return confusion(pred_m, truth_r, shape=store.region_shape, chunk=chunk)
+    return confusion(refined_mask(store), truth_r, shape=store.region_shape, chunk=chunk)
 
 
 def evaluate(
@@ -134,10 +136,12 @@ def evaluate(
         path = meta.get("slide_path")
         slide = path if path and Path(path).exists() else None
     if resolution is not None:
+        from .mask_refine import refined_mask
         from .metrics_grid import evaluate_at
 
-        pred_m = AnnotationMask(store.mask[0], downsample=store.downsample, name=str(pred_path))
-        return evaluate_at(store, pred_m, truth_m, slide, resolution, (y0, x0, y1, x1), t0)
+        return evaluate_at(
+            store, refined_mask(store), truth_m, slide, resolution, (y0, x0, y1, x1), t0
+        )
     c = score_prediction(store, truth_m, chunk=chunk)
     out: dict[str, Any] = {**scores(c), **c.as_dict(), "pixels": c.total}
     out.update(

@@ -12,7 +12,8 @@ Level 0 stays at the model's *output stride* (1/4 of the slide by default) and
 the OME ``coordinateTransformations`` say so: writing a 1 Gpx slide's
 prediction at full resolution would dominate time and disk, and viewers overlay
 by scale. Full-resolution access goes through per-chunk upsampling
-(:meth:`PredictionStore.mask_level0`).
+(:meth:`PredictionStore.mask_level0`: the probability's threshold line,
+:mod:`.mask_refine`).
 
 A store is written under a temporary name and renamed when complete; its
 ``complete`` attribute is set last, and :func:`open_prediction` refuses a store
@@ -243,12 +244,18 @@ class PredictionStore:
         """Level-0 (height, width) of the predicted region."""
         return tuple(int(v) for v in self.metadata["region_shape"])  # type: ignore[return-value]
 
-    def mask_level0(self, chunk: int = 4096) -> Any:
-        """The mask at full resolution as a lazy dask array (nearest, per chunk).
+    def mask_level0(self, chunk: int = 4096, *, refine: bool = True) -> Any:
+        """The mask at full resolution as a lazy dask array, per chunk.
 
-        Nothing is materialised: each ``chunk`` square reads only the level-0
-        mask pixels under it.
+        ``refine`` (default): the probability's threshold line
+        (:class:`.mask_refine.RefinedMask`, what ``evaluate`` counts);
+        otherwise each output pixel's block (nearest). Nothing is
+        materialised: each ``chunk`` square reads only the pixels under it.
         """
+        if refine:
+            from .mask_refine import refined_mask
+
+            return _upsample(refined_mask(self), self.region_shape, chunk)
         return _upsample_nearest(self.mask[0], self.downsample, self.region_shape, chunk)
 
     def probability_level0(self, chunk: int = 4096) -> Any:
@@ -257,11 +264,14 @@ class PredictionStore:
 
 
 def _upsample_nearest(src: Any, d: float, shape: tuple[int, int], chunk: int) -> Any:
-    import dask.array as da
-
     from .masks import AnnotationMask
 
-    view = AnnotationMask(src, downsample=d, name="prediction")
+    return _upsample(AnnotationMask(src, downsample=d, name="prediction"), shape, chunk)
+
+
+def _upsample(view: Any, shape: tuple[int, int], chunk: int) -> Any:
+    """A mask view (``read_window``) at level 0 as a lazy dask array."""
+    import dask.array as da
 
     def block(_x, block_info=None):
         (y0, y1), (x0, x1) = block_info[None]["array-location"]

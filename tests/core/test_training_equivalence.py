@@ -292,3 +292,34 @@ def test_optical_density_input_streams_exactly(image):
     got = model.get_layer("rescale")(np.array([[[[0, 127, 255]]]], np.uint8)).numpy()
     od = np.log10(256.0 / np.array([1.0, 128.0, 256.0]))
     np.testing.assert_allclose(got[0, 0, 0], (od - 0.3) / 0.2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss,kind", [("dice+focal", "dense"), ("focal", "scribble")])
+def test_border_weights_stream_exactly(image, loss, kind):
+    # Smooth blobs, so some labels are near the other class (weight 4) and
+    # most are not (weight 1); scribbles leave a stripe unlabelled.
+    ho, wo = -(-SHAPE[0] // 4), -(-SHAPE[1] // 4)
+    yy, xx = np.mgrid[0:ho, 0:wo]
+    tissue = np.sin(yy / 9.0) * np.cos(xx / 13.0) > 0.2
+    arr = tissue.astype(np.uint8) if kind == "dense" else np.where(tissue, 2, 1).astype(np.uint8)
+    if kind == "scribble":
+        arr[:, 100:140] = 0
+    data = build_image_data(
+        image,
+        AnnotationMask(arr, downsample=4.0, kind=kind, name=kind),
+        roi=None,
+        kind=kind,
+        output_stride=4,
+        cache_in_memory=lambda n: True,
+        border_weight=4,
+    )
+    y, w = data.labels_yw(0, ho, 0, wo)
+    assert set(np.unique(w)) == ({0, 1, 4} if kind == "scribble" else {1, 4})
+    assert data.n_labelled == float(w.sum()) and data.n_positive == float((w * y).sum())
+    model = _model(4)
+    ref, ref_loss = whole_image_gradient(model, data, loss, 4)
+    for core in (64, 384):
+        grads, value, n = streamed_gradient(model, data, loss, core)
+        assert n > 1
+        assert rel_err(grads, ref) < 1e-10, (loss, kind, core)
+        assert value == pytest.approx(ref_loss, rel=1e-10)

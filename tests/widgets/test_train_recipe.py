@@ -79,6 +79,7 @@ class Retuned(TrainConfig):
     white_balance: bool = not _TODAY.white_balance
     head_prior: bool = not _TODAY.head_prior
     warmup: int = _TODAY.warmup + 5
+    border_weight: int = _TODAY.border_weight + 2
 
 
 @pytest.mark.parametrize("recipe", [TrainConfig, Retuned], ids=["today", "retuned"])
@@ -103,6 +104,7 @@ def test_the_widget_sends_train_config_defaults(
         checked.append(field.name)
     recipe_fields = {"steps", "loss", "lr", "lr_schedule", "memory_gb", "augment", "tile"}
     recipe_fields |= {"standardize", "white_balance", "warmup", "head_prior", "seed", "model"}
+    recipe_fields |= {"border_weight"}
     assert recipe_fields <= set(checked)
     assert (cfg.resolution or Resolution()).is_level0  # level 0, as None means
     # And the fields show those defaults (what the user sees is what is sent).
@@ -132,6 +134,8 @@ def test_advanced_recipe_is_hidden_until_opened_and_reaches_the_config(
     w.augment.native.setCurrentIndex(3)  # "stain ..."
     r.lr_schedule.value = "constant"
     r.warmup.value = 4
+    assert shown(r.border_weight)
+    r.border_weight.value = 1
     r.seed.value = 11
     r.tile.value = 256
     r.white_balance.native.click()
@@ -145,6 +149,7 @@ def test_advanced_recipe_is_hidden_until_opened_and_reaches_the_config(
         11,
         256,
     )
+    assert cfg.border_weight == 1
     d = TrainConfig()
     assert (cfg.white_balance, cfg.standardize, cfg.head_prior) == (
         not d.white_balance,

@@ -2,8 +2,9 @@
 
 * :class:`RecipeInputs`: the model preset, loss, steps, learning rate,
   augmentation and memory budget, and, in a collapsed "advanced recipe"
-  section, the tile size, the learning-rate schedule and warmup, the seed and
-  the white balance / standardisation / head-prior switches. Every default is read from
+  section, the tile size, the learning-rate schedule and warmup, the border
+  weight, the seed and the white balance / standardisation / head-prior
+  switches. Every default is read from
   :class:`~napari_gigapixel.core.train_config.TrainConfig` when the widget is
   built, so the widget, the CLI and the API share one recipe.
 * :class:`ValidationInputs`: a validation slide and its mask, or a rectangle
@@ -21,7 +22,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushBu
 
 from ..core.losses import LOSSES
 from ..core.stain import AUGMENT_MODES, augment_mode
-from ..core.train_config import LR_SCHEDULES, TrainConfig
+from ..core.train_config import LR_SCHEDULES, MAX_BORDER_WEIGHT, TrainConfig
 from ..core.unet import PRESET_NOTES, PRESETS, preset_name
 from ._layers import LayerError, mask_from_labels, shapes_roi, slide_path
 
@@ -173,6 +174,14 @@ class RecipeInputs:
             value=d.warmup,
             tooltip="Steps over which the learning rate rises linearly (as train --warmup).",
         )
+        self.border_weight = SpinBox(
+            label="border weight",
+            min=1,
+            max=MAX_BORDER_WEIGHT,
+            value=d.border_weight,
+            tooltip="Loss weight of the labels within 16 px of the other class's: the faint "
+            "tissue edge (1: none; as train --border-weight).",
+        )
         self.seed = SpinBox(
             label="seed",
             min=-(2**31),
@@ -211,7 +220,14 @@ class RecipeInputs:
             self.augment,
             self.memory_gb,
         ]
-        self.advanced = [self.tile, self.lr_schedule, self.warmup, self.seed, self.switches]
+        self.advanced = [
+            self.tile,
+            self.lr_schedule,
+            self.warmup,
+            self.border_weight,
+            self.seed,
+            self.switches,
+        ]
         self.section = Section("advanced recipe", self.advanced)
         self.inputs = [self.model, *self.main, *self.advanced]
 
@@ -224,6 +240,7 @@ class RecipeInputs:
             "lr": float(self.lr.value),
             "lr_schedule": self.lr_schedule.value,
             "warmup": int(self.warmup.value),
+            "border_weight": int(self.border_weight.value),
             "augment": self.augment.value,
             "tile": self.tile.value,
             "memory_gb": float(self.memory_gb.value),

@@ -232,6 +232,14 @@ def add_parser(subparsers: Any) -> None:
         metavar="STEPS",
         help="linear learning-rate warmup steps (default %(default)s)",
     )
+    p.add_argument(
+        "--border-weight",
+        type=int,
+        default=d.border_weight,
+        metavar="W",
+        help="loss weight of the labels within 16 px of the other class's (the faint tissue "
+        "edge; 1: none; default %(default)s)",
+    )
     p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
     p.add_argument(
         "--scheduler",
@@ -317,6 +325,7 @@ def build_config(args: argparse.Namespace):
         standardize=args.standardize,
         head_prior=args.head_prior,
         warmup=args.warmup,
+        border_weight=args.border_weight,
     )
 
 

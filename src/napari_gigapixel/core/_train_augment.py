@@ -199,7 +199,7 @@ class SlideView:
         lab = self.data.labels.read(
             oy0 // self.os, -(-oy1 // self.os), ox0 // self.os, -(-ox1 // self.os)
         )
-        y, wgt = codes_yw(lab, self.data.kind)
+        y, wgt = codes_yw(lab, self.data.kind, self.data.border_weight)
         return ((wgt > 0) & (y == 0)).view(np.uint8)
 
     def labels(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,4 +207,4 @@ class SlideView:
         if not (self.k or self.flip):
             return self.data.labels_yw(y0, y1, x0, x1)
         lab = self._read(self.data.labels, y0, y1, x0, x1, lh, lw)
-        return codes_yw(lab, self.data.kind)
+        return codes_yw(lab, self.data.kind, self.data.border_weight)

@@ -47,8 +47,15 @@ __all__ = [
 
 #: Label code of output pixels left out of the loss (a validation region of a
 #: training slide). Label caches hold codes, not raw mask values: dense 0/1,
-#: scribbles 0 (unlabelled) / 1 (background) / 2 (tissue).
+#: scribbles 0 (unlabelled) / 1 (background) / 2 (tissue), each maybe with
+#: :data:`BORDER_FLAG`.
 EXCLUDED = 255
+#: Bit set on a labelled output pixel near the other class's labels
+#: (:func:`flag_borders`); the loss weighs it ``border_weight`` times.
+BORDER_FLAG = 0x80
+#: How near (pixels of the working resolution) the other class's labels must
+#: be for a labelled pixel to count as border (:func:`flag_borders`).
+BORDER_PX = 16
 
 
 def label_codes(raw: np.ndarray, kind: str) -> np.ndarray:
@@ -58,11 +65,58 @@ def label_codes(raw: np.ndarray, kind: str) -> np.ndarray:
     return np.where(raw == 2, 2, (raw > 0).view(np.uint8)).astype(np.uint8)
 
 
-def codes_yw(lab: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Target and weight (uint8 0/1) of label codes."""
+def codes_yw(lab: np.ndarray, kind: str, border: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Target (uint8 0/1) and weight (uint8) of label codes.
+
+    The weight is 0 or 1, or ``border`` on pixels flagged :data:`BORDER_FLAG`
+    (the default 1 ignores the flag: validation counts every pixel once).
+    """
+    base = lab & np.uint8(~BORDER_FLAG & 0xFF)  # EXCLUDED reads 127: neither class
     if kind == "dense":
-        return (lab == 1).view(np.uint8), (lab != EXCLUDED).view(np.uint8)
-    return (lab == 2).view(np.uint8), ((lab == 1) | (lab == 2)).view(np.uint8)
+        y, w = (base == 1).view(np.uint8), (lab != EXCLUDED).view(np.uint8)
+    else:
+        y, w = (base == 2).view(np.uint8), ((base == 1) | (base == 2)).view(np.uint8)
+    if border != 1:
+        flagged = (lab & np.uint8(BORDER_FLAG)).astype(bool) & (w > 0)
+        w = np.where(flagged, np.uint8(border), w).astype(np.uint8)
+    return y, w
+
+
+def flag_borders(labels: ArrayCache, kind: str, radius: float, band_rows: int = 1024) -> None:
+    """Set :data:`BORDER_FLAG` on labelled output pixels within ``radius`` of the
+    other class's labels (Euclidean, pixel centres), and only there, in place,
+    band by band.
+
+    The U-Net paper's border weights: the loss weighs the pixels where the two
+    classes meet more, where a tissue model's errors are (pale stroma at the
+    tissue's edge). Each band reads ``radius`` rows more on each side, so the
+    flags are those of the whole label map, whatever the bands: a function of
+    the labels alone, so the streamed step stays the whole-image step.
+    """
+    r = int(np.floor(radius))
+    if r < 1:
+        return
+    from scipy import ndimage as ndi
+
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = yy * yy + xx * xx <= radius * radius
+    lh, lw = labels.shape
+    band = max(1, int(band_rows))
+    for by in range(0, lh, band):
+        by1 = min(lh, by + band)
+        y0, y1 = max(0, by - r), min(lh, by1 + r)
+        codes = labels.read(y0, y1, 0, lw)
+        y, w = codes_yw(codes, kind)
+        tissue = (w > 0) & (y == 1)
+        glass = (w > 0) & (y == 0)
+        near = (tissue & ndi.binary_dilation(glass, disk)) | (
+            glass & ndi.binary_dilation(tissue, disk)
+        )
+        rows = codes[by - y0 : by1 - y0]
+        # Flags set afresh: a label left out since (exclude) flags nothing.
+        rows = np.where(rows == EXCLUDED, rows, rows & np.uint8(~BORDER_FLAG & 0xFF))
+        rows[near[by - y0 : by1 - y0]] |= np.uint8(BORDER_FLAG)
+        labels.write_rows(by, rows.astype(np.uint8))
 
 
 @dataclass
@@ -82,6 +136,8 @@ class ImageData:
     origin: tuple[int, int] | None = None  # ROI origin in pixels of the working resolution
     # Per window, the blocks the ink may recolour (``SlideView._ink_blocks``).
     ink_index: dict = field(default_factory=dict, repr=False, compare=False)
+    # Loss weight of labels flagged BORDER_FLAG (1: none flagged, or not weighed).
+    border_weight: int = 1
 
     @property
     def origin_px(self) -> tuple[int, int]:
@@ -92,8 +148,8 @@ class ImageData:
         return (int(round(self.offset[0] / d)), int(round(self.offset[1] / d)))
 
     def labels_yw(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Target and weight (uint8 0/1) of output pixels ``[y0, y1) x [x0, x1)``."""
-        return codes_yw(self.labels.read(y0, y1, x0, x1), self.kind)
+        """Target and weight (uint8) of output pixels ``[y0, y1) x [x0, x1)``."""
+        return codes_yw(self.labels.read(y0, y1, x0, x1), self.kind, self.border_weight)
 
     def output_rect(self, rect: tuple[int, int, int, int], os_: int) -> tuple[int, ...] | None:
         """Output-pixel rows/columns ``(oy0, oy1, ox0, ox1)`` of a slide rectangle.
@@ -118,18 +174,28 @@ class ImageData:
         ``rect`` as in :meth:`output_rect` (pixels of the working resolution).
         The rectangle's output pixels get the :data:`EXCLUDED` code (weight 0),
         so the training loss is exactly the loss of the other pixels;
-        ``n_labelled`` and ``n_positive`` drop by what it held.
+        ``n_labelled`` and ``n_positive`` drop by what it held. Border flags
+        are set again without it (a run with it is the run on a mask without
+        those labels).
         """
         r = self.output_rect(rect, os_)
         if r is None:
             return 0.0
         oy0, oy1, ox0, ox1 = r
         rows = self.labels.read(oy0, oy1, 0, self.labels.shape[1])
-        y, w = codes_yw(rows[:, ox0:ox1], self.kind)
+        y, w = codes_yw(rows[:, ox0:ox1], self.kind, self.border_weight)
         n_lab, n_pos = float(w.sum(dtype=np.int64)), float((y & w).sum(dtype=np.int64))
         rows[:, ox0:ox1] = EXCLUDED
         self.labels.write_rows(oy0, rows)
         self.ink_index.clear()  # the ink's blocks follow the labels
+        if self.border_weight > 1:
+            # The region's labels flagged their neighbours as border: flag again
+            # from the labels left, as if the region had never been labelled.
+            flag_borders(self.labels, self.kind, BORDER_PX / os_)
+            self.n_labelled, self.n_positive = _weighted_counts(
+                self.labels, self.kind, self.border_weight
+            )
+            return n_lab
         self.n_labelled -= n_lab
         self.n_positive -= n_pos
         return n_lab
@@ -153,6 +219,7 @@ def build_image_data(
     resolution: Any = None,
     balance: Any = None,
     res_roi: tuple[int, int, int, int] | None = None,
+    border_weight: int = 1,
 ) -> ImageData:
     """Decode one image (its ROI) and its labels into caches, band by band.
 
@@ -167,6 +234,9 @@ def build_image_data(
     (per-slide white balance). ``res_roi`` ``(y0, x0, y1, x1)`` in pixels of
     the working resolution replaces ``roi``'s mapping (a validation ROI
     snapped to a training image's output grid: exactly those pixels).
+    ``border_weight`` > 1 flags the labels within :data:`BORDER_PX` of the
+    other class's (:func:`flag_borders`) and weighs them that much in the
+    loss; ``n_labelled`` and ``n_positive`` are then the weighted counts.
 
     Raises
     ------
@@ -193,6 +263,7 @@ def build_image_data(
             resolution or Resolution(),
             balance,
             res_roi,
+            int(border_weight),
         )
     finally:
         close()  # the pixels are in the caches now: release the slide file
@@ -212,6 +283,7 @@ def _build_image_data(
     resolution: Any,
     balance: Any = None,
     res_roi: tuple[int, int, int, int] | None = None,
+    border_weight: int = 1,
 ) -> ImageData:
     from .resolution import as_slide, map_roi, model_resolution, resolution_array, resolve
 
@@ -289,6 +361,14 @@ def _build_image_data(
             f"{mname}: the mask has {what} over the training region of {name}; "
             "draw tissue (dense masks: nonzero = tissue; scribbles: 1 background, 2 tissue)."
         )
+    if border_weight > 1:
+        try:
+            flag_borders(labels, mask.kind, BORDER_PX / os_)
+            n_lab, n_pos = _weighted_counts(labels, mask.kind, border_weight)
+        except BaseException:
+            image.close()
+            labels.close()
+            raise
     return ImageData(
         name=name,
         image=image,
@@ -301,7 +381,19 @@ def _build_image_data(
         downsample=d,
         resolution={**model_resolution(slide, res), "describe": res.describe()},
         origin=(ry0, rx0),
+        border_weight=max(1, int(border_weight)),
     )
+
+
+def _weighted_counts(labels: ArrayCache, kind: str, border: int) -> tuple[float, float]:
+    """Weighted counts of labelled and tissue output pixels, band by band."""
+    n_lab = n_pos = 0.0
+    lh, lw = labels.shape
+    for y0 in range(0, lh, 1024):
+        y, w = codes_yw(labels.read(y0, min(lh, y0 + 1024), 0, lw), kind, border)
+        n_lab += float(w.sum(dtype=np.int64))
+        n_pos += float((w * y).sum(dtype=np.int64))
+    return n_lab, n_pos
 
 
 def image_histogram(d: ImageData, band_rows: int = 1024) -> np.ndarray:

@@ -170,6 +170,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
         val_rois=vrois,
         val_regions=regions,
         histograms=fit_stats,
+        border_weight=cfg.border_weight,
     )
     client = _connect(cfg.scheduler)
     try:

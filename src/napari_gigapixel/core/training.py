@@ -230,6 +230,7 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
                     cache_dir=cfg.cache_dir,
                     resolution=resolution,
                     balance=table,
+                    border_weight=cfg.border_weight,
                 )
             )
             yield Message(f"image {i + 1} at {datas[-1].resolution['describe']}")

@@ -193,7 +193,11 @@ def stop_on_close(relay: JobRelay, native: Any) -> _CloseFilter:
 
     Returns the event filter (keep a reference: Qt does not own it).
     """
-    native.destroyed.connect(lambda *_: relay.shutdown())
+    # No slot on ``native.destroyed``: when the garbage collector frees an
+    # undocked widget, Qt deletes it mid-collection and a Python slot called
+    # then could crash the process (seen in the widget tests). A widget with a
+    # running job is never collected (the relay's thread holds its callbacks),
+    # and closing, undocking or closing the viewer reaches the filter below.
     filt = _CloseFilter(relay.shutdown)
     native.installEventFilter(filt)
     filt._watch_window(native)  # already docked

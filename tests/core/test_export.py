@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from napari_gigapixel.core.events import JobStopped, Progress
 from napari_gigapixel.core.export import (
@@ -99,7 +100,8 @@ def test_prediction_round_trips_through_the_geojson_reader(prediction, tmp_path)
     assert doc["type"] == "FeatureCollection"
     # Three pieces of tissue plus the island in the hole; two holes kept.
     assert res["features"] == len(doc["features"]) == 4
-    assert res["holes"] == 2 and res["working_downsample"] == 4.0 and res["tolerance"] == 1.0
+    assert res["holes"] == 2 and res["working_downsample"] == 4.0 and res["tolerance"] == 0.25
+    assert res["outline"] == "probability"  # a 0/255 one here: the mask's own outline
     holes = sorted(len(f["geometry"]["coordinates"]) - 1 for f in doc["features"])
     assert holes == [0, 0, 0, 2]
     for feat in doc["features"]:
@@ -123,6 +125,32 @@ def test_prediction_round_trips_through_the_geojson_reader(prediction, tmp_path)
     assert reread[int(0.45 * H), int(0.25 * W)] == 1  # island
     assert reread[int(0.45 * H), int(0.25 * W + 0.1 * H)] == 0  # hole around it
     assert reread[int(0.2 * H), int(0.3 * W)] == 0  # second hole
+
+
+def test_a_prediction_is_traced_along_its_probability(tmp_path):
+    # A smooth probability: the outline is its 0.5 line, what evaluate counts.
+    from scipy import ndimage as ndi
+
+    from napari_gigapixel.core.mask_refine import refined_mask
+
+    rng = np.random.default_rng(5)
+    f = ndi.gaussian_filter(rng.normal(size=(-(-H // 4), -(-W // 4))), 6.0)
+    prob = np.clip(127.5 + 127.5 * f / np.abs(f).max() * 3, 0, 255).astype(np.uint8)
+    level = (prob >= 128).astype(np.uint8)
+    path = _store(tmp_path / "p.zarr", level, 4, (H, W))
+    root = zarr.open_group(path, mode="r+", zarr_format=2)
+    root["0"][:] = prob
+    res = export_geojson(path, tmp_path / "p.geojson")
+    assert res["outline"] == "probability" and res["working_downsample"] == 4.0
+    reread = load_mask(tmp_path / "p.geojson", (H, W)).read_window(0, H, 0, W, 1)
+    store = open_prediction(path)
+    line = np.asarray(store.mask_level0())
+    blocks = np.asarray(store.mask_level0(refine=False))
+    assert _dice(reread, line) >= 0.998
+    assert _dice(reread, line) > _dice(blocks, line) + 0.002  # not the blocks' staircase
+    # Too big for the budget: the mask's coverage at a coarser level, as before.
+    coarse = export_geojson(path, tmp_path / "c.geojson", max_pixels=8_000)
+    assert coarse["outline"] == "mask" and coarse["working_downsample"] == 16.0
 
 
 def test_coarse_working_level_keeps_the_outline(prediction, tmp_path):

@@ -3,8 +3,9 @@
 Traces the predicted mask (or any mask file) into a FeatureCollection of
 Polygon features with holes, class "Tissue", in level-0 pixel coordinates as
 QuPath imports them (File > Import objects, or drag the file onto the slide).
-The outline is traced at the mask's own level, or a coarser one for masks past
-16 Mpx, and simplified within --tolerance level-0 pixels. OUT is replaced only
+The outline is traced at the mask's own level (a prediction's along its
+probability's threshold line), or a coarser one for masks past 16 Mpx, and
+simplified within --tolerance level-0 pixels. OUT is replaced only
 with --overwrite.
 """
 
@@ -41,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="simplification tolerance in level-0 pixels (default: a quarter of the traced "
-        "pixel, e.g. 1 for a prediction at 1/4; 0 keeps every vertex)",
+        "pixel, a sixteenth along a prediction's probability, e.g. 0.25 at 1/4; 0 keeps "
+        "every vertex)",
     )
     p.add_argument(
         "--min-area",

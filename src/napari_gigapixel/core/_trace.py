@@ -75,6 +75,7 @@ def trace_polygons(
     extent: tuple[float, float] | None = None,
     tolerance: float = 0.0,
     min_area: float = 0.0,
+    margin: int = 0,
 ) -> list[list[np.ndarray]]:
     """Polygons (exterior then holes, level-0 ``(x, y)``, closed) of ``cov >= 0.5``.
 
@@ -92,6 +93,10 @@ def trace_polygons(
     min_area
         Components and holes under this area (level-0 pixels squared) are
         dropped (holes: filled).
+    margin
+        Working pixels of ``cov`` beyond the region on every side (a field
+        held past its last pixel centre, so its line reaches the region's
+        edge instead of turning back before it); ``offset`` stays the region's.
     """
     from scipy import ndimage
     from skimage.measure import approximate_polygon, find_contours
@@ -112,7 +117,7 @@ def trace_polygons(
             continue
         crop = np.where(labels[sl] == k, cov[sl], np.where(labels[sl] == 0, cov[sl], 0))
         crop = np.pad(crop.astype(np.float32), 1)  # closes every ring
-        r0, c0 = sl[0].start - 1, sl[1].start - 1
+        r0, c0 = sl[0].start - 1 - margin, sl[1].start - 1 - margin
         rings = []
         for rc in find_contours(crop, 0.5):
             if tol > 0:

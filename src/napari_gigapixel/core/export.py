@@ -1,5 +1,9 @@
 """Export a predicted or annotated mask as QuPath GeoJSON polygons.
 
+A prediction traced at its own level follows its probability's threshold
+line (:func:`threshold_field`, the level-0 border :mod:`.mask_refine` reads),
+not the edges of its output pixels.
+
 The mask is traced at a *working level*: its own resolution when that is at
 most :data:`~.mask_io.MAX_POLYGON_PIXELS` (the budget mask_io rasterises
 polygons at), else the smallest power-of-two coarsening under it. The working
@@ -23,6 +27,7 @@ origin). :func:`~.mask_io.read_geojson` and QuPath read them back unchanged.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _trace
 from ._trace import _ring_area, coverage, trace_polygons, working_factor
 from .errors import GigapixelError
 from .events import Finished, JobStopped, Progress, StopFlag, stop_requested
@@ -41,6 +47,12 @@ from .masks import AnnotationMask
 #: QuPath classes written per mask kind: (label test, name, RGB colour).
 TISSUE = ("Tissue", [0, 213, 255])  # the plugin's tissue colour (cyan)
 BACKGROUND = ("Background", [255, 157, 0])  # the plugin's background scribble colour
+
+
+#: Default simplification tolerance (in working pixels) of an outline traced
+#: along a prediction's probability: within 0.999 Dice of its level-0 mask
+#: (tests/core/test_export.py: 0.9985), where a quarter pixel gave 0.9955.
+REFINED_TOLERANCE = 1.0 / 16.0
 
 
 class ExportError(GigapixelError):
@@ -61,12 +73,18 @@ class ExportSource:
         Level-0 ``(height, width)`` the mask covers; polygons are clipped to it.
     name
         Where it came from, for messages and the result.
+    probability, threshold
+        A prediction's probability at the mask's level and its threshold:
+        traced at the mask's own level, the outline is then the probability's
+        threshold line (:mod:`.mask_refine`), not the edges of the mask's pixels.
     """
 
     mask: AnnotationMask
     offset: tuple[float, float] = (0.0, 0.0)
     extent: tuple[int, int] | None = None
     name: str = "mask"
+    probability: Any = None
+    threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.extent is None:
@@ -133,7 +151,14 @@ def open_source(
             return _open_mask_file(path, slide_shape, kind)
     if isinstance(source, PredictionStore):
         mask = AnnotationMask(source.mask[0], source.downsample, "dense", Path(source.path).name)
-        return ExportSource(mask, tuple(map(float, source.offset)), source.region_shape, mask.name)
+        return ExportSource(
+            mask,
+            tuple(map(float, source.offset)),
+            source.region_shape,
+            mask.name,
+            probability=source.probability[0],
+            threshold=float(source.metadata.get("threshold", 0.5)),
+        )
     if hasattr(source, "shape") and len(source.shape) == 2:
         mask = AnnotationMask(source, float(downsample or 1.0), kind or "dense", "array")  # type: ignore[arg-type]
         return ExportSource(mask, name=mask.name)
@@ -218,7 +243,9 @@ def export_events(
     tolerance
         Simplification tolerance in level-0 pixels: no vertex of the written
         outline is further than this from the traced one. Default: a quarter
-        of the working pixel, which keeps every working pixel centre on its side.
+        of the working pixel, which keeps every working pixel centre on its
+        side; a sixteenth (:data:`REFINED_TOLERANCE`) for a prediction traced
+        along its probability's threshold line, which runs between pixel edges.
     min_area
         Pieces and holes smaller than this (level-0 pixels squared) are left
         out (holes filled). Default: one working pixel's area.
@@ -255,19 +282,31 @@ def export_events(
     kind = kind or mask.kind
     f = working_factor(mask.shape, max_pixels)
     pixel = float(mask.downsample) * f
-    tol = 0.25 * pixel if tolerance is None else float(tolerance)
+    # A prediction traced at its own level follows its probability's threshold
+    # line, as evaluate reads it at level 0; coarser levels trace coverage.
+    refine = src.probability is not None and f == 1 and kind == "dense"
+    # A sub-pixel line keeps a finer tolerance than pixel edges need.
+    tol = (REFINED_TOLERANCE if refine else 0.25) * pixel
+    tol = tol if tolerance is None else float(tolerance)
     area_min = pixel * pixel if min_area is None else float(min_area)
     features, n_poly, n_holes, n_vert, areas = [], 0, 0, 0, {}
     for test, name, colour in _classes(kind):
         cov = None
-        for item in coverage(mask.array, f, test, stop):
+        cover = (
+            threshold_field(src.probability, mask.array, src.threshold, stop)
+            if refine
+            else coverage(mask.array, f, test, stop)
+        )
+        for item in cover:
             if isinstance(item, Progress):
                 yield Progress(item.stage, item.done, item.total, f"{name} {item.message}")
             else:
                 cov = item
+        if refine:  # the probability is held past the last centres, as RefinedMask's
+            cov = np.pad(cov, 1, mode="edge")
         polys = trace_polygons(
             cov, pixel=pixel, offset=src.offset, extent=src.extent, tolerance=tol,
-            min_area=area_min,
+            min_area=area_min, margin=1 if refine else 0,
         )  # fmt: skip
         del cov
         if stop_requested(stop):
@@ -292,11 +331,39 @@ def export_events(
             "vertices": n_vert,
             "area": areas,
             "working_downsample": pixel,
+            "outline": "probability" if refine else "mask",
             "tolerance": tol,
             "min_area": area_min,
             "seconds": time.perf_counter() - t0,
         }
     )
+
+
+def threshold_field(
+    probability: Any, mask: Any, threshold: float, stop: StopFlag | None = None
+) -> Iterator[Progress | np.ndarray]:
+    """Yield ``Progress`` per strip, then the field whose 0.5 line is the threshold line.
+
+    The cleaned probability (:func:`.mask_refine.cleaned_probability`) mapped
+    affinely so the threshold lands on 0.5: marching squares interpolates
+    linearly between pixel centres, and an affine map moves no crossing, so
+    the traced outline is the probability's threshold line; on a 0/255
+    probability it is the mask's own outline.
+    """
+    from .mask_refine import cleaned_probability
+
+    h, w = int(mask.shape[0]), int(mask.shape[1])
+    out = np.zeros((h, w), np.float32)
+    rows = max(1, _trace.STRIP_ELEMENTS // max(1, w))  # read when called (tests shrink it)
+    total = math.ceil(h / rows)
+    t = np.float32(threshold * 255.0)
+    for k, y0 in enumerate(range(0, h, rows)):
+        if stop_requested(stop):
+            raise JobStopped()
+        v = cleaned_probability(probability[y0 : y0 + rows], mask[y0 : y0 + rows], threshold)
+        out[y0 : y0 + v.shape[0]] = 0.5 + (v - t) / np.float32(255.0)
+        yield Progress("export", k + 1, total, f"probability: strip {k + 1}/{total}")
+    yield out
 
 
 def _write_atomic(out: Path, doc: dict, overwrite: bool) -> None:

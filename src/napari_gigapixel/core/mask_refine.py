@@ -115,15 +115,26 @@ class RefinedMask:
 
     def _values(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """The probability (float32, 0-255) as the clean-up left the mask, in a window."""
-        prob = np.asarray(self.probability[y0:y1, x0:x1]).astype(np.float32)
-        mask = np.asarray(self.mask[y0:y1, x0:x1]) > 0
-        raw = prob >= np.float32(self.threshold * 255.0)
-        return np.where(mask == raw, prob, np.where(mask, 255.0, 0.0)).astype(np.float32)
+        return cleaned_probability(
+            self.probability[y0:y1, x0:x1], self.mask[y0:y1, x0:x1], self.threshold
+        )
 
     def targets_and_weights(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """As a dense mask's (when it is compared as the truth)."""
         labels = np.asarray(labels)
         return (labels > 0).astype(np.float32), np.ones(labels.shape, np.float32)
+
+
+def cleaned_probability(prob: Any, mask: Any, threshold: float) -> np.ndarray:
+    """A block of probability (uint8) as its mask (0/1) says: float32 0-255.
+
+    Where the clean-up changed the thresholded probability, the value is 0
+    (removed) or 255 (filled); elsewhere the probability itself.
+    """
+    p = np.asarray(prob).astype(np.float32)
+    m = np.asarray(mask) > 0
+    raw = p >= np.float32(threshold * 255.0)
+    return np.where(m == raw, p, np.where(m, 255.0, 0.0)).astype(np.float32)
 
 
 def _lerp_index(u: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

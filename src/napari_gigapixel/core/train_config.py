@@ -55,7 +55,8 @@ class TrainConfig:
         term weighs :data:`.losses.FOCAL_WEIGHT` (3) against Dice. The defaults
         (``dice+focal``, the ``medium`` model, ``lr`` 1e-2, cosine schedule,
         150 steps, white balance and input standardisation, ``augment``
-        ``"auto"``: the ink and pen strokes on white-balanced runs) are the recipe chosen with
+        ``"auto"``: the ink and pen strokes on white-balanced runs,
+        ``border_weight`` 4) are the recipe chosen with
         ``benchmarks/tune_quality.py`` on tuning slides and measured by
         ``benchmarks/bench_quality.py`` on held-out ones (README, Quality).
         ``"dice"`` alone is not a good start from random weights: for a

@@ -131,8 +131,6 @@ def test_a_prediction_is_traced_along_its_probability(tmp_path):
     # A smooth probability: the outline is its 0.5 line, what evaluate counts.
     from scipy import ndimage as ndi
 
-    from napari_gigapixel.core.mask_refine import refined_mask
-
     rng = np.random.default_rng(5)
     f = ndi.gaussian_filter(rng.normal(size=(-(-H // 4), -(-W // 4))), 6.0)
     prob = np.clip(127.5 + 127.5 * f / np.abs(f).max() * 3, 0, 255).astype(np.uint8)

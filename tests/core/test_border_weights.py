@@ -48,6 +48,12 @@ def test_flags_are_those_of_the_whole_label_map_whatever_the_bands(kind):
     )
     np.testing.assert_array_equal((whole & BORDER_FLAG) > 0, near)
     assert 0.05 < near.mean() < 0.8  # some border, not all of it
+    # The full-resolution head's radius (16 px) takes the distance transform.
+    wide = _flags(codes, kind, 16.0, band_rows=9)
+    near16 = (tis & (ndi.distance_transform_edt(~bg) <= 16)) | (
+        bg & (ndi.distance_transform_edt(~tis) <= 16)
+    )
+    np.testing.assert_array_equal((wide & BORDER_FLAG) > 0, near16)
     # The flags leave the labels themselves unchanged.
     np.testing.assert_array_equal(codes_yw(whole, kind)[0], y)
     np.testing.assert_array_equal(codes_yw(whole, kind)[1], w)

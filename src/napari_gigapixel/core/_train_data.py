@@ -96,10 +96,6 @@ def flag_borders(labels: ArrayCache, kind: str, radius: float, band_rows: int = 
     r = int(np.floor(radius))
     if r < 1:
         return
-    from scipy import ndimage as ndi
-
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    disk = yy * yy + xx * xx <= radius * radius
     lh, lw = labels.shape
     band = max(1, int(band_rows))
     for by in range(0, lh, band):
@@ -109,9 +105,7 @@ def flag_borders(labels: ArrayCache, kind: str, radius: float, band_rows: int = 
         y, w = codes_yw(codes, kind)
         tissue = (w > 0) & (y == 1)
         glass = (w > 0) & (y == 0)
-        near = (tissue & ndi.binary_dilation(glass, disk)) | (
-            glass & ndi.binary_dilation(tissue, disk)
-        )
+        near = (tissue & _within(glass, radius)) | (glass & _within(tissue, radius))
         rows = codes[by - y0 : by1 - y0]
         # Flags set afresh: a label left out since (exclude) flags nothing.
         rows = np.where(rows == EXCLUDED, rows, rows & np.uint8(~BORDER_FLAG & 0xFF))
@@ -383,6 +377,24 @@ def _build_image_data(
         origin=(ry0, rx0),
         border_weight=max(1, int(border_weight)),
     )
+
+
+def _within(src: np.ndarray, radius: float) -> np.ndarray:
+    """Pixels within ``radius`` (Euclidean, pixel centres) of a True pixel of ``src``.
+
+    A disk dilation for small radii (0.02 s per Mpx at 4 px); past 6 px the
+    distance transform, whose cost does not grow with the radius (0.3 s
+    against 0.08 s per Mpx at 16 px, the full-resolution head's radius).
+    """
+    from scipy import ndimage as ndi
+
+    if not src.any():
+        return np.zeros(src.shape, bool)
+    if radius > 6:
+        return ndi.distance_transform_edt(~src) <= radius
+    r = int(np.floor(radius))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return ndi.binary_dilation(src, yy * yy + xx * xx <= radius * radius)
 
 
 def _weighted_counts(labels: ArrayCache, kind: str, border: int) -> tuple[float, float]:

@@ -135,7 +135,7 @@ def test_advanced_recipe_is_hidden_until_opened_and_reaches_the_config(
     r.lr_schedule.value = "constant"
     r.warmup.value = 4
     assert shown(r.border_weight)
-    r.border_weight.value = 1
+    r.border_weight.value = 4
     r.seed.value = 11
     r.tile.value = 256
     r.white_balance.native.click()
@@ -149,7 +149,7 @@ def test_advanced_recipe_is_hidden_until_opened_and_reaches_the_config(
         11,
         256,
     )
-    assert cfg.border_weight == 1
+    assert cfg.border_weight == 4
     d = TrainConfig()
     assert (cfg.white_balance, cfg.standardize, cfg.head_prior) == (
         not d.white_balance,

@@ -134,6 +134,16 @@ def _count_tile(pred, truth, y0: int, y1: int, x0: int, x1: int, stride: int) ->
     lp = pred.read_window(y0, y1, x0, x1, stride)
     lt = truth.read_window(y0, y1, x0, x1, stride)
     t, w = truth.targets_and_weights(lt)
+    if stride == 1:
+        # Every sample is one pixel: integer counts of boolean maps, without the
+        # float64 copies the block weights need (a level-0 prediction, such as
+        # a refined one, is counted at every pixel).
+        pb, tb, wb = lp > 0, t > 0, w > 0
+        n_w = int(np.count_nonzero(wb))
+        n_p = int(np.count_nonzero(pb & wb))
+        n_t = int(np.count_nonzero(tb & wb))
+        tp_ = int(np.count_nonzero(pb & tb & wb))
+        return np.array([tp_, n_p - tp_, n_t - tp_, n_w - n_p - n_t + tp_], dtype=np.float64)
     p = (lp > 0).astype(np.float64)
     t = t.astype(np.float64)
     w = w.astype(np.float64)

@@ -108,9 +108,22 @@ class RefinedMask:
         # Pad by edge replication so index + 1 exists at the last row/column.
         value = np.pad(value, ((0, ry1 - min(ry1, h)), (0, rx1 - min(rx1, w))), mode="edge")
         iy, ix = iy - ry0, ix - rx0
-        cols = value[:, ix] * (1.0 - fx) + value[:, ix + 1] * fx  # (rows, nx')
-        vals = cols[iy] * (1.0 - fy)[:, None] + cols[iy + 1] * fy[:, None]
-        out[np.ix_(vy, vx)] = vals >= np.float32(self.threshold * 255.0)
+        t = np.float32(self.threshold * 255.0)
+        side = value >= t
+        # A sample between four output pixels on one side of the threshold is on
+        # that side too (bilinear is a convex combination): only samples in
+        # cells whose corners differ are interpolated (a few % of a slide; 4x
+        # faster at 1 Gpx than interpolating every sample).
+        c00 = side[:-1, :-1]
+        mixed = (c00 != side[1:, :-1]) | (c00 != side[:-1, 1:]) | (c00 != side[1:, 1:])
+        got = c00[np.ix_(iy, ix)]
+        ys, xs = np.nonzero(mixed[np.ix_(iy, ix)])
+        if ys.size:
+            a, b, gy, gx = iy[ys], ix[xs], fy[ys], fx[xs]
+            top = value[a, b] * (1.0 - gx) + value[a, b + 1] * gx
+            bottom = value[a + 1, b] * (1.0 - gx) + value[a + 1, b + 1] * gx
+            got[ys, xs] = top * (1.0 - gy) + bottom * gy >= t
+        out[np.ix_(vy, vx)] = got
         return out
 
     def _values(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"wrote {res['out']}: {res['features']} annotations, {res['polygons']} polygons "
             f"with {res['holes']} holes, {res['vertices']} vertices (traced at "
-            f"1/{res['working_downsample']:g}, tolerance {res['tolerance']:g} px)"
+            f"1/{res['working_downsample']:g}"
+            + (" along the probability" if res.get("outline") == "probability" else "")
+            + f", tolerance {res['tolerance']:g} px)"
         )
     return EXIT_OK

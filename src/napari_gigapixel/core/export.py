@@ -261,10 +261,12 @@ def export_events(
     Yields
     ------
     Progress
-        ``stage="export"`` once per strip of the coverage computation.
+        ``stage="export"`` once per strip of the coverage (or probability) read.
     Finished
         Last, with ``result``: ``out``, ``features``, ``polygons``, ``holes``,
         ``vertices``, ``area`` (level-0 px^2 per class), ``working_downsample``,
+        ``outline`` (``"probability"``: a prediction traced along its
+        threshold line; ``"mask"``: the mask's pixels or coverage),
         ``tolerance``, ``min_area``, ``seconds``.
     """
     t0 = time.perf_counter()

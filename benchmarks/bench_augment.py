@@ -11,7 +11,9 @@ Also times the augmentation of one window alone (``SlideView.window``).
 Modes are drawn as a white-balanced run (the default) draws them: ``stain``
 keeps the glass white, and ``ink`` (drawn on half of a run's steps) is on in
 every round, so its figure is the cost of a step that recolours; ``pen`` (the
-recipe's) is the ink plus one draw of pen strokes, both on in every round.
+recipe's) is the ink plus one draw of pen strokes, both on in every round;
+``pen-weighted`` is "pen" with the strokes' glass weighed 8 in the loss
+(``--pen-weight 8``: the labels' cover of the strokes on each tile).
 Prints one JSON object.
 
 Usage::
@@ -30,7 +32,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-MODES = ("none", "flip", "stain", "ink", "pen", "all")
+MODES = ("none", "flip", "stain", "ink", "pen", "pen-weighted", "all")
+#: The loss weight of "pen-weighted" (``TrainConfig.pen_weight``).
+PEN_WEIGHT = 8
 
 
 def child(size: int, rounds: int, memory_gb: float, loss: str, model_size: str) -> dict:
@@ -89,15 +93,17 @@ def child(size: int, rounds: int, memory_gb: float, loss: str, model_size: str) 
             # White-balanced runs (the default) keep the glass white; the ink
             # needs that white, and is drawn on half the steps: timed here on
             # every step (its cost when on), with one ink for all rounds.
-            aug = draw_augmentation(0, 1 + r, mode, keep_white=WHITE)
+            weighted = mode == "pen-weighted"
+            aug = draw_augmentation(0, 1 + r, "pen" if weighted else mode, keep_white=WHITE)
             # The same turn every round, so the tile grid is the same.
             aug = Augmentation(
                 1 if aug.geometric else 0,
                 aug.geometric,
                 aug.colour,
-                ink if mode in ("ink", "pen", "all") else None,
-                pen if mode == "pen" else None,
+                ink if mode in ("ink", "pen", "pen-weighted", "all") else None,
+                pen if mode in ("pen", "pen-weighted") else None,
             )
+            data.pen_weight = PEN_WEIGHT if weighted else 1
             view = SlideView(data, 4, aug)
             grid = tile_grid(view.shape, core, geo.halo, geo.stride)
             n_tiles[mode] = len(grid)

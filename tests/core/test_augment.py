@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from napari_gigapixel.cli import build_parser  # noqa: E402
 from napari_gigapixel.cli.train import build_config  # noqa: E402
 from napari_gigapixel.core import _backend  # noqa: E402
 from napari_gigapixel.core._augment_kernel import transform  # noqa: E402
+from napari_gigapixel.core._pen import draw_pens, pen_cover  # noqa: E402
 from napari_gigapixel.core._train_augment import SlideView  # noqa: E402
 from napari_gigapixel.core._train_data import build_image_data  # noqa: E402
 from napari_gigapixel.core.errors import GigapixelError  # noqa: E402
@@ -487,6 +490,78 @@ def test_pen_mode_draws_the_ink_and_strokes_on_half_the_steps():
         _validate(cfg)
 
 
+#: A pen weight for the tests (``TrainConfig.pen_weight``).
+PEN_WEIGHT = 8
+
+
+def _pen_weighted(data, pens):
+    """``data`` whose whole label map weighs the background under ``pens`` by
+    PEN_WEIGHT, computed once over the whole slide (the reference for tiles)."""
+    ho, wo = data.labels.shape
+    y, w = data.labels_yw(0, ho, 0, wo)
+    under = pen_cover(pens, data.shape, 4, (0, ho, 0, wo)) & (y == 0) & (w > 0)
+    w = np.where(under, PEN_WEIGHT, w).astype(np.uint8)
+    assert under.sum() > 20
+    return SimpleNamespace(
+        shape=data.shape,
+        image=data.image,
+        labels=data.labels,
+        n_labelled=data.n_labelled,
+        labels_yw=lambda y0, y1, x0, x1: (y[y0:y1, x0:x1], w[y0:y1, x0:x1]),
+    )
+
+
+def test_pen_cover_is_what_the_strokes_darken_in_any_window():
+    """An output pixel is under a stroke where the stroke darkens its centre's
+    pixels; any window of the cover is the whole cover's window."""
+    shape = (400, 1200)
+    pens = _pens()
+    src = np.full(shape + (3,), 236, np.uint8)
+    draw_pens(src, np.ones((100, 300), np.uint8), 4, (0, 0), pens, shape)
+    cover = pen_cover(pens, shape, 4, (0, 100, 0, 300))
+    # The pixel just below-right of each output pixel's centre (2, 2 of its block).
+    centre = (src[2::4, 2::4] < 236).any(axis=-1)
+    assert cover.mean() > 0.05
+    assert (cover != centre).mean() < 0.01  # only where a stroke's edge passes a centre
+    darkened = (src < 236).any(axis=-1).reshape(100, 4, 300, 4).mean(axis=(1, 3))
+    assert (darkened[cover] > 0).all() and not (darkened[~cover] > 0.5).any()
+    for rect in ((0, 37, 0, 300), (37, 100, 101, 250), (90, 100, 290, 300)):
+        np.testing.assert_array_equal(
+            pen_cover(pens, shape, 4, rect), cover[rect[0] : rect[1], rect[2] : rect[3]]
+        )
+
+
+@pytest.mark.parametrize("k,flip", [(0, False), (2, False), (0, True), (2, True)])
+def test_background_under_the_pen_weighs_more_in_the_loss(k, flip):
+    """With a pen weight, the step's labels weigh background under a drawn stroke
+    that much (tissue and unlabelled pixels keep theirs), mirrored with the slide;
+    without one (the default) the strokes are drawn but weigh as any glass."""
+    img = _image((400, 1200), seed=3)
+    mask = np.zeros((100, 300), np.uint8)
+    mask[20:70, 40:160] = 1
+    data = _dense(img, mask)
+    pens = _pens()
+    assert data.pen_weight == 1
+    _, w1 = SlideView(data, 4, Augmentation(pen=pens)).labels(0, 100, 0, 300)
+    assert (w1 == 1).all()
+    data.pen_weight = PEN_WEIGHT
+    plain = SlideView(data, 4, Augmentation(pen=pens)).labels(0, 100, 0, 300)
+    y, w = plain
+    under = pen_cover(pens, (400, 1200), 4, (0, 100, 0, 300))
+    np.testing.assert_array_equal(w == PEN_WEIGHT, under & (mask == 0))
+    assert (w[~(under & (mask == 0))] == 1).all() and (w == PEN_WEIGHT).sum() > 100
+    view = SlideView(data, 4, Augmentation(k, flip, None, None, pens))
+    assert not view.transposed
+    my, mw = view.labels(0, 100, 0, 300)
+    ref_y, ref_w = (np.rot90(a, k) for a in plain)
+    if flip:
+        ref_y, ref_w = ref_y[:, ::-1], ref_w[:, ::-1]
+    np.testing.assert_array_equal(my, ref_y)
+    np.testing.assert_array_equal(mw, ref_w)
+    # A tile's labels are the whole map's window.
+    np.testing.assert_array_equal(view.labels(30, 77, 120, 260)[1], mw[30:77, 120:260])
+
+
 @pytest.mark.parametrize("part", ["ink", "pen"])
 def test_streamed_equals_whole_gradient_with_ink_or_pen_float64(part):
     """The ink (with a turn and flip) and the pen strokes (on top of the ink) keep
@@ -505,6 +580,9 @@ def test_streamed_equals_whole_gradient_with_ink_or_pen_float64(part):
     geo = model_geometry(model)
     view = SlideView(data, 4, aug)
     ref_data = _augmented_reference(img, data, view.aug)
+    if part == "pen":  # the strokes' glass weighed too (TrainConfig.pen_weight)
+        data.pen_weight = PEN_WEIGHT
+        ref_data = _pen_weighted(ref_data, view.aug.pen)
     ref, ref_loss = whole_image_gradient(model, ref_data, "dice+focal", 4)
     plain, _ = whole_image_gradient(
         model, _augmented_reference(img, data, without), "dice+focal", 4

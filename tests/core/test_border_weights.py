@@ -70,8 +70,36 @@ def test_weights_only_where_asked_and_never_on_excluded_labels():
     assert y.tolist() == [[0, 0, 1, 0, 1, 0]] and w.tolist() == [[0, 1, 1, 3, 3, 0]]
 
 
+@pytest.mark.parametrize("name", ["border_weight", "pen_weight"])
 @pytest.mark.parametrize("bad", [0, 65, 2.5, True, "4"])
-def test_border_weight_is_checked_before_any_work(bad):
-    cfg = TrainConfig(images=["a.tif"], masks=["a_mask.tif"], border_weight=bad)
-    with pytest.raises(TrainConfigError, match="border_weight"):
+def test_border_and_pen_weights_are_checked_before_any_work(bad, name):
+    cfg = TrainConfig(images=["a.tif"], masks=["a_mask.tif"], **{name: bad})
+    with pytest.raises(TrainConfigError, match=name):
         _validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "augment,white", [("none", True), ("ink", True), ("all", True), ("auto", False)]
+)
+def test_a_pen_weight_needs_the_pen_strokes(augment, white):
+    """A pen weight weighs the strokes the augmentation draws: a run that draws
+    none is refused before any work, saying what to change."""
+    cfg = TrainConfig(
+        images=["a.tif"], masks=["m.tif"], augment=augment, white_balance=white, pen_weight=8
+    )
+    with pytest.raises(TrainConfigError, match="draws none.*'auto'.*'pen'"):
+        _validate(cfg)
+    for ok in ("auto", "pen"):
+        _validate(TrainConfig(images=["a.tif"], masks=["m.tif"], augment=ok, pen_weight=8))
+
+
+def test_cli_weights_reach_the_config():
+    from napari_gigapixel.cli import build_parser
+    from napari_gigapixel.cli.train import build_config
+
+    base = ["train", "--image", "s.tif", "--mask", "m.tif", "--out", "m.keras"]
+    d = build_config(build_parser().parse_args(base))
+    assert (d.border_weight, d.pen_weight) == (TrainConfig.border_weight, TrainConfig.pen_weight)
+    flags = ["--border-weight", "4", "--pen-weight", "8"]
+    cfg = build_config(build_parser().parse_args(base + flags))
+    assert (cfg.border_weight, cfg.pen_weight) == (4, 8)

@@ -113,8 +113,11 @@ def _same_recipe(a_path, b_path) -> dict:
         # A cohort: whole slides per worker; the head prior from the workers' label
         # counts, and the whole-slide augmentations (the glass kept white).
         dict(n=2, tile="auto", loss="dice+bce", head_prior=True, augment="all"),
+        # The loss weights: labels at the border and glass under the drawn pen
+        # strokes weighed on every worker as in one process.
+        dict(n=1, tile=256, loss="dice+focal", border_weight=4, pen_weight=8),
     ],
-    ids=["split-dice+bce", "split-bce", "cohort"],
+    ids=["split-dice+bce", "split-bce", "cohort", "split-weighted"],
 )
 def test_same_weights_as_the_single_process_run(slides, cluster, tmp_path, case):
     pairs = slides[: case["n"]]

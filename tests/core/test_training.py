@@ -288,3 +288,19 @@ def test_lazy_image_decoded_to_a_file_cache_trains_like_numpy(data, tmp_path):
     )
     assert a[-1].result["loss"] == pytest.approx(b[-1].result["loss"], rel=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.keras", "b.keras"]
+
+
+def test_a_pen_weight_changes_the_run_and_stays_tile_independent(data, tmp_path):
+    """``pen_weight`` reaches the steps that draw pen strokes (the weights differ
+    from the unweighted run's) and keeps the step the whole-image step (any tile)."""
+    from napari_gigapixel.core.stain import draw_augmentation
+
+    assert any(draw_augmentation(7, s, "pen", 240.0).pen is not None for s in range(3))
+    finals = {}
+    for name, tile, weight in (("plain", "auto", 1), ("w64", 64, 8), ("wauto", "auto", 8)):
+        out = tmp_path / f"{name}.keras"
+        run(_cfg(data, tmp_path, out=str(out), augment="pen", tile=tile, pen_weight=weight))
+        finals[name] = _weights(out)[0]
+    for a, b in zip(finals["w64"], finals["wauto"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert max(np.abs(a - b).max() for a, b in zip(finals["plain"], finals["wauto"])) > 1e-4

@@ -104,7 +104,7 @@ def test_the_widget_sends_train_config_defaults(
         checked.append(field.name)
     recipe_fields = {"steps", "loss", "lr", "lr_schedule", "memory_gb", "augment", "tile"}
     recipe_fields |= {"standardize", "white_balance", "warmup", "head_prior", "seed", "model"}
-    recipe_fields |= {"border_weight"}
+    recipe_fields |= {"border_weight", "pen_weight"}
     assert recipe_fields <= set(checked)
     assert (cfg.resolution or Resolution()).is_level0  # level 0, as None means
     # And the fields show those defaults (what the user sees is what is sent).
@@ -134,7 +134,7 @@ def test_advanced_recipe_is_hidden_until_opened_and_reaches_the_config(
     w.augment.native.setCurrentIndex(3)  # "stain ..."
     r.lr_schedule.value = "constant"
     r.warmup.value = 4
-    assert shown(r.border_weight)
+    assert shown(r.border_weight) and shown(r.pen_weight)
     r.border_weight.value = 4
     r.seed.value = 11
     r.tile.value = 256

@@ -3,7 +3,7 @@
 * :class:`RecipeInputs`: the model preset, loss, steps, learning rate,
   augmentation and memory budget, and, in a collapsed "advanced recipe"
   section, the tile size, the learning-rate schedule and warmup, the border
-  weight, the seed and the white balance / standardisation / head-prior
+  and pen weights, the seed and the white balance / standardisation / head-prior
   switches. Every default is read from
   :class:`~napari_gigapixel.core.train_config.TrainConfig` when the widget is
   built, so the widget, the CLI and the API share one recipe.
@@ -117,6 +117,11 @@ class Section:
         self.header.text = self._text(self.shown)
 
 
+def _weight_box(label: str, value: int, tooltip: str) -> SpinBox:
+    """A loss-weight spin box (a whole number from 1, none, to the largest)."""
+    return SpinBox(label=label, min=1, max=MAX_BORDER_WEIGHT, value=value, tooltip=tooltip)
+
+
 class RecipeInputs:
     """The recipe's fields, defaults from ``TrainConfig()`` (the measured recipe).
 
@@ -174,13 +179,17 @@ class RecipeInputs:
             value=d.warmup,
             tooltip="Steps over which the learning rate rises linearly (as train --warmup).",
         )
-        self.border_weight = SpinBox(
-            label="border weight",
-            min=1,
-            max=MAX_BORDER_WEIGHT,
-            value=d.border_weight,
-            tooltip="Loss weight of the labels within 16 px of the other class's: the faint "
+        self.border_weight = _weight_box(
+            "border weight",
+            d.border_weight,
+            "Loss weight of the labels within 16 px of the other class's: the faint "
             "tissue edge (1: none; as train --border-weight).",
+        )
+        self.pen_weight = _weight_box(
+            "pen weight",
+            d.pen_weight,
+            "Loss weight of the glass under the pen strokes the augmentation draws "
+            "(1: none; as train --pen-weight).",
         )
         self.seed = SpinBox(
             label="seed",
@@ -225,6 +234,7 @@ class RecipeInputs:
             self.lr_schedule,
             self.warmup,
             self.border_weight,
+            self.pen_weight,
             self.seed,
             self.switches,
         ]
@@ -241,6 +251,7 @@ class RecipeInputs:
             "lr_schedule": self.lr_schedule.value,
             "warmup": int(self.warmup.value),
             "border_weight": int(self.border_weight.value),
+            "pen_weight": int(self.pen_weight.value),
             "augment": self.augment.value,
             "tile": self.tile.value,
             "memory_gb": float(self.memory_gb.value),

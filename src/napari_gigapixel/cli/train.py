@@ -240,6 +240,15 @@ def add_parser(subparsers: Any) -> None:
         help="loss weight of the labels within 16 px of the other class's (the faint tissue "
         "edge; 1: none; default %(default)s)",
     )
+    p.add_argument(
+        "--pen-weight",
+        type=int,
+        default=d.pen_weight,
+        metavar="W",
+        help="loss weight of the glass under the pen strokes the augmentation draws (with "
+        "--border-weight 4, 8 keeps pen on the glass called glass; 1: none; default "
+        "%(default)s)",
+    )
     p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
     p.add_argument(
         "--scheduler",
@@ -326,6 +335,7 @@ def build_config(args: argparse.Namespace):
         head_prior=args.head_prior,
         warmup=args.warmup,
         border_weight=args.border_weight,
+        pen_weight=args.pen_weight,
     )
 
 

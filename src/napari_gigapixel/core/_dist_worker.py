@@ -42,7 +42,7 @@ class RunSpec:
     images, masks, rois
         Slide paths (readable on the workers), masks (paths or
         :class:`.masks.AnnotationMask`) and ROIs, one per image.
-    mask_kind, loss, seed, augment, memory_gb, cache_dir, border_weight
+    mask_kind, loss, seed, augment, memory_gb, cache_dir, border_weight, pen_weight
         As in :class:`.training.TrainConfig`.
     model_config
         :meth:`.unet.ModelConfig.to_dict` of the model.
@@ -92,6 +92,7 @@ class RunSpec:
     val_regions: list[Any] = field(default_factory=list)
     histograms: bool = False
     border_weight: int = 1
+    pen_weight: int = 1
 
 
 def _model(spec: RunSpec):
@@ -181,6 +182,7 @@ def _training_image(spec: RunSpec, i: int):
         balance=table,
         border_weight=spec.border_weight,
     )
+    d.pen_weight = int(spec.pen_weight)
     # The head prior counts the labels before the validation ROI is left out.
     info["counts"] = (float(d.n_positive), float(d.n_labelled))
     roi = spec.val_rois[i] if spec.val_rois else None

@@ -16,7 +16,8 @@ window (tests: streamed gradients equal whole-image ones). Each segment is cut
 along its length into pieces about four widths long, and each pixel is drawn
 by exactly one piece (the one its projection on the segment falls into), so
 the work is about the stroke's area, not its bounding box, and no piece is
-drawn twice.
+drawn twice. :func:`pen_cover` says which output pixels a step's strokes
+cover, for the loss weight of the glass under them (``TrainConfig.pen_weight``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,33 @@ def stroke_segments(
     return out
 
 
+def _pieces(pens: PenStrokes, shape: tuple[int, int], scale: float, bounds: tuple[int, ...]):
+    """Every segment cut along its length into pieces about four widths long, with
+    the box of grid cells (``scale`` slide pixels each) whose centres may lie
+    within the stroke's half width of the piece, clipped to ``bounds``
+    ``(y0, y1, x0, x1)``; pieces whose box is empty are skipped.
+
+    Yields ``(p, d, hw, od, k, pieces, (ya, yb, xa, xb))`` with ``p`` the
+    segment's start, ``d`` its direction (``q - p``) and ``k`` the piece's
+    index. Pieces keep the work about the stroke's area, not its bounding box.
+    """
+    by0, by1, bx0, bx1 = bounds
+    for p, q, hw, od in stroke_segments(pens, shape):
+        d = q - p
+        length2 = float(d @ d)
+        if length2 <= 0:
+            continue
+        pieces = max(1, int(np.ceil(np.sqrt(length2) / (4 * hw))))
+        for k in range(pieces):
+            a, b = p + (k / pieces) * d, p + ((k + 1) / pieces) * d
+            ya = max(int(np.floor((min(a[0], b[0]) - hw) / scale)), by0)
+            yb = min(int(np.ceil((max(a[0], b[0]) + hw) / scale)) + 1, by1)
+            xa = max(int(np.floor((min(a[1], b[1]) - hw) / scale)), bx0)
+            xb = min(int(np.ceil((max(a[1], b[1]) + hw) / scale)) + 1, bx1)
+            if ya < yb and xa < xb:
+                yield p, d, hw, od, k, pieces, (ya, yb, xa, xb)
+
+
 def draw_pens(
     src: np.ndarray,
     background: np.ndarray,
@@ -59,39 +87,52 @@ def draw_pens(
     """
     h, w = src.shape[:2]
     y0, x0 = int(origin[0]), int(origin[1])
-    for p, q, hw, od in stroke_segments(pens, shape):
-        d = q - p
-        length2 = float(d @ d)
-        if length2 <= 0:
+    bounds = (y0, y0 + h, x0, x0 + w)
+    for p, d, hw, od, k, pieces, (ya, yb, xa, xb) in _pieces(pens, shape, 1.0, bounds):
+        t0, t1 = k / pieces, (k + 1) / pieces
+        yy = np.arange(ya, yb, dtype=np.float64)[:, None] + 0.5
+        xx = np.arange(xa, xb, dtype=np.float64)[None, :] + 0.5
+        t = ((yy - p[0]) * d[0] + (xx - p[1]) * d[1]) / float(d @ d)
+        # This piece draws the pixels whose projection falls in [t0, t1)
+        # (the first and last also the round caps beyond the ends).
+        mine = (t >= t0 if k else True) & (t < t1 if k < pieces - 1 else True)
+        tc = np.clip(t, 0.0, 1.0)
+        dist2 = (yy - (p[0] + tc * d[0])) ** 2 + (xx - (p[1] + tc * d[1])) ** 2
+        rows = (np.arange(ya, yb) - y0) // factor
+        cols = (np.arange(xa, xb) - x0) // factor
+        on = mine & (dist2 < hw * hw) & (background[rows][:, cols] > 0)
+        if not on.any():
             continue
-        pieces = max(1, int(np.ceil(np.sqrt(length2) / (4 * hw))))
-        for k in range(pieces):
-            t0, t1 = k / pieces, (k + 1) / pieces
-            a, b = p + t0 * d, p + t1 * d
-            ya = max(int(np.floor(min(a[0], b[0]) - hw)), y0)
-            yb = min(int(np.ceil(max(a[0], b[0]) + hw)) + 1, y0 + h)
-            xa = max(int(np.floor(min(a[1], b[1]) - hw)), x0)
-            xb = min(int(np.ceil(max(a[1], b[1]) + hw)) + 1, x0 + w)
-            if ya >= yb or xa >= xb:
-                continue
-            yy = np.arange(ya, yb, dtype=np.float64)[:, None] + 0.5
-            xx = np.arange(xa, xb, dtype=np.float64)[None, :] + 0.5
-            t = ((yy - p[0]) * d[0] + (xx - p[1]) * d[1]) / length2
-            # This piece draws the pixels whose projection falls in [t0, t1)
-            # (the first and last also the round caps beyond the ends).
-            mine = (t >= t0 if k else True) & (t < t1 if k < pieces - 1 else True)
-            tc = np.clip(t, 0.0, 1.0)
-            dist2 = (yy - (p[0] + tc * d[0])) ** 2 + (xx - (p[1] + tc * d[1])) ** 2
-            rows = (np.arange(ya, yb) - y0) // factor
-            cols = (np.arange(xa, xb) - x0) // factor
-            on = mine & (dist2 < hw * hw) & (background[rows][:, cols] > 0)
-            if not on.any():
-                continue
-            # Only the pixels under the stroke from here on (a third of the piece's box).
-            s = np.clip((hw - np.sqrt(dist2[on])) / (0.3 * hw), 0.0, 1.0)
-            alpha = s * s * (3 - 2 * s)
-            region = src[ya - y0 : yb - y0, xa - x0 : xb - x0]
-            v = region[on].astype(np.float64)
-            new = np.rint(v * np.exp(-alpha[:, None] * od))
-            region[on] = np.clip(new, 0, 255).astype(np.uint8)
+        # Only the pixels under the stroke from here on (a third of the piece's box).
+        s = np.clip((hw - np.sqrt(dist2[on])) / (0.3 * hw), 0.0, 1.0)
+        alpha = s * s * (3 - 2 * s)
+        region = src[ya - y0 : yb - y0, xa - x0 : xb - x0]
+        v = region[on].astype(np.float64)
+        new = np.rint(v * np.exp(-alpha[:, None] * od))
+        region[on] = np.clip(new, 0, 255).astype(np.uint8)
     return src
+
+
+def pen_cover(
+    pens: PenStrokes, shape: tuple[int, int], factor: int, rect: tuple[int, int, int, int]
+) -> np.ndarray:
+    """Which output pixels of ``rect`` lie under a stroke (bool, original frame).
+
+    ``rect`` is ``(oy0, oy1, ox0, ox1)`` on the 1/``factor`` output grid of a
+    slide of ``shape``; an output pixel is under a stroke when its centre (in
+    slide pixels) is within the stroke's half width of one of its segments,
+    the extent :func:`draw_pens` darkens. A function of the output pixel's
+    coordinates alone, so any window gives the whole map's values.
+    """
+    oy0, oy1, ox0, ox1 = (int(v) for v in rect)
+    out = np.zeros((max(0, oy1 - oy0), max(0, ox1 - ox0)), bool)
+    f = float(factor)
+    # A centre within hw of the segment is within hw of its nearest point, so
+    # inside that point's piece's box: the union over pieces is the segment's.
+    for p, d, hw, _od, _k, _n, (ya, yb, xa, xb) in _pieces(pens, shape, f, (oy0, oy1, ox0, ox1)):
+        yy = (np.arange(ya, yb, dtype=np.float64)[:, None] + 0.5) * f
+        xx = (np.arange(xa, xb, dtype=np.float64)[None, :] + 0.5) * f
+        t = np.clip(((yy - p[0]) * d[0] + (xx - p[1]) * d[1]) / float(d @ d), 0.0, 1.0)
+        dist2 = (yy - (p[0] + t * d[0])) ** 2 + (xx - (p[1] + t * d[1])) ** 2
+        out[ya - oy0 : yb - oy0, xa - ox0 : xb - ox0] |= dist2 < hw * hw
+    return out

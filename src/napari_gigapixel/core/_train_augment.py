@@ -203,8 +203,40 @@ class SlideView:
         return ((wgt > 0) & (y == 0)).view(np.uint8)
 
     def labels(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Target and weight (uint8) of output pixels ``[y0, y1) x [x0, x1)`` of the
+        augmented slide; background under a drawn pen stroke weighs the image's
+        ``pen_weight`` (``TrainConfig.pen_weight``)."""
         lh, lw = self.data.labels.shape
         if not (self.k or self.flip):
-            return self.data.labels_yw(y0, y1, x0, x1)
-        lab = self._read(self.data.labels, y0, y1, x0, x1, lh, lw)
-        return codes_yw(lab, self.data.kind, self.data.border_weight)
+            y, w = self.data.labels_yw(y0, y1, x0, x1)
+        else:
+            lab = self._read(self.data.labels, y0, y1, x0, x1, lh, lw)
+            y, w = codes_yw(lab, self.data.kind, self.data.border_weight)
+        weight = int(getattr(self.data, "pen_weight", 1))
+        if self._pixels.pen is not None and weight > 1:
+            w = self._pen_weights(y, w, (y0, min(y1, lh), x0, min(x1, lw)), (lh, lw), weight)
+        return y, w
+
+    def _pen_weights(self, y, w, rect, label_shape, weight: int) -> np.ndarray:
+        """``w`` with the background labels under the step's pen strokes weighted.
+
+        The strokes are drawn in the original frame (:meth:`window`), so their
+        cover is found there and mirrored as the labels are.
+        """
+        from ._pen import pen_cover
+
+        y0, y1, x0, x1 = rect
+        if y1 <= y0 or x1 <= x0:
+            return w
+        lh, lw = label_shape
+        oy0, oy1, ox0, ox1 = self._inverse(y0, y1, x0, x1, lh, lw)
+        cover = pen_cover(self._pixels.pen, self.data.shape, self.os, (oy0, oy1, ox0, ox1))
+        rows, cols = self._mirrors()
+        cover = cover[::-1] if rows else cover
+        cover = cover[:, ::-1] if cols else cover
+        on = np.zeros(w.shape, bool)
+        on[: y1 - y0, : x1 - x0] = cover
+        on &= (y == 0) & (w > 0)
+        if not on.any():
+            return w
+        return np.where(on, np.maximum(w, np.uint8(weight)), w).astype(np.uint8)

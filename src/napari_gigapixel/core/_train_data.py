@@ -132,6 +132,9 @@ class ImageData:
     ink_index: dict = field(default_factory=dict, repr=False, compare=False)
     # Loss weight of labels flagged BORDER_FLAG (1: none flagged, or not weighed).
     border_weight: int = 1
+    # Loss weight of background labels under a step's drawn pen strokes
+    # (``SlideView.labels``; 1: not weighed). Training images only.
+    pen_weight: int = 1
 
     @property
     def origin_px(self) -> tuple[int, int]:

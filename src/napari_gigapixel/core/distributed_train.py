@@ -171,6 +171,7 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
         val_regions=regions,
         histograms=fit_stats,
         border_weight=cfg.border_weight,
+        pen_weight=cfg.pen_weight,
     )
     client = _connect(cfg.scheduler)
     try:

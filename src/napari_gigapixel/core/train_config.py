@@ -21,7 +21,7 @@ DEFAULT_MODEL_SIZE = "medium"
 #: Learning-rate schedules, and the fraction of ``lr`` the cosine ends at.
 LR_SCHEDULES = ("cosine", "constant")
 LR_FLOOR = 0.05
-#: Largest ``border_weight``: label weights are cached as uint8.
+#: Largest ``border_weight`` and ``pen_weight``: label weights are uint8.
 MAX_BORDER_WEIGHT = 64
 
 
@@ -196,6 +196,15 @@ class TrainConfig:
         the tuning slides' worst Dice rose within the noise (0.9796 to
         0.9824) while pen on the glass was called glass less often (README,
         Quality).
+    pen_weight
+        Loss weight (a whole number, 1: none) of the glass under the pen
+        strokes the augmentation draws (``augment`` "auto" on white-balanced
+        runs, or "pen"): a stroke covers about 0.1% of a slide, so at 1 the
+        few pixels that teach "pen on the glass is glass" weigh little. With
+        ``border_weight`` 4, 8 gave back the pen rejection the border weights
+        cost on the tuning slides; alone it cost recall at the faint tissue
+        edge. Default 1 (README, Quality). A function of each output pixel's
+        coordinates, so exact under tiling.
     """
 
     images: list[Any] = field(default_factory=list)
@@ -231,6 +240,7 @@ class TrainConfig:
     head_prior: bool = False
     warmup: int = 0
     border_weight: int = 1
+    pen_weight: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (arrays are described, not stored)."""
@@ -340,11 +350,24 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if int(cfg.warmup) < 0:
         raise TrainConfigError(f"warmup must be >= 0 steps, got {cfg.warmup}.")
-    bw = cfg.border_weight
-    if isinstance(bw, bool) or not isinstance(bw, int) or not 1 <= bw <= MAX_BORDER_WEIGHT:
+    for name, what in (("border_weight", "border"), ("pen_weight", "pen")):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_BORDER_WEIGHT:
+            raise TrainConfigError(
+                f"{name} (--{name.replace('_', '-')}) must be a whole number from 1 (no "
+                f"{what} weights) to {MAX_BORDER_WEIGHT}, got {v!r}."
+            )
+    # "auto" draws the strokes on white-balanced runs only (a resumed run's
+    # checkpoint decides that, so it is not refused here).
+    no_pen = mode not in ("auto", "pen") or (
+        mode == "auto" and not cfg.white_balance and not cfg.resume
+    )
+    if cfg.pen_weight > 1 and no_pen:
         raise TrainConfigError(
-            f"border_weight (--border-weight) must be a whole number from 1 (no border "
-            f"weights) to {MAX_BORDER_WEIGHT}, got {bw!r}."
+            f"pen_weight (--pen-weight) weighs the pen strokes the augmentation draws, "
+            f"and this run draws none (augment {mode!r}"
+            f"{'' if cfg.white_balance else ' without white balance'}): use augment "
+            f"'auto' (the default) or 'pen' with white balance, or pen_weight 1."
         )
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise TrainConfigError(

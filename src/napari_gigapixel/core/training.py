@@ -233,6 +233,7 @@ def train(cfg: TrainConfig, stop: StopFlag | None = None) -> Iterator[Any]:
                     border_weight=cfg.border_weight,
                 )
             )
+            datas[-1].pen_weight = int(cfg.pen_weight)
             yield Message(f"image {i + 1} at {datas[-1].resolution['describe']}")
             yield Progress("cache", i + 1, len(cfg.images))
         model, mcfg, note = _fit_to_data(

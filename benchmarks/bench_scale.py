@@ -98,7 +98,12 @@ def child(args) -> dict:
             cluster.close()
     best = min(steps[1:] or steps)
     mpx = result["megapixels"]
+    from napari_gigapixel.core.unet import count_params, load_model
+
     return {
+        # The model the run built (the recipe's unless told otherwise): what a
+        # step sends, weights out and gradients back, is counted from it.
+        "parameters": count_params(load_model(cfg.out)[0]),
         "slides": len(pairs),
         "workers": args.workers or 1,
         "mode": "LocalCluster" if args.workers else "one process",
@@ -112,9 +117,11 @@ def child(args) -> dict:
     }
 
 
-def bytes_per_step(n_slides: int, workers: int, n_tiles: int, mpx: float, loss: str) -> int:
-    """Client <-> worker bytes of one step: weights out, gradients and previews back."""
-    params = 4761  # the default model (core.unet.count_params); float32 out, float64 back
+def bytes_per_step(
+    n_slides: int, workers: int, n_tiles: int, mpx: float, loss: str, params: int
+) -> int:
+    """Client <-> worker bytes of one step: weights out (float32), float64 gradients
+    and previews back, for a model of ``params`` trainable parameters."""
     if workers <= 1:
         return 0
     split = n_slides < workers and n_tiles > n_slides  # tiles shared out (one slide here)
@@ -172,7 +179,7 @@ def main() -> None:
             else:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 r["bytes_per_step"] = bytes_per_step(
-                    n, r["workers"], r["n_tiles"], r["megapixels"], args.loss
+                    n, r["workers"], r["n_tiles"], r["megapixels"], args.loss, r["parameters"]
                 )
                 if args.limit_s_per_gpx:
                     limit = args.limit_s_per_gpx * r["megapixels"] / 1024.0

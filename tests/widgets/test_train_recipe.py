@@ -237,3 +237,25 @@ def test_a_checkpoint_at_a_resolution_the_slide_lacks_is_refused(
     w.start_button.clicked.emit()
     assert not fake_jobs  # preflight refused it before a worker started
     assert notes and "level 7" in notes[-1]
+
+
+def test_pen_weight_reaches_the_config_and_a_run_without_strokes_is_refused(
+    slide_viewer, fake_jobs, notes, qtbot, tmp_path
+):
+    """The advanced recipe's "pen weight" goes to the run with the default
+    augmentation (which draws the strokes); with augmentation off the run is
+    refused before a worker starts, saying what to change."""
+    viewer, slide = slide_viewer
+    w = _setup(viewer, slide, tmp_path)
+    w.recipe.section.header.native.click()
+    w.recipe.border_weight.value = 4
+    w.recipe.pen_weight.value = 8
+    cfg = _start(w, fake_jobs, qtbot)
+    assert (cfg.border_weight, cfg.pen_weight, augment_mode(cfg.augment)) == (4, 8, "auto")
+    n = len(fake_jobs)
+    w.augment.value = "none"
+    fake_jobs.script = [Finished(result={}, stopped=True)]
+    w.start_button.clicked.emit()
+    assert len(fake_jobs) == n  # refused before a worker started
+    assert notes and "pen_weight" in notes[-1] and "'auto'" in notes[-1]
+    assert "not started" in w.status.value

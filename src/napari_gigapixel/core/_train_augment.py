@@ -212,7 +212,7 @@ class SlideView:
         else:
             lab = self._read(self.data.labels, y0, y1, x0, x1, lh, lw)
             y, w = codes_yw(lab, self.data.kind, self.data.border_weight)
-        weight = int(getattr(self.data, "pen_weight", 1))
+        weight = int(self.data.pen_weight)
         if self._pixels.pen is not None and weight > 1:
             w = self._pen_weights(y, w, (y0, min(y1, lh), x0, min(x1, lw)), (lh, lw), weight)
         return y, w

@@ -311,7 +311,7 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if int(cfg.checkpoint_every) < 0:
         raise TrainConfigError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}.")
-    from .stain import WHITE_MODES, augment_mode
+    from .stain import WHITE_MODES, augment_mode, resolve_augment
 
     # A resumed run keeps its checkpoint's white balance whatever white_balance
     # says: preflight checks that checkpoint instead (_check_resumed_augment).
@@ -357,12 +357,10 @@ def _validate(cfg: TrainConfig) -> None:
                 f"{name} (--{name.replace('_', '-')}) must be a whole number from 1 (no "
                 f"{what} weights) to {MAX_BORDER_WEIGHT}, got {v!r}."
             )
-    # "auto" draws the strokes on white-balanced runs only (a resumed run's
-    # checkpoint decides that, so it is not refused here).
-    no_pen = mode not in ("auto", "pen") or (
-        mode == "auto" and not cfg.white_balance and not cfg.resume
-    )
-    if cfg.pen_weight > 1 and no_pen:
+    # The mode the run draws ("auto": the strokes on white-balanced runs; a
+    # resumed run's checkpoint decides its balance, so it is not refused here).
+    drawn = resolve_augment(mode, bool(cfg.white_balance or cfg.resume))
+    if cfg.pen_weight > 1 and drawn != "pen":
         raise TrainConfigError(
             f"pen_weight (--pen-weight) weighs the pen strokes the augmentation draws, "
             f"and this run draws none (augment {mode!r}"

@@ -22,6 +22,7 @@ from napari_gigapixel.core.distributed_train import (  # noqa: E402
 from napari_gigapixel.core.events import (  # noqa: E402
     CheckpointEvent,
     Finished,
+    Message,
     Progress,
     StepEvent,
 )
@@ -238,6 +239,36 @@ def test_a_worker_lost_mid_step_is_replaced(slides, cluster, tmp_path):
                 client.restart_workers([victim])
                 killed = True
     assert killed and isinstance(events[-1], Finished) and events[-1].result["steps"] == 3
+    assert _rel_diff(tmp_path / "dist.keras", tmp_path / "one.keras") <= 1e-5
+
+
+def test_a_step_that_lost_the_scattered_spec_runs_again(slides, cluster, tmp_path, monkeypatch):
+    """A restarted worker can take the scattered run spec's last copy with it, and
+    the step's tasks are cancelled ("lost dependencies"): the step runs again with
+    the spec sent again, and the weights are the single-process run's."""
+    from distributed.client import FutureCancelledError
+
+    import napari_gigapixel.core.distributed_train as dtrain
+    from napari_gigapixel.core._dist_cluster import DistributedTrainError
+
+    pairs = slides[:1]
+    kw = dict(tile=256, loss="dice+bce")
+    _run(_cfg(pairs, tmp_path / "one.keras", **kw))
+    real, lost = dtrain._one_step, []
+
+    def one_step(plan, spec, weights, step_no, *args):
+        if step_no == 2 and not lost:
+            # The cluster forgets the spec, as when its last holder restarts.
+            plan.client.cancel([plan.spec])
+            lost.append(plan.spec.key)
+            cause = FutureCancelledError(plan.spec.key, "lost dependencies")
+            raise DistributedTrainError("a distributed training step failed") from cause
+        return (yield from real(plan, spec, weights, step_no, *args))
+
+    monkeypatch.setattr(dtrain, "_one_step", one_step)
+    events = _run(_cfg(pairs, tmp_path / "dist.keras", **kw), cluster.scheduler_address)
+    assert lost and isinstance(events[-1], Finished) and events[-1].result["steps"] == 3
+    assert any(isinstance(e, Message) and "again" in e.text for e in events)
     assert _rel_diff(tmp_path / "dist.keras", tmp_path / "one.keras") <= 1e-5
 
 

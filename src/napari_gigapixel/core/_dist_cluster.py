@@ -35,9 +35,10 @@ STEP_RETRIES = 1
 def cancelled_by_cluster(exc: BaseException) -> bool:
     """Whether a failed step's cause is a task the scheduler cancelled rather than ran
     and failed: with a worker restarted mid-step, dask sometimes forgets a task that
-    was moving ("cancelled for reason: already forgotten") instead of rerunning it.
-    Nothing was applied, so the step can simply run again (the same weights and
-    draws: the same result)."""
+    was moving ("cancelled for reason: already forgotten") instead of rerunning it,
+    or loses the scattered run spec's last copy with the worker ("lost
+    dependencies": the trainer scatters it again). Nothing was applied, so the
+    step can simply run again (the same weights and draws: the same result)."""
     import asyncio
     import concurrent.futures
 

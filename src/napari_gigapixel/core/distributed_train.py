@@ -328,6 +328,9 @@ def _run_steps(cfg, stop, model, mcfg, history, geometry, plan: _Plan, spec, t_s
                 if attempt == STEP_RETRIES or not cancelled_by_cluster(exc):
                     raise
                 yield Message(f"{label}: the cluster cancelled a task ({exc.__cause__}); again")
+                # A restarted worker can take the scattered spec's last copy with
+                # it ("lost dependencies"): every task needs it, so send it again.
+                plan.spec = plan.client.scatter(spec, broadcast=True, hash=False)
 
     def score(step_no: int):
         return (

@@ -65,13 +65,19 @@ def input_layer():
             self.scale = tuple(float(v) for v in scale)
             self.offset = tuple(float(v) for v in offset)
 
-        def call(self, x):
+        def grey(self, x):
+            """``t(x)`` before the affine map (float32, float64 under a float64
+            policy, or the compute dtype for ``"linear"``)."""
             ops = keras.ops
             if self.kind == "od":
                 wide = "float64" if self.compute_dtype == "float64" else "float32"
-                v = ops.log(256.0 / (ops.cast(x, wide) + 1.0)) * (1.0 / math.log(10.0))
-            else:  # grey levels 0-255 are exact in every float type, bf16 included
-                v = ops.cast(x, self.compute_dtype)
+                return ops.log(256.0 / (ops.cast(x, wide) + 1.0)) * (1.0 / math.log(10.0))
+            # grey levels 0-255 are exact in every float type, bf16 included
+            return ops.cast(x, self.compute_dtype)
+
+        def call(self, x):
+            ops = keras.ops
+            v = self.grey(x)
             diag = ops.diag(ops.convert_to_tensor(self.scale, v.dtype))
             kernel = ops.reshape(diag, (1, 1, 3, 3))
             y = ops.conv(v, kernel) + ops.convert_to_tensor(self.offset, v.dtype)

@@ -38,7 +38,8 @@ _MODELS_LOCK = threading.RLock()
 
 
 def _compiled(model: Any) -> Any:
-    """A graph function of ``model`` for any tile size (traced once)."""
+    """A graph function of ``model`` for any tile size (traced once;
+    :func:`._infer_graph.inference_function`: the input map folded into the first layer)."""
     fn = getattr(model, "_gigapixel_infer", None)
     if fn is not None:
         return fn
@@ -46,14 +47,9 @@ def _compiled(model: Any) -> Any:
         fn = getattr(model, "_gigapixel_infer", None)
         if fn is not None:
             return fn
-        import tensorflow as tf
+        from ._infer_graph import inference_function
 
-        @tf.function(
-            input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)], reduce_retracing=True
-        )
-        def fn(x):
-            return model(x, training=False)
-
+        fn = inference_function(model)
         fn.get_concrete_function()  # trace now, under the lock
         model._gigapixel_infer = fn
     return fn
@@ -63,8 +59,10 @@ def cached_model(path: str, mixed_precision: bool = False) -> tuple[Any, Any]:
     """Load ``path`` once per process (keyed by path and mtime): ``(model, meta)``.
 
     With ``mixed_precision``, the same architecture is rebuilt with the
-    ``mixed_bfloat16`` policy (as training uses; about 15% faster on CPUs with
-    AVX512-BF16, probabilities within about 1e-3) and given the file's weights.
+    ``mixed_bfloat16`` policy (as training uses; probabilities within about
+    1e-3) and given the file's weights. On the development machine (AVX512-BF16)
+    it was 15% faster than float32 until float32 prediction folded its input
+    layer (:mod:`._infer_graph`, which bf16 does not); now about 5%.
     """
     from ._quiet_tf import load_keras_quietly
     from .unet import build_unet, load_model

@@ -158,3 +158,21 @@ def test_predict_refuses_a_bad_clean_value(files, tmp_path, capsys, bad):
     err = capsys.readouterr().err.strip()
     assert "--min-object-um2" in err and len(err.splitlines()) == 1
     assert os.listdir(tmp_path) == []
+
+
+def test_predict_tta_flag(files, tmp_path, capsys):
+    from napari_gigapixel.core.inference import open_prediction
+
+    _, slide, _, model = files
+    base = ["predict", "--model", model, "--image", slide, "--quiet", "--json", "--chunk", "256"]
+    assert main([*base, "--out", str(tmp_path / "f.zarr")]) == 0
+    assert _last_json(capsys.readouterr().out)["tta"] == "flips"  # the default
+    assert main([*base, "--out", str(tmp_path / "n.zarr"), "--tta", "none"]) == 0
+    assert _last_json(capsys.readouterr().out)["tta"] == "none"
+    f = open_prediction(tmp_path / "f.zarr").probability[0].compute()
+    n = open_prediction(tmp_path / "n.zarr").probability[0].compute()
+    assert (f != n).any()
+    with pytest.raises(SystemExit):  # argparse: a usage error naming the choices
+        main([*base, "--out", str(tmp_path / "x.zarr"), "--tta", "mirror"])
+    assert "invalid choice: 'mirror'" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists()

@@ -97,7 +97,8 @@ def test_predict_writes_an_ome_zarr_at_the_output_stride(tmp_path, image, saved_
     assert store.downsample == 4.0 and store.region_shape == ODD
     assert store.metadata["slide_shape"] == list(ODD) and store.metadata["threshold"] == 0.45
     assert store.metadata["model"] == path and store.metadata["complete"] is True
-    ref = predict_whole(model, image, geometry)
+    assert store.metadata["tta"] == "flips"  # the default: the mean over the mirror images
+    ref = predict_whole(model, image, geometry, tta="flips")
     prob0 = store.probability[0].compute()
     assert prob0.dtype == np.uint8 and prob0.shape == ref.shape
     assert np.abs(prob0.astype(float) - ref * 255).max() <= 0.5 + 1e-3
@@ -249,7 +250,7 @@ def test_mixed_precision_is_close_to_float32(tmp_path, image, saved_model):
     _run(PredictConfig(model=path, image=image, out=str(out), chunk=160, mixed_precision=True))
     store = open_prediction(out)
     assert store.metadata["mixed_precision"] is True
-    ref = predict_whole(model, image, geometry) * 255
+    ref = predict_whole(model, image, geometry, tta=store.metadata["tta"]) * 255
     diff = np.abs(store.probability[0].compute().astype(float) - ref)
     assert diff.max() <= 2.0 and diff.max() > 0.5  # bf16 rounding, not float32 results
 
@@ -292,7 +293,7 @@ def test_predict_cleans_level0_and_records_the_settings(tmp_path, image, saved_m
     assert res["clean"]["min_hole_px"] == pytest.approx(40.0 / grid**2)
     store = open_prediction(out)
     assert store.metadata["clean"] == res["clean"]
-    ref = predict_whole(model, image, geometry)
+    ref = predict_whole(model, image, geometry, tta=res["tta"])
     c = res["clean"]
     expected = clean_block(
         (ref >= 0.5).astype(np.uint8), c["radius_px"], c["min_object_px"], c["min_hole_px"]

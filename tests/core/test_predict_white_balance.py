@@ -73,20 +73,20 @@ def test_predict_array_equals_predict_on_the_same_pixels_as_a_slide(balanced_mod
     assert model_white_balance(model) is True and model_white_balance(balanced_model) is True
     assert model_white_field(model) is local and model_white_field(balanced_model) is local
     for source in (model, balanced_model):  # a loaded model, a path
-        got = predict_array(source, img, geometry, chunk=96)
+        got = predict_array(source, img, geometry, chunk=96, tta="flips")  # predict's default
         assert got.shape == stored.shape
         assert np.abs(got - stored).max() <= TOL
-    whole = predict_whole(model, img, geometry)
+    whole = predict_whole(model, img, geometry, tta="flips")
     np.testing.assert_allclose(whole, got, atol=1e-5)
     # The balance is what makes them agree: unbalanced pixels give another map,
     # and balancing by hand then switching it off gives the same one.
-    raw = predict_array(model, img, geometry, chunk=96, white_balance=False)
+    raw = predict_array(model, img, geometry, chunk=96, white_balance=False, tta="flips")
     assert np.abs(raw - stored).max() > 4 * TOL  # would fail the agreement above
     if local:  # per place: each pixel by its own cell's glass (chunks of 128 and 96 agree)
         by_hand = white_field(img).apply(img, 0, 0)
     else:
         by_hand = apply_balance(img, balance_table(white_point(img)))
-    again = predict_whole(model, by_hand, geometry, white_balance=False)
+    again = predict_whole(model, by_hand, geometry, white_balance=False, tta="flips")
     np.testing.assert_allclose(again, whole, atol=1e-6)
 
 

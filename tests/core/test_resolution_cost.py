@@ -41,6 +41,16 @@ def test_without_mpp_only_levels_and_predict_puts_the_model_first():
     assert ch[0].resolved.downsample == 2.0 and "s/step" not in ch[0].label
 
 
+def test_the_prediction_estimate_counts_the_test_time_flips():
+    s = _slide((512, 1024), mpp=None, n_levels=1)
+    meta = {"resolution": {"downsample": 1}}
+    flips = rc.choices(s, kind="predict", model_meta=meta)[0]  # predict's default
+    none = rc.choices(s, kind="predict", model_meta=meta, tta="none")[0]
+    assert flips.seconds == pytest.approx(512 * 1024 / 1e6 / rc.PREDICT_FLIPS_MPX_PER_S)
+    assert none.seconds == pytest.approx(512 * 1024 / 1e6 / rc.PREDICT_MPX_PER_S)
+    assert flips.seconds > 2 * none.seconds and flips.peak_bytes == none.peak_bytes
+
+
 def test_the_training_memory_model_follows_the_budget():
     small_budget = rc.train_cost((16384, 16384), 2.0)[1]
     big_budget = rc.train_cost((16384, 16384), 8.0)[1]

@@ -124,7 +124,7 @@ def test_tiled_prediction_at_the_model_resolution_equals_whole(tmp_path, model_f
     store = open_prediction(out)
     assert store.downsample == 24.0 and store.region_shape == SHAPE
     img = resolution_array(slide, resolve(slide, Resolution(mpp=1.5))).compute()
-    ref = predict_whole(model, img, geometry)
+    ref = predict_whole(model, img, geometry, tta=res["tta"])
     got = store.probability[0].compute().astype(np.float64) / 255.0
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= 0.5 / 255 + 1e-6  # uint8 rounding only

@@ -98,6 +98,33 @@ def test_clean_up_fields_default_to_predict_config_and_reach_the_worker(
     )
 
 
+def test_the_mirror_images_box_defaults_to_predict_config_and_reaches_the_worker(
+    slide_viewer, fake_jobs, model_file, qtbot, tmp_path
+):
+    from napari_gigapixel.core.inference import PredictConfig
+
+    viewer, _ = slide_viewer
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w.flips.value is (PredictConfig(model="", image=None, out="").tta == "flips")
+    assert w.flips.native.isVisibleTo(w.native)  # a first-level option, not folded away
+    with_flips = w.resolution.selected().seconds  # the estimate counts the model's passes
+    shown = w.resolution.info.value
+    w.flips.value = False
+    assert w.resolution.selected().seconds < with_flips / 2
+    assert w.resolution.info.value != shown  # the row the user reads follows
+    w.out.value = str(tmp_path / "pred.ome.zarr")
+    sent = []
+    for on in (True, False):
+        w.flips.value = on
+        fake_jobs.script = [Finished(result={}, stopped=True)]
+        w.run_button.clicked.emit()
+        assert not w.flips.enabled  # locked while the job runs
+        qtbot.waitUntil(lambda: w.run_button.enabled, timeout=10_000)
+        sent.append(fake_jobs[-1][1].tta)
+    assert sent == ["flips", "none"]
+
+
 def test_stop_button_stops_the_job(slide_viewer, fake_jobs, model_file, qtbot, tmp_path):
     viewer, _ = slide_viewer
     w = PredictWidget(viewer)

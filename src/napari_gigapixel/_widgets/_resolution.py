@@ -36,6 +36,8 @@ class ResolutionPicker(ComboBox):
 
     def __init__(self, kind: str = "train") -> None:
         self.kind = kind
+        #: Predict's test-time augmentation, which the estimate counts (its widget sets it).
+        self.tta = "flips"
         self.entries: list[Any] = []
         default = ("as trained", None) if kind == "predict" else ("level 0", Resolution())
         # What the box lists while no slide's entries are known.
@@ -98,7 +100,9 @@ class ResolutionPicker(ComboBox):
                 self._show_placeholder()
                 return
         else:
-            self.entries = choices(slide, kind=self.kind, memory_gb=memory_gb, model_meta=meta)
+            self.entries = choices(
+                slide, kind=self.kind, memory_gb=memory_gb, model_meta=meta, tta=self.tta
+            )
         self._set_entries(old)
 
     def _show_placeholder(self) -> None:

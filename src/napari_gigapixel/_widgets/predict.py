@@ -68,6 +68,8 @@ class PredictWidget(JobWidgetMixin, Container):
         self.out = FileEdit(label="output", mode="w", filter="OME-Zarr (*.ome.zarr *.zarr)")
         self.overwrite = CheckBox(text="overwrite output", value=False)
         self.probability = CheckBox(text="also add the probability image", value=False)
+        self.flips = self._flips_box()
+        self.resolution.tta = "flips" if self.flips.value else "none"
         self.clean_fields = self._clean_fields()
         self.clean_section = Section("mask clean-up", self.clean_fields)
         self.clean_section.set_note(self._clean_note())
@@ -86,6 +88,7 @@ class PredictWidget(JobWidgetMixin, Container):
                 self.out,
                 self.overwrite,
                 self.probability,
+                self.flips,
                 self.clean_section.header,
                 *self.clean_fields,
                 self.run_button,
@@ -110,6 +113,7 @@ class PredictWidget(JobWidgetMixin, Container):
                 self.out,
                 self.overwrite,
                 self.probability,
+                self.flips,
                 *self.clean_fields,
             ],
             lambda text: show_error(text),
@@ -117,6 +121,7 @@ class PredictWidget(JobWidgetMixin, Container):
         self.slide.changed.connect(self._suggest_out)
         self.slide.changed.connect(self._update_resolutions)
         self.model.changed.connect(self._update_resolutions)
+        self.flips.changed.connect(self._flips_changed)
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
         self.layers: list[Any] = []
@@ -124,6 +129,17 @@ class PredictWidget(JobWidgetMixin, Container):
         self._suggest_out(self.slide.value)
         self.use_last_model()
         self._update_resolutions()
+
+    def _flips_box(self) -> CheckBox:
+        """Test-time flips, on as ``PredictConfig`` (and ``predict --tta``) default them."""
+        from ..core.inference import PredictConfig
+
+        return CheckBox(
+            text="average with the slide's mirror images (4x slower)",
+            value=PredictConfig.tta == "flips",
+            tooltip="Test-time augmentation: the slide and its three mirror images are "
+            "predicted and their probabilities averaged (predict --tta flips).",
+        )
 
     def _clean_fields(self) -> list[Any]:
         """The clean-up settings, defaults from ``PredictConfig`` (as the CLI's)."""
@@ -179,6 +195,11 @@ class PredictWidget(JobWidgetMixin, Container):
         model = None if _empty(self.model.value) else str(self.model.value)
         self.resolution.update_for(path, model_path=model)
 
+    def _flips_changed(self, on: bool) -> None:
+        """The estimate counts the model's passes: four with the mirror images, one without."""
+        self.resolution.tta = "flips" if on else "none"
+        self._update_resolutions()
+
     def use_last_model(self) -> None:
         """Fill an empty model field with the model trained last in this session."""
         if _empty(self.model.value) and LAST_MODEL["path"]:
@@ -224,6 +245,7 @@ class PredictWidget(JobWidgetMixin, Container):
             min_width_um=float(self.min_width_um.value),
             min_object_um2=float(self.min_object_um2.value),
             min_hole_um2=float(self.min_hole_um2.value),
+            tta="flips" if self.flips.value else "none",
         )
 
     def _prepare_run(self, cfg: Any) -> None:

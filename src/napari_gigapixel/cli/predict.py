@@ -93,6 +93,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-probability", action="store_true", help="keep only level 0 of the probability"
     )
+    from ..core.inference import PredictConfig
+    from ..core.tiled_model import TTA_MODES
+
+    p.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default=PredictConfig.tta,
+        help="test-time augmentation: 'flips' averages the probabilities of the slide and its "
+        "three mirror images (4x the model's time, a little more accurate); 'none': one pass "
+        "(default: %(default)s)",
+    )
     add_precision(p, default="float32")
     from . import _resolution
 
@@ -138,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         min_width_um=args.min_width_um,
         min_object_um2=args.min_object_um2,
         min_hole_um2=args.min_hole_um2,
+        tta=args.tta,
     )
     cfg.clean_settings()  # a bad value fails here, before any slide or model is read
     if _is_many(args.image):

@@ -48,6 +48,7 @@ from .prediction_store import (
 )
 from .tiled_model import (
     ModelRef,
+    check_tta,
     default_chunk,
     predict_array,
     predict_dask,
@@ -110,6 +111,11 @@ class PredictConfig:
         than ``min_object_um2``, then enclosed holes smaller than
         ``min_hole_um2`` are filled. 0 disables each; all 0: the mask is the
         thresholded probability, as before. The probability is never cleaned.
+    tta
+        Test-time augmentation (:data:`.tiled_model.TTA_MODES`): ``"flips"``
+        (default) predicts the slide and its three mirror images and averages
+        the probabilities (4x the model's time; on the tuning slides it raised
+        95 of 96 held-out Dice scores, README); ``"none"``: one pass.
     """
 
     model: str
@@ -126,6 +132,7 @@ class PredictConfig:
     min_width_um: float = DEFAULT_MIN_WIDTH_UM
     min_object_um2: float = DEFAULT_MIN_OBJECT_UM2
     min_hole_um2: float = DEFAULT_MIN_HOLE_UM2
+    tta: str = "flips"
 
     def clean_settings(self) -> CleanSettings:
         """The mask clean-up settings, validated (:class:`.mask_clean.MaskCleanError`)."""
@@ -150,6 +157,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     from .unet import read_model_meta
 
     t0 = time.perf_counter()
+    tta = check_tta(cfg.tta)  # a bad option fails before any file is read
     out = os.path.abspath(os.fspath(cfg.out))
     if os.path.exists(out) and not cfg.overwrite:
         raise PredictionError(
@@ -215,7 +223,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     else:
         yield Message(f"loading model {model_path}")
         model = ref.load()
-    prob = predict_dask(model, image, geometry, chunk)
+    prob = predict_dask(model, image, geometry, chunk, tta)
     out_chunk = chunk // os_
     store_meta = {
         "kind": "prediction",
@@ -224,6 +232,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         "threshold": float(cfg.threshold),
         "downsample": float(os_) * d_res,
         "mixed_precision": bool(cfg.mixed_precision),
+        "tta": tta,
         "clean": clean_rec,
         **info,
     }
@@ -242,7 +251,9 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         h, w = info["resolution_shape"]
         yield Message(
             f"predicting {h} x {w} px in {total} chunks of {chunk} px "
-            f"(output at 1/{os_}, {out_chunk} px chunks)"
+            f"(output at 1/{os_}, {out_chunk} px chunks"
+            + ("; each chunk and its 3 mirror images, averaged" if tta == "flips" else "")
+            + ")"
         )
         yield Progress("chunks", 0, total)
         if distributed:
@@ -268,6 +279,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
             "compute_seconds": t_compute,
             "mpx_per_s": h * w / 1e6 / max(t_compute, 1e-9),
             "tissue_fraction": tissue / max(1, prob.shape[0] * prob.shape[1]),
+            "tta": tta,
             "clean": clean_rec,
         }
         mark_complete(tmp, {"result": result})

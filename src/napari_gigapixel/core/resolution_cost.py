@@ -3,7 +3,8 @@
 A simple measured model, no TensorFlow (it runs in napari's process):
 
 * seconds per training step = megapixels / :data:`TRAIN_MPX_PER_S`;
-* seconds of a prediction = megapixels / :data:`PREDICT_MPX_PER_S`;
+* seconds of a prediction = megapixels / :data:`PREDICT_FLIPS_MPX_PER_S`
+  (test-time flips, ``predict``'s default) or :data:`PREDICT_MPX_PER_S` (none);
 * training peak memory = :data:`~._resources.BASELINE_BYTES` + the decoded
   cache when it is kept in memory (as the trainer decides) + the working set
   of the largest window :func:`~._resources.auto_core` fits in the budget,
@@ -33,8 +34,11 @@ from .resolution import COMMON_MPP, Resolution, ResolutionError, ResolvedResolut
 #: errs short.
 TRAIN_MPX_PER_S = 25.0
 #: End-to-end prediction throughput (``bench_predict.py``, 1 Gpx JPEG slide,
-#: threaded scheduler: 71-86 Mpx/s).
+#: threaded scheduler: 71-86 Mpx/s) with ``--tta none`` ...
 PREDICT_MPX_PER_S = 70.0
+#: ... and with the default test-time flips (the model runs 4 times: 30.7 s
+#: end to end at 1 Gpx with model load, clean-up and pyramids, 33 Mpx/s).
+PREDICT_FLIPS_MPX_PER_S = 33.0
 #: Peak RSS of a prediction above one chunk (``bench_predict.py``: 2.7 GB at 1 Gpx).
 PREDICT_PEAK_BYTES = int(2.7e9)
 #: Working set per window pixel of the recipe's model (``bytes_per_pixel``
@@ -88,11 +92,15 @@ def default_bpp() -> float:
     return BYTES_PER_PIXEL["bf16" if cpu_has_bf16() else "float32"]
 
 
-def predict_cost(shape: tuple[int, int], bpp: float | None = None) -> tuple[float, int]:
-    """(seconds, peak bytes) of predicting ``shape`` pixels."""
+def predict_cost(
+    shape: tuple[int, int], bpp: float | None = None, tta: str = "flips"
+) -> tuple[float, int]:
+    """(seconds, peak bytes) of predicting ``shape`` pixels with test-time
+    augmentation ``tta`` (``"flips"``, predict's default, or ``"none"``)."""
     bpp = bpp or default_bpp()
     px = int(shape[0]) * int(shape[1])
-    return px / 1e6 / PREDICT_MPX_PER_S, int(min(PREDICT_PEAK_BYTES, BASELINE_BYTES + px * bpp))
+    rate = PREDICT_FLIPS_MPX_PER_S if tta == "flips" else PREDICT_MPX_PER_S
+    return px / 1e6 / rate, int(min(PREDICT_PEAK_BYTES, BASELINE_BYTES + px * bpp))
 
 
 def _requests(slide: Any) -> list[Resolution]:
@@ -117,13 +125,15 @@ def choices(
     kind: str = "train",
     memory_gb: float = 3.5,
     model_meta: dict[str, Any] | None = None,
+    tta: str = "flips",
 ) -> list[Choice]:
     """The resolutions a picker lists for ``slide``, with their cost.
 
     Each pyramid level, then (when the slide has um/px) 1, 2, 4, 8 and 16
     um/px, those that resolve and do not repeat a level. ``kind="predict"``
     puts first the model's own resolution (``model_meta``) and estimates the
-    whole prediction instead of one training step.
+    whole prediction instead of one training step (with test-time
+    augmentation ``tta``, :func:`predict_cost`).
     """
     from .resolution import default_for_model, describe_request
 
@@ -131,7 +141,9 @@ def choices(
     seen: set[tuple[int, int]] = set()
 
     def cost(r: ResolvedResolution) -> tuple[float, int]:
-        return predict_cost(r.shape) if kind == "predict" else train_cost(r.shape, memory_gb)
+        if kind == "predict":
+            return predict_cost(r.shape, tta=tta)
+        return train_cost(r.shape, memory_gb)
 
     per = "" if kind == "predict" else "/step"
     if kind == "predict" and model_meta is not None:

@@ -30,6 +30,10 @@ PAD_VALUE = 0
 #: slide (benchmarks/bench_predict.py): 2048 was as fast as 4096 (the halo adds
 #: 16%, but two threads keep busier) at 2.1 instead of 3.7 GiB peak RSS.
 DEFAULT_CHUNK = 2048
+#: Test-time augmentation (``PredictConfig.tta``, ``predict --tta``): ``"flips"``
+#: averages the probabilities of a window and of its three mirror images (each
+#: mirrored back), ``"none"`` runs the model once.
+TTA_MODES = ("flips", "none")
 
 # --------------------------------------------------------------------------- model cache
 
@@ -162,15 +166,41 @@ def _warm_worker(ref: ModelRef) -> None:
     _compiled(ref.load())
 
 
-def _run_model(model: Any, window: np.ndarray) -> np.ndarray:
-    """Probability (float32, 2-D, at the output stride) of one uint8 window."""
+def check_tta(tta: str) -> str:
+    """``tta`` if it is one of :data:`TTA_MODES`; else a :class:`GigapixelError` naming them."""
+    if tta not in TTA_MODES:
+        raise GigapixelError(
+            f"test-time augmentation {tta!r} is not one of {', '.join(TTA_MODES)} "
+            "(--tta flips: the mean over the slide's mirror images; none: one pass)."
+        )
+    return tta
+
+
+def _run_model(model: Any, window: np.ndarray, tta: str = "none") -> np.ndarray:
+    """Probability (float32, 2-D, at the output stride) of one uint8 window.
+
+    With ``tta="flips"``: the mean of the model's probabilities of the window
+    flipped up-down, left-right and both (each flipped back) and of the window
+    itself, summed in that fixed order. Every window's side is a multiple of
+    the stride, so a mirrored window is cut on the same stride grid; with a
+    symmetric halo (:func:`predict_dask`) tiles equal the whole image.
+    """
     if isinstance(model, ModelRef):
         model = model.load()
     elif isinstance(model, str):
         model = cached_model(model)[0]
+    fn = _compiled(model)
     x = np.ascontiguousarray(window[None, ..., :3], dtype=np.uint8)
-    out = _compiled(model)(x)
-    return np.asarray(out, dtype=np.float32)[0, ..., 0]
+    prob = np.asarray(fn(x), dtype=np.float32)[0, ..., 0]
+    if tta == "none":
+        return prob
+    prob = prob.copy()  # the tensor's own memory may be read-only
+    for flip in ((slice(None, None, -1), slice(None)), (slice(None), slice(None, None, -1))):
+        mirrored = np.ascontiguousarray(x[(slice(None), *flip)])
+        prob += np.asarray(fn(mirrored), dtype=np.float32)[(0, *flip, 0)]
+    both = np.ascontiguousarray(x[:, ::-1, ::-1])
+    prob += np.asarray(fn(both), dtype=np.float32)[0, ::-1, ::-1, 0]
+    return prob * np.float32(0.25)
 
 
 # --------------------------------------------------------------------------- the graph
@@ -198,7 +228,7 @@ def default_chunk(geometry: Any) -> int:
     return DEFAULT_CHUNK
 
 
-def _core_of_window(block, block_id, *, model, ychunks, xchunks, hb, ha, os_):
+def _core_of_window(block, block_id, *, model, ychunks, xchunks, hb, ha, os_, tta="none"):
     """Run the model on one overlapped window and keep its core's outputs."""
     i, j = block_id[0], block_id[1]
     by = hb if i > 0 else 0
@@ -211,11 +241,13 @@ def _core_of_window(block, block_id, *, model, ychunks, xchunks, hb, ha, os_):
             f"inference: window {block_id} has shape {block.shape[:2]}, expected "
             f"{(by + cy + ay, bx + cx + ax)}; the tile geometry is broken."
         )
-    prob = _run_model(model, block)
+    prob = _run_model(model, block, tta)
     return prob[by // os_ : (by + cy) // os_, bx // os_ : (bx + cx) // os_]
 
 
-def predict_dask(model: Any, image: Any, geometry: Any, chunk: int | None = None) -> Any:
+def predict_dask(
+    model: Any, image: Any, geometry: Any, chunk: int | None = None, tta: str = "none"
+) -> Any:
     """The lazy probability of ``image``: a float32 dask array at the output stride.
 
     Parameters
@@ -229,6 +261,11 @@ def predict_dask(model: Any, image: Any, geometry: Any, chunk: int | None = None
         The model's :class:`~napari_gigapixel.core.unet.Geometry`.
     chunk
         Level-0 chunk side; rounded down to a multiple of S, at least the halo.
+    tta
+        :data:`TTA_MODES`: ``"flips"`` runs each window and its three mirror
+        images (:func:`_run_model`), with the halo ``geometry.halo`` on both
+        sides: a mirrored window needs the context after a pixel that the
+        model reads before it.
 
     Returns
     -------
@@ -240,6 +277,8 @@ def predict_dask(model: Any, image: Any, geometry: Any, chunk: int | None = None
 
     s, os_ = int(geometry.stride), int(geometry.output_stride)
     hb, ha = int(geometry.halo_before), int(geometry.halo_after)
+    if check_tta(tta) != "none":
+        hb = ha = int(geometry.halo)
     halo = max(hb, ha, s)
     chunk = int(chunk or default_chunk(geometry))
     chunk = max(halo, chunk // s * s)
@@ -269,6 +308,7 @@ def predict_dask(model: Any, image: Any, geometry: Any, chunk: int | None = None
         hb=hb,
         ha=ha,
         os_=os_,
+        tta=tta,
         chunks=(tuple(c // os_ for c in ych), tuple(c // os_ for c in xch)),
         drop_axis=2,
         dtype=np.float32,
@@ -288,8 +328,12 @@ def predict_array(
     threshold: float | None = None,
     clean: Any = None,
     mpp: float | None = None,
+    tta: str = "none",
 ) -> np.ndarray:
     """Tiled inference of an in-memory image (tests, small images): float32 numpy.
+
+    ``tta`` as :func:`predict_dask` (``"none"`` here: the model's own function;
+    :class:`.inference.PredictConfig` defaults to ``"flips"``).
 
     With ``threshold``, the mask instead (uint8 0/1), cleaned as
     :func:`.inference.predict` cleans it (:func:`threshold_and_clean`).
@@ -306,7 +350,7 @@ def predict_array(
 
         geometry = model_geometry(model)
     image = balance_like_predict(model, image, white_balance)
-    prob = predict_dask(model, image, geometry, chunk)
+    prob = predict_dask(model, image, geometry, chunk, tta)
     if threshold is None:
         return prob.compute(scheduler=scheduler)
     mask = threshold_and_clean(prob, model, geometry, threshold, clean, mpp)
@@ -322,18 +366,20 @@ def predict_whole(
     threshold: float | None = None,
     clean: Any = None,
     mpp: float | None = None,
+    tta: str = "none",
 ) -> np.ndarray:
     """One whole-image run on the padded image (the reference tiled runs must match).
 
-    White balance, and the mask with ``threshold``, as in :func:`predict_array`.
+    White balance, the mask with ``threshold``, and ``tta``, as in :func:`predict_array`.
     """
     _check_clean(threshold, clean)
+    check_tta(tta)
     image = balance_like_predict(model, np.asarray(image), white_balance)
     s, os_ = int(geometry.stride), int(geometry.output_stride)
     h, w = image.shape[:2]
     hp, wp = -(-h // s) * s, -(-w // s) * s
     padded = np.pad(image[..., :3], ((0, hp - h), (0, wp - w), (0, 0)), constant_values=PAD_VALUE)
-    prob = _run_model(model, padded)[: -(-h // os_), : -(-w // os_)]
+    prob = _run_model(model, padded, tta)[: -(-h // os_), : -(-w // os_)]
     if threshold is None:
         return prob
     return threshold_and_clean(prob, model, geometry, threshold, clean, mpp)

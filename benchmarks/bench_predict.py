@@ -98,7 +98,12 @@ def scenario(name: str, args: argparse.Namespace) -> dict:
         chunks = tuple((4096,) * (n // 4096) + ((n % 4096,) if n % 4096 else ()) for n in (h, w))
         image = da.map_blocks(pattern, chunks=(*chunks, (3,)), dtype=np.uint8)
         cfg = PredictConfig(
-            model=args.model, image=image, out=out, chunk=args.chunk, mixed_precision=args.mixed
+            model=args.model,
+            image=image,
+            out=out,
+            chunk=args.chunk,
+            mixed_precision=args.mixed,
+            tta=args.tta,
         )
         res = _run_predict(cfg)
     elif name == "threads":
@@ -108,6 +113,7 @@ def scenario(name: str, args: argparse.Namespace) -> dict:
             out=out,
             chunk=args.chunk,
             mixed_precision=args.mixed,
+            tta=args.tta,
         )
         res = _run_predict(cfg)
     elif name == "distributed":
@@ -124,6 +130,7 @@ def scenario(name: str, args: argparse.Namespace) -> dict:
                 chunk=args.chunk,
                 scheduler=cluster.scheduler_address,
                 mixed_precision=args.mixed,
+                tta=args.tta,
             )
             res = _run_predict(cfg)
             workers = client.run(_peak_rss)
@@ -156,6 +163,12 @@ def main() -> int:
     p.add_argument("--model", default=None, help="model (default: random default U-Net)")
     p.add_argument("--chunk", type=int, default=None, help="level-0 chunk side")
     p.add_argument("--mixed", action="store_true", help="mixed bfloat16 inference")
+    p.add_argument(
+        "--tta",
+        choices=("flips", "none"),
+        default="flips",
+        help="test-time augmentation, as predict --tta (default %(default)s, predict's)",
+    )
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     p.add_argument("--work", default=None, help="folder for outputs (default: system temp)")
     p.add_argument("--scenario", default=None, help=argparse.SUPPRESS)  # child mode
@@ -191,6 +204,7 @@ def main() -> int:
         "slide": args.slide,
         "cpus": os.cpu_count(),
         "mixed_precision": args.mixed,
+        "tta": args.tta,
     }
     for name in args.scenarios.split(","):
         cmd = [sys.executable, __file__, "--scenario", name, "--shape", f"{h}x{w}"]
@@ -199,6 +213,7 @@ def main() -> int:
             cmd += ["--chunk", str(args.chunk)]
         if args.mixed:
             cmd += ["--mixed"]
+        cmd += ["--tta", args.tta]
         if args.work:
             cmd += ["--work", args.work]
         res = subprocess.run(cmd, capture_output=True, text=True)

@@ -203,12 +203,20 @@ def rf_baseline(train: dict, held: dict[int, dict], shape, seed: int, samples: i
 
 
 def unet_run(
-    train: dict, held: dict[int, dict], shape, seed: int, extra, out: Path, probability=False
+    train: dict,
+    held: dict[int, dict],
+    shape,
+    seed: int,
+    extra,
+    out: Path,
+    probability=False,
+    tta: str | None = None,
 ) -> dict:
     """Train with the defaults (and ``extra``) from ``seed``; score every held-out slide.
 
     ``probability`` also keeps each prediction's probability image, for studies
-    of the decision threshold and of post-processing.
+    of the decision threshold and of post-processing. ``tta``: ``predict``'s
+    test-time augmentation (None: its default).
     """
     from napari_gigapixel.core.events import Finished
     from napari_gigapixel.core.inference import PredictConfig, predict
@@ -231,6 +239,7 @@ def unet_run(
             out=pred_path,
             overwrite=True,
             write_probability=probability,
+            **({"tta": tta} if tta else {}),
         )
         for ev in predict(cfg):
             if isinstance(ev, Finished) and ev.stopped:
@@ -272,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rf-samples", type=int, default=50_000, help="pixels the forest trains on")
     p.add_argument("--no-rf", action="store_true", help="skip the random-forest baseline")
+    p.add_argument(
+        "--tta", choices=("flips", "none"), default=None, help="predict --tta (default: predict's)"
+    )
     p.add_argument("--cache", default=None, help="folder for the slides (kept between runs)")
     p.add_argument("--out-dir", default=None, help="keep the models and predictions here")
     args = p.parse_args(argv)
@@ -302,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             fam_out.mkdir(exist_ok=True)
             unet, rf, runs_u, runs_rf = [], [], [], []
             for seed in args.seeds:
-                u = unet_run(train, held, shape, seed, extra, fam_out)
+                u = unet_run(train, held, shape, seed, extra, fam_out, tta=args.tta)
                 unet.append({"seed": seed, **u})
                 runs_u += list(u["heldout"].values())
                 if not args.no_rf:
@@ -346,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "quality",
         "shape": list(shape),
         "megapixels": shape[0] * shape[1] / 1e6,
+        "tta": args.tta or "predict's default",
         "seeds": args.seeds,
         "train_slide": args.train_slide,
         "heldout_slides": args.heldout_slides,

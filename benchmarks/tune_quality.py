@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--probability", action="store_true", help="also write each prediction's probability"
     )
+    p.add_argument(
+        "--tta", choices=("flips", "none"), default=None, help="predict --tta (default: predict's)"
+    )
     args = p.parse_args(argv)
 
     from napari_gigapixel.core.synthetic import parse_shape
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                             shlex.split(extra),
                             out,
                             args.probability,
+                            args.tta,
                         )
                         for hs, sc in u["heldout"].items():
                             runs.append(
@@ -139,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    print(json.dumps({"benchmark": "tune_quality", "shape": list(shape), "recipes": report}))
+    tta = args.tta or "predict's default"
+    print(
+        json.dumps(
+            {"benchmark": "tune_quality", "shape": list(shape), "tta": tta, "recipes": report}
+        )
+    )
     return 0
 
 

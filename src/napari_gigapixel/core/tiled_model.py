@@ -195,11 +195,9 @@ def _run_model(model: Any, window: np.ndarray, tta: str = "none") -> np.ndarray:
     if tta == "none":
         return prob
     prob = prob.copy()  # the tensor's own memory may be read-only
-    for flip in ((slice(None, None, -1), slice(None)), (slice(None), slice(None, None, -1))):
-        mirrored = np.ascontiguousarray(x[(slice(None), *flip)])
-        prob += np.asarray(fn(mirrored), dtype=np.float32)[(0, *flip, 0)]
-    both = np.ascontiguousarray(x[:, ::-1, ::-1])
-    prob += np.asarray(fn(both), dtype=np.float32)[0, ::-1, ::-1, 0]
+    for fy, fx in ((-1, 1), (1, -1), (-1, -1)):  # up-down, left-right, both
+        mirrored = np.ascontiguousarray(x[:, ::fy, ::fx])
+        prob += np.asarray(fn(mirrored), dtype=np.float32)[0, ::fy, ::fx, 0]
     return prob * np.float32(0.25)
 
 

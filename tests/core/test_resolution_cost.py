@@ -48,7 +48,7 @@ def test_the_prediction_estimate_counts_the_test_time_flips():
     none = rc.choices(s, kind="predict", model_meta=meta, tta="none")[0]
     assert flips.seconds == pytest.approx(512 * 1024 / 1e6 / rc.PREDICT_FLIPS_MPX_PER_S)
     assert none.seconds == pytest.approx(512 * 1024 / 1e6 / rc.PREDICT_MPX_PER_S)
-    assert flips.seconds > 2 * none.seconds and flips.peak_bytes == none.peak_bytes
+    assert flips.seconds > 1.5 * none.seconds and flips.peak_bytes == none.peak_bytes
 
 
 def test_the_training_memory_model_follows_the_budget():

@@ -53,14 +53,16 @@ def iter_compute(
     abort: threading.Event,
     stop: StopFlag | None,
     model_ref: ModelRef | None = None,
+    tta: str = "none",
 ) -> Iterator[Progress]:
     """Compute the chunk writes, yielding ``Progress("chunks", n, total)``.
 
     A stop request sets ``abort`` (the running tasks see it) and ends in
     ``JobStopped``. Returns ``(tissue pixels, compute seconds)``; on a cluster
-    the seconds start once every worker has loaded the model (``model_ref``).
+    the seconds start once every worker has loaded the model (``model_ref``)
+    and traced its graph for ``tta``.
     """
-    gen = _compute_with_progress(counts, total, scheduler, abort, model_ref)
+    gen = _compute_with_progress(counts, total, scheduler, abort, model_ref, tta)
     t_compute = time.perf_counter()
     while True:
         if stop_requested(stop):
@@ -121,7 +123,12 @@ def _write_block(prob, block_info=None, *, prob_arr, mask_arr, threshold, abort)
 
 
 def _compute_with_progress(
-    target: Any, total: int, scheduler: str | None, abort: Any, model_ref: ModelRef | None = None
+    target: Any,
+    total: int,
+    scheduler: str | None,
+    abort: Any,
+    model_ref: ModelRef | None = None,
+    tta: str = "none",
 ):
     """Run ``target`` (dask array of per-chunk counts) in a thread; yield chunks done.
 
@@ -136,7 +143,7 @@ def _compute_with_progress(
         client = Client(scheduler, set_as_default=False)
         try:
             if model_ref is not None:  # import TF and load the model on every worker first
-                client.run(_warm_worker, model_ref)
+                client.run(_warm_worker, model_ref, tta)
             yield 0  # the timed part starts here
             persisted = client.persist(target)
             futures = futures_of(persisted)

@@ -259,7 +259,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         if distributed:
             yield Message("loading the model on the workers")
         tissue, t_compute = yield from iter_compute(
-            counts, total, cfg.scheduler, abort, stop, ref if distributed else None
+            counts, total, cfg.scheduler, abort, stop, ref if distributed else None, tta
         )
         tissue, downs = yield from iter_finish(
             tmp, tissue, clean_px, cleaning, cfg.write_probability, stop

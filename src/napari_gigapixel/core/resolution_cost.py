@@ -36,9 +36,9 @@ TRAIN_MPX_PER_S = 25.0
 #: End-to-end prediction throughput (``bench_predict.py``, 1 Gpx JPEG slide,
 #: threaded scheduler: 71-86 Mpx/s) with ``--tta none`` ...
 PREDICT_MPX_PER_S = 70.0
-#: ... and with the default test-time flips (the model runs 4 times: 30.7 s
-#: end to end at 1 Gpx with model load, clean-up and pyramids, 33 Mpx/s).
-PREDICT_FLIPS_MPX_PER_S = 33.0
+#: ... and with the default test-time flips (the model runs 4 times: 27.6 s
+#: end to end at 1 Gpx with model load, clean-up and pyramids, 37 Mpx/s).
+PREDICT_FLIPS_MPX_PER_S = 37.0
 #: Peak RSS of a prediction above one chunk (``bench_predict.py``: 2.7 GB at 1 Gpx).
 PREDICT_PEAK_BYTES = int(2.7e9)
 #: Working set per window pixel of the recipe's model (``bytes_per_pixel``

@@ -41,22 +41,23 @@ _MODELS: dict[tuple[str, float], Any] = {}
 _MODELS_LOCK = threading.RLock()
 
 
-def _compiled(model: Any) -> Any:
-    """A graph function of ``model`` for any tile size (traced once;
+def _compiled(model: Any, tta: str = "none") -> Any:
+    """A graph function of ``model`` for any tile size (traced once per ``tta``;
     :func:`._infer_graph.inference_function`: the input map folded into the first layer)."""
-    fn = getattr(model, "_gigapixel_infer", None)
-    if fn is not None:
-        return fn
+    fns = getattr(model, "_gigapixel_infer", None)
+    if fns is not None and tta in fns:
+        return fns[tta]
     with _MODELS_LOCK:  # dask threads race here on the first chunks
-        fn = getattr(model, "_gigapixel_infer", None)
-        if fn is not None:
-            return fn
-        from ._infer_graph import inference_function
+        fns = getattr(model, "_gigapixel_infer", None)
+        if fns is None:
+            fns = model._gigapixel_infer = {}
+        if tta not in fns:
+            from ._infer_graph import inference_function
 
-        fn = inference_function(model)
-        fn.get_concrete_function()  # trace now, under the lock
-        model._gigapixel_infer = fn
-    return fn
+            fn = inference_function(model, tta)
+            fn.get_concrete_function()  # trace now, under the lock
+            fns[tta] = fn
+    return fns[tta]
 
 
 def cached_model(path: str, mixed_precision: bool = False) -> tuple[Any, Any]:
@@ -161,9 +162,10 @@ def balance_like_predict(model: Any, image: Any, white_balance: bool | None = No
     return balance_pixels(np.asarray(image)[..., :3], balance)
 
 
-def _warm_worker(ref: ModelRef) -> None:
-    """Load the model into a worker's cache (returns nothing: models do not pickle)."""
-    _compiled(ref.load())
+def _warm_worker(ref: ModelRef, tta: str = "none") -> None:
+    """Load the model into a worker's cache and trace its graph for ``tta``
+    (returns nothing: models do not pickle)."""
+    _compiled(ref.load(), tta)
 
 
 def check_tta(tta: str) -> str:
@@ -180,25 +182,19 @@ def _run_model(model: Any, window: np.ndarray, tta: str = "none") -> np.ndarray:
     """Probability (float32, 2-D, at the output stride) of one uint8 window.
 
     With ``tta="flips"``: the mean of the model's probabilities of the window
-    flipped up-down, left-right and both (each flipped back) and of the window
-    itself, summed in that fixed order. Every window's side is a multiple of
-    the stride, so a mirrored window is cut on the same stride grid; with a
-    symmetric halo (:func:`predict_dask`) tiles equal the whole image.
+    and of its up-down, left-right and both-ways mirror images, each mirrored
+    back (in the graph, :func:`._infer_graph.inference_function`). Every
+    window's side is a multiple of the stride, so a mirrored window is cut on
+    the same stride grid; with a symmetric halo (:func:`predict_dask`) tiles
+    equal the whole image.
     """
     if isinstance(model, ModelRef):
         model = model.load()
     elif isinstance(model, str):
         model = cached_model(model)[0]
-    fn = _compiled(model)
     x = np.ascontiguousarray(window[None, ..., :3], dtype=np.uint8)
-    prob = np.asarray(fn(x), dtype=np.float32)[0, ..., 0]
-    if tta == "none":
-        return prob
-    prob = prob.copy()  # the tensor's own memory may be read-only
-    for fy, fx in ((-1, 1), (1, -1), (-1, -1)):  # up-down, left-right, both
-        mirrored = np.ascontiguousarray(x[:, ::fy, ::fx])
-        prob += np.asarray(fn(mirrored), dtype=np.float32)[0, ::fy, ::fx, 0]
-    return prob * np.float32(0.25)
+    out = _compiled(model, tta)(x)
+    return np.asarray(out, dtype=np.float32)[0, ..., 0]
 
 
 # --------------------------------------------------------------------------- the graph

@@ -165,7 +165,7 @@ def main() -> int:
     p.add_argument("--mixed", action="store_true", help="mixed bfloat16 inference")
     p.add_argument(
         "--tta",
-        choices=("flips", "none"),
+        choices=("flips", "flips+darker", "none"),
         default="flips",
         help="test-time augmentation, as predict --tta (default %(default)s, predict's)",
     )

@@ -282,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rf-samples", type=int, default=50_000, help="pixels the forest trains on")
     p.add_argument("--no-rf", action="store_true", help="skip the random-forest baseline")
     p.add_argument(
-        "--tta", choices=("flips", "none"), default=None, help="predict --tta (default: predict's)"
+        "--tta",
+        choices=("flips", "flips+darker", "none"),
+        default=None,
+        help="predict --tta (default: predict's)",
     )
     p.add_argument("--cache", default=None, help="folder for the slides (kept between runs)")
     p.add_argument("--out-dir", default=None, help="keep the models and predictions here")

@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         "--probability", action="store_true", help="also write each prediction's probability"
     )
     p.add_argument(
-        "--tta", choices=("flips", "none"), default=None, help="predict --tta (default: predict's)"
+        "--tta",
+        choices=("flips", "flips+darker", "none"),
+        default=None,
+        help="predict --tta (default: predict's)",
     )
     args = p.parse_args(argv)
 

@@ -49,6 +49,9 @@ def test_the_prediction_estimate_counts_the_test_time_flips():
     assert flips.seconds == pytest.approx(512 * 1024 / 1e6 / rc.PREDICT_FLIPS_MPX_PER_S)
     assert none.seconds == pytest.approx(512 * 1024 / 1e6 / rc.PREDICT_MPX_PER_S)
     assert flips.seconds > 1.5 * none.seconds and flips.peak_bytes == none.peak_bytes
+    darker = rc.choices(s, kind="predict", model_meta=meta, tta="flips+darker")[0]
+    assert darker.seconds == pytest.approx(512 * 1024 / 1e6 / rc.PREDICT_FLIPS_DARKER_MPX_PER_S)
+    assert darker.seconds > 1.5 * flips.seconds
 
 
 def test_the_training_memory_model_follows_the_budget():

@@ -47,6 +47,36 @@ def test_flips_are_the_mean_of_the_four_mirrored_runs(image, model):
     assert np.abs(got - plain).max() > 1e-3  # the mirror images do change the map
 
 
+def test_flips_darker_add_the_four_mirrored_runs_of_the_darker_slide(image, model):
+    from napari_gigapixel.core._infer_graph import DARKER_OD, darker_table
+    from napari_gigapixel.core.input_norm import WHITE
+
+    m, geometry = model
+    table = darker_table()
+    v = np.arange(256)
+    below = v < WHITE
+    np.testing.assert_array_equal(table[~below], v[~below])  # glass white and above: as they are
+    # Stains x 1.2 in optical density, up to the rounding to grey levels.
+    od = np.log(table[20:201] / WHITE) / np.log(v[20:201] / WHITE)
+    assert np.all(np.abs(od - DARKER_OD) < 0.05)
+    s = geometry.stride
+    hp, wp = -(-SHAPE[0] // s) * s, -(-SHAPE[1] // s) * s
+    padded = np.zeros((hp, wp, 3), np.uint8)
+    padded[: SHAPE[0], : SHAPE[1]] = image
+    runs = []
+    for src in (padded, table[padded]):
+        for fy, fx in ((1, 1), (-1, 1), (1, -1), (-1, -1)):
+            out = m(src[None, ::fy, ::fx].copy(), training=False).numpy()[0, :, :, 0]
+            runs.append(out[::fy, ::fx])
+    want = np.mean(runs, axis=0)[: -(-SHAPE[0] // 4), : -(-SHAPE[1] // 4)]
+    got = predict_whole(m, image, geometry, white_balance=False, tta="flips+darker")
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    flips = predict_whole(m, image, geometry, white_balance=False, tta="flips")
+    assert np.abs(got - flips).max() > 1e-3
+    tiled = predict_array(m, image, geometry, chunk=96, white_balance=False, tta="flips+darker")
+    assert np.abs(tiled - got).max() <= 1e-5
+
+
 def test_tiled_flips_equal_the_whole_image_run(image, model):
     from napari_gigapixel.core.unet import Geometry
 
@@ -69,7 +99,7 @@ def test_tiled_flips_equal_the_whole_image_run(image, model):
 
 def test_a_bad_mode_is_refused_before_any_work(tmp_path, image, model):
     m, geometry = model
-    with pytest.raises(GigapixelError, match="'mirror' is not one of flips, none"):
+    with pytest.raises(GigapixelError, match="'mirror' is not one of flips, flips\\+darker, none"):
         predict_array(m, image, geometry, tta="mirror")
     out = tmp_path / "p.zarr"
     with pytest.raises(GigapixelError, match="test-time augmentation"):

@@ -98,31 +98,33 @@ def test_clean_up_fields_default_to_predict_config_and_reach_the_worker(
     )
 
 
-def test_the_mirror_images_box_defaults_to_predict_config_and_reaches_the_worker(
+def test_the_test_time_choice_defaults_to_predict_config_and_reaches_the_worker(
     slide_viewer, fake_jobs, model_file, qtbot, tmp_path
 ):
     from napari_gigapixel.core.inference import PredictConfig
+    from napari_gigapixel.core.tiled_model import TTA_MODES
 
     viewer, _ = slide_viewer
     w = PredictWidget(viewer)
     viewer.window.add_dock_widget(w)
-    assert w.flips.value is (PredictConfig(model="", image=None, out="").tta == "flips")
-    assert w.flips.native.isVisibleTo(w.native)  # a first-level option, not folded away
-    with_flips = w.resolution.selected().seconds  # the estimate counts the model's passes
-    shown = w.resolution.info.value
-    w.flips.value = False
-    assert w.resolution.selected().seconds < with_flips / 1.5
-    assert w.resolution.info.value != shown  # the row the user reads follows
+    assert w.tta.value == PredictConfig(model="", image=None, out="").tta
+    assert list(w.tta.choices) == [*TTA_MODES]  # the CLI's --tta choices
+    assert w.tta.native.isVisibleTo(w.native)  # a first-level option, not folded away
+    seconds = {}
+    for mode in TTA_MODES:  # the estimate counts the model's passes
+        w.tta.value = mode
+        seconds[mode] = w.resolution.selected().seconds
+    assert seconds["none"] < seconds["flips"] < seconds["flips+darker"]
     w.out.value = str(tmp_path / "pred.ome.zarr")
     sent = []
-    for on in (True, False):
-        w.flips.value = on
+    for mode in ("flips+darker", "none"):
+        w.tta.value = mode
         fake_jobs.script = [Finished(result={}, stopped=True)]
         w.run_button.clicked.emit()
-        assert not w.flips.enabled  # locked while the job runs
+        assert not w.tta.enabled  # locked while the job runs
         qtbot.waitUntil(lambda: w.run_button.enabled, timeout=10_000)
         sent.append(fake_jobs[-1][1].tta)
-    assert sent == ["flips", "none"]
+    assert sent == ["flips+darker", "none"]
 
 
 def test_stop_button_stops_the_job(slide_viewer, fake_jobs, model_file, qtbot, tmp_path):

@@ -68,8 +68,8 @@ class PredictWidget(JobWidgetMixin, Container):
         self.out = FileEdit(label="output", mode="w", filter="OME-Zarr (*.ome.zarr *.zarr)")
         self.overwrite = CheckBox(text="overwrite output", value=False)
         self.probability = CheckBox(text="also add the probability image", value=False)
-        self.flips = self._flips_box()
-        self.resolution.tta = "flips" if self.flips.value else "none"
+        self.tta = self._tta_box()
+        self.resolution.tta = self.tta.value
         self.clean_fields = self._clean_fields()
         self.clean_section = Section("mask clean-up", self.clean_fields)
         self.clean_section.set_note(self._clean_note())
@@ -88,7 +88,7 @@ class PredictWidget(JobWidgetMixin, Container):
                 self.out,
                 self.overwrite,
                 self.probability,
-                self.flips,
+                self.tta,
                 self.clean_section.header,
                 *self.clean_fields,
                 self.run_button,
@@ -113,7 +113,7 @@ class PredictWidget(JobWidgetMixin, Container):
                 self.out,
                 self.overwrite,
                 self.probability,
-                self.flips,
+                self.tta,
                 *self.clean_fields,
             ],
             lambda text: show_error(text),
@@ -121,7 +121,7 @@ class PredictWidget(JobWidgetMixin, Container):
         self.slide.changed.connect(self._suggest_out)
         self.slide.changed.connect(self._update_resolutions)
         self.model.changed.connect(self._update_resolutions)
-        self.flips.changed.connect(self._flips_changed)
+        self.tta.changed.connect(self._tta_changed)
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)
         self.layers: list[Any] = []
@@ -130,15 +130,21 @@ class PredictWidget(JobWidgetMixin, Container):
         self.use_last_model()
         self._update_resolutions()
 
-    def _flips_box(self) -> CheckBox:
-        """Test-time flips, on as ``PredictConfig`` (and ``predict --tta``) default them."""
+    def _tta_box(self) -> ComboBox:
+        """Test-time augmentation, defaulting as ``PredictConfig`` (and ``predict --tta``) do."""
         from ..core.inference import PredictConfig
 
-        return CheckBox(
-            text="average with the slide's mirror images (4x slower)",
-            value=PredictConfig.tta == "flips",
-            tooltip="Test-time augmentation: the slide and its three mirror images are "
-            "predicted and their probabilities averaged (predict --tta flips).",
+        return ComboBox(
+            label="test-time",
+            choices=[
+                ("mirror images (4 passes)", "flips"),
+                ("mirror images, also darker (8 passes)", "flips+darker"),
+                ("none (1 pass)", "none"),
+            ],
+            value=PredictConfig.tta,
+            tooltip="Test-time augmentation (predict --tta): the slide and its three mirror "
+            "images are predicted and their probabilities averaged; 'also darker' adds the "
+            "same four with every stain 20% stronger; each pass costs the model's time once.",
         )
 
     def _clean_fields(self) -> list[Any]:
@@ -195,9 +201,9 @@ class PredictWidget(JobWidgetMixin, Container):
         model = None if _empty(self.model.value) else str(self.model.value)
         self.resolution.update_for(path, model_path=model)
 
-    def _flips_changed(self, on: bool) -> None:
-        """The estimate counts the model's passes: four with the mirror images, one without."""
-        self.resolution.tta = "flips" if on else "none"
+    def _tta_changed(self, tta: str) -> None:
+        """The estimate counts the model's passes (:func:`.resolution_cost.predict_cost`)."""
+        self.resolution.tta = tta
         self._update_resolutions()
 
     def use_last_model(self) -> None:
@@ -245,7 +251,7 @@ class PredictWidget(JobWidgetMixin, Container):
             min_width_um=float(self.min_width_um.value),
             min_object_um2=float(self.min_object_um2.value),
             min_hole_um2=float(self.min_hole_um2.value),
-            tta="flips" if self.flips.value else "none",
+            tta=str(self.tta.value),
         )
 
     def _prepare_run(self, cfg: Any) -> None:

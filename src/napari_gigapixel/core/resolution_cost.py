@@ -39,6 +39,8 @@ PREDICT_MPX_PER_S = 70.0
 #: ... and with the default test-time flips (the model runs 4 times: 27.6 s
 #: end to end at 1 Gpx with model load, clean-up and pyramids, 37 Mpx/s).
 PREDICT_FLIPS_MPX_PER_S = 37.0
+#: ... and with ``tta="flips+darker"`` (8 passes: 50.6 s end to end at 1 Gpx, 20 Mpx/s).
+PREDICT_FLIPS_DARKER_MPX_PER_S = 20.0
 #: Peak RSS of a prediction above one chunk (``bench_predict.py``: 2.7 GB at 1 Gpx).
 PREDICT_PEAK_BYTES = int(2.7e9)
 #: Working set per window pixel of the recipe's model (``bytes_per_pixel``
@@ -96,10 +98,12 @@ def predict_cost(
     shape: tuple[int, int], bpp: float | None = None, tta: str = "flips"
 ) -> tuple[float, int]:
     """(seconds, peak bytes) of predicting ``shape`` pixels with test-time
-    augmentation ``tta`` (``"flips"``, predict's default, or ``"none"``)."""
+    augmentation ``tta`` (``"flips"``, predict's default, ``"flips+darker"`` or ``"none"``)."""
     bpp = bpp or default_bpp()
     px = int(shape[0]) * int(shape[1])
-    rate = PREDICT_FLIPS_MPX_PER_S if tta == "flips" else PREDICT_MPX_PER_S
+    rate = {"flips": PREDICT_FLIPS_MPX_PER_S, "flips+darker": PREDICT_FLIPS_DARKER_MPX_PER_S}.get(
+        tta, PREDICT_MPX_PER_S
+    )
     return px / 1e6 / rate, int(min(PREDICT_PEAK_BYTES, BASELINE_BYTES + px * bpp))
 
 

@@ -32,8 +32,9 @@ PAD_VALUE = 0
 DEFAULT_CHUNK = 2048
 #: Test-time augmentation (``PredictConfig.tta``, ``predict --tta``): ``"flips"``
 #: averages the probabilities of a window and of its three mirror images (each
-#: mirrored back), ``"none"`` runs the model once.
-TTA_MODES = ("flips", "none")
+#: mirrored back); ``"flips+darker"`` also those of the same four with every
+#: stain stronger (:data:`._infer_graph.DARKER_OD`); ``"none"`` runs the model once.
+TTA_MODES = ("flips", "flips+darker", "none")
 
 # --------------------------------------------------------------------------- model cache
 
@@ -173,7 +174,8 @@ def check_tta(tta: str) -> str:
     if tta not in TTA_MODES:
         raise GigapixelError(
             f"test-time augmentation {tta!r} is not one of {', '.join(TTA_MODES)} "
-            "(--tta flips: the mean over the slide's mirror images; none: one pass)."
+            "(--tta flips: the mean over the slide's mirror images; flips+darker: also "
+            "over the same with the stains 20% stronger; none: one pass)."
         )
     return tta
 

@@ -157,6 +157,8 @@ def _shape(text: str) -> tuple[int, int]:
 
 
 def main() -> int:
+    from napari_gigapixel.core.tiled_model import DEFAULT_TTA, TTA_MODES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", type=_shape, default=(16000, 64000), help="HxW of the slide")
     p.add_argument("--slide", default=None, help="slide to use (default: a cached synthetic one)")
@@ -165,8 +167,8 @@ def main() -> int:
     p.add_argument("--mixed", action="store_true", help="mixed bfloat16 inference")
     p.add_argument(
         "--tta",
-        choices=("flips", "flips+darker", "none"),
-        default="flips",
+        choices=TTA_MODES,
+        default=DEFAULT_TTA,
         help="test-time augmentation, as predict --tta (default %(default)s, predict's)",
     )
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")

@@ -270,6 +270,8 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from napari_gigapixel.core.tiled_model import TTA_MODES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="2048x8192", help="slide shape HxW (default %(default)s)")
     p.add_argument("--families", nargs="+", default=None, help="default: all families")
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-rf", action="store_true", help="skip the random-forest baseline")
     p.add_argument(
         "--tta",
-        choices=("flips", "flips+darker", "none"),
+        choices=TTA_MODES,
         default=None,
         help="predict --tta (default: predict's)",
     )

@@ -38,6 +38,8 @@ from bench_quality import make_slides, unet_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    from napari_gigapixel.core.tiled_model import TTA_MODES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="1024x4096")
     p.add_argument("--families", nargs="+", default=None)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--tta",
-        choices=("flips", "flips+darker", "none"),
+        choices=TTA_MODES,
         default=None,
         help="predict --tta (default: predict's)",
     )

@@ -30,17 +30,24 @@ def model():
     return m, model_geometry(m)
 
 
-def test_flips_are_the_mean_of_the_four_mirrored_runs(image, model):
-    m, geometry = model
+def _mirrored_mean(m, geometry, image, darker=None):
+    """The mean of the model's runs on the padded image (and ``darker[image]``)
+    in its four orientations, each mirrored back: what the modes must equal."""
     s = geometry.stride
     hp, wp = -(-SHAPE[0] // s) * s, -(-SHAPE[1] // s) * s
     padded = np.zeros((hp, wp, 3), np.uint8)
     padded[: SHAPE[0], : SHAPE[1]] = image
     runs = []
-    for fy, fx in ((1, 1), (-1, 1), (1, -1), (-1, -1)):
-        out = m(padded[None, ::fy, ::fx].copy(), training=False).numpy()[0, :, :, 0]
-        runs.append(out[::fy, ::fx])
-    want = np.mean(runs, axis=0)[: -(-SHAPE[0] // 4), : -(-SHAPE[1] // 4)]
+    for src in (padded,) if darker is None else (padded, darker[padded]):
+        for fy, fx in ((1, 1), (-1, 1), (1, -1), (-1, -1)):
+            out = m(src[None, ::fy, ::fx].copy(), training=False).numpy()[0, :, :, 0]
+            runs.append(out[::fy, ::fx])
+    return np.mean(runs, axis=0)[: -(-SHAPE[0] // 4), : -(-SHAPE[1] // 4)]
+
+
+def test_flips_are_the_mean_of_the_four_mirrored_runs(image, model):
+    m, geometry = model
+    want = _mirrored_mean(m, geometry, image)
     got = predict_whole(m, image, geometry, white_balance=False, tta="flips")
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
     plain = predict_whole(m, image, geometry, white_balance=False)
@@ -59,16 +66,7 @@ def test_flips_darker_add_the_four_mirrored_runs_of_the_darker_slide(image, mode
     # Stains x 1.2 in optical density, up to the rounding to grey levels.
     od = np.log(table[20:201] / WHITE) / np.log(v[20:201] / WHITE)
     assert np.all(np.abs(od - DARKER_OD) < 0.05)
-    s = geometry.stride
-    hp, wp = -(-SHAPE[0] // s) * s, -(-SHAPE[1] // s) * s
-    padded = np.zeros((hp, wp, 3), np.uint8)
-    padded[: SHAPE[0], : SHAPE[1]] = image
-    runs = []
-    for src in (padded, table[padded]):
-        for fy, fx in ((1, 1), (-1, 1), (1, -1), (-1, -1)):
-            out = m(src[None, ::fy, ::fx].copy(), training=False).numpy()[0, :, :, 0]
-            runs.append(out[::fy, ::fx])
-    want = np.mean(runs, axis=0)[: -(-SHAPE[0] // 4), : -(-SHAPE[1] // 4)]
+    want = _mirrored_mean(m, geometry, image, darker=table)
     got = predict_whole(m, image, geometry, white_balance=False, tta="flips+darker")
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
     flips = predict_whole(m, image, geometry, white_balance=False, tta="flips")

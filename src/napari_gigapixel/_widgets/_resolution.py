@@ -18,6 +18,7 @@ from magicgui.widgets import ComboBox, Label
 
 from ..core.errors import GigapixelError
 from ..core.resolution import Resolution
+from ..core.tiled_model import DEFAULT_TTA
 
 _SLIDES: dict[str, Any] = {}
 
@@ -37,7 +38,7 @@ class ResolutionPicker(ComboBox):
     def __init__(self, kind: str = "train") -> None:
         self.kind = kind
         #: Predict's test-time augmentation, which the estimate counts (its widget sets it).
-        self.tta = "flips"
+        self.tta = DEFAULT_TTA
         self.entries: list[Any] = []
         default = ("as trained", None) if kind == "predict" else ("level 0", Resolution())
         # What the box lists while no slide's entries are known.

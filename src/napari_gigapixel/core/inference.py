@@ -47,6 +47,7 @@ from .prediction_store import (
     remove_tree,
 )
 from .tiled_model import (
+    DEFAULT_TTA,
     ModelRef,
     check_tta,
     default_chunk,
@@ -65,6 +66,14 @@ __all__ = [
     "predict_dask",
     "predict_whole",
 ]
+
+
+#: How the progress message says each mode (``predict --tta``).
+_TTA_NOTES = {
+    "flips": "; each chunk and its 3 mirror images, averaged",
+    "flips+darker": "; each chunk and its 3 mirror images, and the same 4 darker, averaged",
+    "none": "",
+}
 
 
 @dataclass
@@ -133,7 +142,7 @@ class PredictConfig:
     min_width_um: float = DEFAULT_MIN_WIDTH_UM
     min_object_um2: float = DEFAULT_MIN_OBJECT_UM2
     min_hole_um2: float = DEFAULT_MIN_HOLE_UM2
-    tta: str = "flips"
+    tta: str = DEFAULT_TTA
 
     def clean_settings(self) -> CleanSettings:
         """The mask clean-up settings, validated (:class:`.mask_clean.MaskCleanError`)."""
@@ -252,9 +261,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         h, w = info["resolution_shape"]
         yield Message(
             f"predicting {h} x {w} px in {total} chunks of {chunk} px "
-            f"(output at 1/{os_}, {out_chunk} px chunks"
-            + ("; each chunk and its 3 mirror images, averaged" if tta == "flips" else "")
-            + ")"
+            f"(output at 1/{os_}, {out_chunk} px chunks" + _TTA_NOTES[tta] + ")"
         )
         yield Progress("chunks", 0, total)
         if distributed:

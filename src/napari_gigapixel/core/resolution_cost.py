@@ -25,6 +25,7 @@ from typing import Any
 from ._resources import BASELINE_BYTES, augment_bytes, auto_core, cpu_has_bf16
 from .geometry import Geometry
 from .resolution import COMMON_MPP, Resolution, ResolutionError, ResolvedResolution, resolve
+from .tiled_model import DEFAULT_TTA
 
 #: Training throughput of the recipe's model and loss (``TrainConfig()``: the
 #: medium model, dice+focal, output stride 4, bf16 where the CPU has it):
@@ -95,7 +96,7 @@ def default_bpp() -> float:
 
 
 def predict_cost(
-    shape: tuple[int, int], bpp: float | None = None, tta: str = "flips"
+    shape: tuple[int, int], bpp: float | None = None, tta: str = DEFAULT_TTA
 ) -> tuple[float, int]:
     """(seconds, peak bytes) of predicting ``shape`` pixels with test-time
     augmentation ``tta`` (``"flips"``, predict's default, ``"flips+darker"`` or ``"none"``)."""
@@ -129,7 +130,7 @@ def choices(
     kind: str = "train",
     memory_gb: float = 3.5,
     model_meta: dict[str, Any] | None = None,
-    tta: str = "flips",
+    tta: str = DEFAULT_TTA,
 ) -> list[Choice]:
     """The resolutions a picker lists for ``slide``, with their cost.
 

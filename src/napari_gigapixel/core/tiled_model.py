@@ -35,6 +35,8 @@ DEFAULT_CHUNK = 2048
 #: mirrored back); ``"flips+darker"`` also those of the same four with every
 #: stain stronger (:data:`._infer_graph.DARKER_OD`); ``"none"`` runs the model once.
 TTA_MODES = ("flips", "flips+darker", "none")
+#: What ``predict`` does by default (``PredictConfig.tta``, the widget, the estimate).
+DEFAULT_TTA = "flips"
 
 # --------------------------------------------------------------------------- model cache
 

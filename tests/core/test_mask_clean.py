@@ -176,3 +176,29 @@ def test_the_store_pass_equals_the_whole_array_clean(tmp_path, shape, chunks, ra
     assert tissue == int(whole.sum())
     assert all(isinstance(p, Progress) for p in done) and done[-1].done == done[-1].total
     assert done[-1].total == -(-shape[0] // chunks[0]) * -(-shape[1] // chunks[1])
+
+
+def test_the_store_pass_stops_between_chunks_and_leaves_the_mask(tmp_path):
+    # The chunks of a band are cleaned on a thread pool: a stop still ends the
+    # pass at the next chunk, and the mask on disk is the one written before.
+    import threading
+
+    import zarr
+
+    from napari_gigapixel.core.events import JobStopped
+    from napari_gigapixel.core.mask_clean import CleanPixels, clean_zarr_array
+
+    m = _blobs((97, 131), 5)
+    path = str(tmp_path / "0")
+    arr = zarr.create_array(
+        store=path, shape=m.shape, chunks=(23, 23), dtype="uint8", fill_value=0, zarr_format=2
+    )
+    arr[:] = m
+    stop = threading.Event()
+    gen = clean_zarr_array(path, CleanPixels(2.5, 30, 12), stop)
+    first = next(gen)
+    assert first.done == 1
+    stop.set()
+    with pytest.raises(JobStopped):
+        next(gen)
+    np.testing.assert_array_equal(zarr.open_array(path, mode="r", zarr_format=2)[:], m)

@@ -32,6 +32,7 @@ from napari_gigapixel.core.stain import (  # noqa: E402
     augment_mode,
     auto_note,
     draw_augmentation,
+    resolve_augment,
 )
 from napari_gigapixel.core.tiling import tile_grid  # noqa: E402
 from napari_gigapixel.core.unet import model_geometry  # noqa: E402
@@ -403,6 +404,7 @@ def test_auto_augment_is_the_ink_and_pen_on_white_balanced_runs_only():
     from napari_gigapixel.core.training import TrainConfig
 
     assert TrainConfig().augment == "auto"
+    assert resolve_augment("auto", True) == "pen" and resolve_augment("auto", False) == "none"
     inks = pens = 0
     for s in range(12):
         auto, pen = draw_augmentation(3, s, "auto", 240.0), draw_augmentation(3, s, "pen", 240.0)
@@ -420,6 +422,25 @@ def test_auto_augment_is_the_ink_and_pen_on_white_balanced_runs_only():
     assert "strokes" in auto_note("auto", True) and "none" in auto_note("auto", False)
     assert auto_note("ink", True) is None and auto_note(False, True) is None
     _validate(TrainConfig(images=["a.tif"], masks=["m.tif"], white_balance=False))
+
+
+def test_pen_flip_is_pen_with_the_turns_and_flips_of_flip():
+    """ "pen+flip": the ink and pen strokes "pen" draws for the step, turned and flipped
+    as "flip" turns and flips it; it needs white balance as "pen" does."""
+    from napari_gigapixel.core.train_config import TrainConfigError, _validate
+    from napari_gigapixel.core.training import TrainConfig
+
+    turns = set()
+    for s in range(16):
+        both = draw_augmentation(3, s, "pen+flip", 240.0)
+        pen, geo = draw_augmentation(3, s, "pen", 240.0), draw_augmentation(3, s, "flip")
+        assert (both.k, both.flip, both.colour) == (geo.k, geo.flip, None)
+        assert repr((both.ink, both.pen)) == repr((pen.ink, pen.pen))
+        turns.add((both.k, both.flip))
+    assert len(turns) > 3
+    cfg = TrainConfig(images=["a.tif"], masks=["m.tif"], augment="pen+flip", white_balance=False)
+    with pytest.raises(TrainConfigError, match="'pen\\+flip' needs white_balance"):
+        _validate(cfg)
 
 
 def _pens() -> PenStrokes:
@@ -494,12 +515,20 @@ def test_pen_mode_draws_the_ink_and_strokes_on_half_the_steps():
 PEN_WEIGHT = 8
 
 
-def _pen_weighted(data, pens):
+def _pen_weighted(data, pens, original=None, k=0, flip=False):
     """``data`` whose whole label map weighs the background under ``pens`` by
-    PEN_WEIGHT, computed once over the whole slide (the reference for tiles)."""
+    PEN_WEIGHT, computed once over the whole slide (the reference for tiles).
+
+    ``data`` turned ``k`` times and flipped from ``original``: the strokes are
+    drawn on the original slide, so their cover is found there and turned too.
+    """
     ho, wo = data.labels.shape
     y, w = data.labels_yw(0, ho, 0, wo)
-    under = pen_cover(pens, data.shape, 4, (0, ho, 0, wo)) & (y == 0) & (w > 0)
+    src = original if original is not None else data
+    sh, sw = src.labels.shape
+    cover = np.rot90(pen_cover(pens, src.shape, 4, (0, sh, 0, sw)), k)
+    cover = cover[:, ::-1] if flip else cover
+    under = cover & (y == 0) & (w > 0)
     w = np.where(under, PEN_WEIGHT, w).astype(np.uint8)
     assert under.sum() > 20
     return SimpleNamespace(
@@ -562,15 +591,19 @@ def test_background_under_the_pen_weighs_more_in_the_loss(k, flip):
     np.testing.assert_array_equal(view.labels(30, 77, 120, 260)[1], mw[30:77, 120:260])
 
 
-@pytest.mark.parametrize("part", ["ink", "pen"])
+@pytest.mark.parametrize("part", ["ink", "pen", "pen+flip"])
 def test_streamed_equals_whole_gradient_with_ink_or_pen_float64(part):
-    """The ink (with a turn and flip) and the pen strokes (on top of the ink) keep
-    the streamed step the whole-image step of the augmented slide; ``without`` is
-    the same augmentation less the part under test, which must change the step."""
+    """The ink (with a turn and flip) and the pen strokes (on top of the ink, and
+    turned and flipped with it: "pen+flip") keep the streamed step the whole-image
+    step of the augmented slide; ``without`` is the same augmentation less the part
+    under test, which must change the step."""
     if part == "ink":
         aug, without = Augmentation(1, True, None, _ink(2)), Augmentation(1, True)
-    else:
+    elif part == "pen":
         aug, without = Augmentation(0, False, None, _ink(2), _pens()), Augmentation(ink=_ink(2))
+    else:
+        aug = Augmentation(3, True, None, _ink(2), _pens())
+        without = Augmentation(3, True, None, _ink(2))
     shape = (516, 1300)
     img = _image(shape, seed=5)
     rng = np.random.default_rng(6)
@@ -580,9 +613,9 @@ def test_streamed_equals_whole_gradient_with_ink_or_pen_float64(part):
     geo = model_geometry(model)
     view = SlideView(data, 4, aug)
     ref_data = _augmented_reference(img, data, view.aug)
-    if part == "pen":  # the strokes' glass weighed too (TrainConfig.pen_weight)
+    if part != "ink":  # the strokes' glass weighed too (TrainConfig.pen_weight)
         data.pen_weight = PEN_WEIGHT
-        ref_data = _pen_weighted(ref_data, view.aug.pen)
+        ref_data = _pen_weighted(ref_data, view.aug.pen, data, view.aug.k, view.aug.flip)
     ref, ref_loss = whole_image_gradient(model, ref_data, "dice+focal", 4)
     plain, _ = whole_image_gradient(
         model, _augmented_reference(img, data, without), "dice+focal", 4
@@ -604,6 +637,7 @@ def test_streamed_equals_whole_gradient_with_ink_or_pen_float64(part):
         (["--augment"], "all"),
         (["--augment", "stain"], "stain"),
         (["--augment", "ink"], "ink"),
+        (["--augment", "pen+flip"], "pen+flip"),
     ],
 )
 def test_cli_augment_flag(flag, mode):

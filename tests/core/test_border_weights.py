@@ -89,7 +89,7 @@ def test_a_pen_weight_needs_the_pen_strokes(augment, white):
     )
     with pytest.raises(TrainConfigError, match="draws none.*'auto'.*'pen'"):
         _validate(cfg)
-    for ok in ("auto", "pen"):
+    for ok in ("auto", "pen", "pen+flip"):
         _validate(TrainConfig(images=["a.tif"], masks=["m.tif"], augment=ok, pen_weight=8))
 
 

@@ -99,6 +99,8 @@ def test_augmented_training_plans_for_the_transform_working_set():
     assert 0 < INK_BYTES < AUGMENT_BYTES
     balanced = dataclasses.replace(cfg.model, white_balance=True)
     assert drawn_augment(cfg, balanced) == "pen"  # "auto" on a balanced model
+    # pen+flip turns the window through the flip's kernel
+    assert bytes_per_pixel(m, augment="pen+flip") == pytest.approx(plain + AUGMENT_BYTES)
     assert drawn_augment(cfg, cfg.model) == "none"
     assert drawn_augment(dataclasses.replace(cfg, augment="flip"), cfg.model) == "flip"
     assert drawn_augment(dataclasses.replace(cfg, augment="none"), balanced) == "none"

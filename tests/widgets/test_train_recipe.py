@@ -124,7 +124,7 @@ def test_advanced_recipe_is_hidden_until_opened_and_reaches_the_config(
 
     # The augmentation is a main row; the rest waits behind the header.
     assert shown(w.augment) and not shown(r.warmup) and not shown(r.white_balance)
-    modes = ("auto", "none", "flip", "stain", "ink", "pen", "all")
+    modes = ("auto", "none", "flip", "stain", "ink", "pen", "pen+flip", "all")
     assert [w.augment.native.itemText(i) for i in range(w.augment.native.count())] == [
         _train_inputs.AUGMENT_TEXT[m] for m in modes
     ]

@@ -41,6 +41,7 @@ AUGMENT_TEXT = {
     "stain": "stain (H/E/DAB, brightness, contrast)",
     "ink": "ink (pen, dust on the glass recoloured)",
     "pen": "pen (ink + pen strokes drawn on the glass)",
+    "pen+flip": "pen+flip (pen + flips, quarter turns)",
     "all": "all (flip + stain + ink)",
 }
 

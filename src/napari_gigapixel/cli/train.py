@@ -195,8 +195,9 @@ def add_parser(subparsers: Any) -> None:
         "quarter turns), 'stain' (H/E/DAB stain, brightness and contrast jitter), 'ink' "
         "(pen, dust and bubble rims on the glass recoloured as a random, possibly paler "
         "ink on half the steps; needs white balance), 'pen' ('ink' plus 1-3 pen strokes "
-        "drawn on the glass on half the steps), 'all' (flip, stain and ink; what --augment "
-        "alone means), 'auto' ('pen' on white-balanced runs, else none); default "
+        "drawn on the glass on half the steps), 'pen+flip' ('pen' and 'flip'), 'all' (flip, "
+        "stain and ink; what --augment alone means), 'auto' ('pen' on white-balanced runs, "
+        "else none); default "
         "%(default)s",
     )
     p.add_argument(

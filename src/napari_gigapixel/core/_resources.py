@@ -48,10 +48,12 @@ INK_BYTES = 4.0
 
 def augment_bytes(mode: str) -> float:
     """Extra working set per window pixel of a step drawing augmentation ``mode``
-    (:func:`.stain.resolve_augment`'s: "none", "flip", "stain", "ink", "pen" or "all");
-    the pen strokes are drawn in place too, a piece of a stroke at a time."""
+    (:func:`.stain.resolve_augment`'s: "none", "flip", "stain", "ink", "pen",
+    "pen+flip" or "all"); the pen strokes are drawn in place too, a piece of a
+    stroke at a time."""
     if mode == "none":
         return 0.0
+    # "pen+flip" turns the window through the same kernel as "flip": AUGMENT_BYTES.
     return INK_BYTES if mode in ("ink", "pen") else AUGMENT_BYTES
 
 

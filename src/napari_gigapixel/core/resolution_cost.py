@@ -25,6 +25,7 @@ from typing import Any
 from ._resources import BASELINE_BYTES, augment_bytes, auto_core, cpu_has_bf16
 from .geometry import Geometry
 from .resolution import COMMON_MPP, Resolution, ResolutionError, ResolvedResolution, resolve
+from .stain import AUTO_BALANCED
 from .tiled_model import DEFAULT_TTA
 
 #: Training throughput of the recipe's model and loss (``TrainConfig()``: the
@@ -71,11 +72,12 @@ def train_cost(
     memory_gb: float,
     geometry: Geometry = DEFAULT_GEOMETRY,
     bpp: float | None = None,
-    augment: str = "pen",
+    augment: str = AUTO_BALANCED,
 ) -> tuple[float, int]:
     """(seconds per step, peak bytes) of training on ``shape`` pixels within ``memory_gb``.
 
-    ``augment``: the mode the steps draw (the recipe draws the ink and pen strokes),
+    ``augment``: the mode the steps draw (the recipe draws the ink and pen
+    strokes: :data:`.stain.AUTO_BALANCED`),
     whose working set each window also holds (:func:`~._resources.augment_bytes`).
     """
     bpp = (bpp or default_bpp()) + augment_bytes(augment)

@@ -116,7 +116,8 @@ class TrainConfig:
         ``"pen"``: the ink, and on half the steps 1-3 pen strokes of a
         random ink drawn on the pixels the mask labels background
         (:class:`.stain.PenStrokes`; for training slides with little or no
-        pen on the glass); ``"all"`` (or ``True``): all three (the ink only with white balance);
+        pen on the glass); ``"pen+flip"``: ``"pen"`` and ``"flip"``;
+        ``"all"`` (or ``True``): flip, stain and ink (the ink only with white balance);
         ``"auto"`` (default, the recipe's): ``"pen"`` when the run is
         white-balanced (a fresh run with ``white_balance``, or a resumed
         white-balanced checkpoint), ``"none"`` otherwise; ``"none"`` (or
@@ -311,7 +312,7 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if int(cfg.checkpoint_every) < 0:
         raise TrainConfigError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}.")
-    from .stain import WHITE_MODES, augment_mode, resolve_augment
+    from .stain import PEN_MODES, WHITE_MODES, augment_mode, resolve_augment
 
     # A resumed run keeps its checkpoint's white balance whatever white_balance
     # says: preflight checks that checkpoint instead (_check_resumed_augment).
@@ -360,12 +361,12 @@ def _validate(cfg: TrainConfig) -> None:
     # The mode the run draws ("auto": the strokes on white-balanced runs; a
     # resumed run's checkpoint decides its balance, so it is not refused here).
     drawn = resolve_augment(mode, bool(cfg.white_balance or cfg.resume))
-    if cfg.pen_weight > 1 and drawn != "pen":
+    if cfg.pen_weight > 1 and drawn not in PEN_MODES:
         raise TrainConfigError(
             f"pen_weight (--pen-weight) weighs the pen strokes the augmentation draws, "
             f"and this run draws none (augment {mode!r}"
             f"{'' if cfg.white_balance else ' without white balance'}): use augment "
-            f"'auto' (the default) or 'pen' with white balance, or pen_weight 1."
+            f"'auto' (the default), 'pen' or 'pen+flip' with white balance, or pen_weight 1."
         )
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise TrainConfigError(

@@ -52,6 +52,9 @@ def test_the_prediction_estimate_counts_the_test_time_flips():
     darker = rc.choices(s, kind="predict", model_meta=meta, tta="flips+darker")[0]
     assert darker.seconds == pytest.approx(512 * 1024 / 1e6 / rc.PREDICT_FLIPS_DARKER_MPX_PER_S)
     assert darker.seconds > 1.5 * flips.seconds
+    from napari_gigapixel.core.tiled_model import TTA_MODES
+
+    assert set(rc.PREDICT_RATES) == set(TTA_MODES)  # no mode falls back to another's rate
 
 
 def test_the_training_memory_model_follows_the_budget():

@@ -43,6 +43,12 @@ PREDICT_MPX_PER_S = 70.0
 PREDICT_FLIPS_MPX_PER_S = 37.0
 #: ... and with ``tta="flips+darker"`` (8 passes: 50.6 s end to end at 1 Gpx, 20 Mpx/s).
 PREDICT_FLIPS_DARKER_MPX_PER_S = 20.0
+#: The throughput of each test-time mode (:data:`.tiled_model.TTA_MODES`).
+PREDICT_RATES = {
+    "flips": PREDICT_FLIPS_MPX_PER_S,
+    "flips+darker": PREDICT_FLIPS_DARKER_MPX_PER_S,
+    "none": PREDICT_MPX_PER_S,
+}
 #: Peak RSS of a prediction above one chunk (``bench_predict.py``: 2.7 GB at 1 Gpx).
 PREDICT_PEAK_BYTES = int(2.7e9)
 #: Working set per window pixel of the recipe's model (``bytes_per_pixel``
@@ -104,9 +110,7 @@ def predict_cost(
     augmentation ``tta`` (``"flips"``, predict's default, ``"flips+darker"`` or ``"none"``)."""
     bpp = bpp or default_bpp()
     px = int(shape[0]) * int(shape[1])
-    rate = {"flips": PREDICT_FLIPS_MPX_PER_S, "flips+darker": PREDICT_FLIPS_DARKER_MPX_PER_S}.get(
-        tta, PREDICT_MPX_PER_S
-    )
+    rate = PREDICT_RATES[tta]  # every mode has its measured rate (a test)
     return px / 1e6 / rate, int(min(PREDICT_PEAK_BYTES, BASELINE_BYTES + px * bpp))
 
 

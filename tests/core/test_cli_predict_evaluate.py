@@ -166,7 +166,7 @@ def test_predict_tta_flag(files, tmp_path, capsys):
     _, slide, _, model = files
     base = ["predict", "--model", model, "--image", slide, "--quiet", "--json", "--chunk", "256"]
     assert main([*base, "--out", str(tmp_path / "f.zarr")]) == 0
-    assert _last_json(capsys.readouterr().out)["tta"] == "flips"  # the default
+    assert _last_json(capsys.readouterr().out)["tta"] == "half-darker"  # the default
     assert main([*base, "--out", str(tmp_path / "n.zarr"), "--tta", "none"]) == 0
     assert _last_json(capsys.readouterr().out)["tta"] == "none"
     f = open_prediction(tmp_path / "f.zarr").probability[0].compute()

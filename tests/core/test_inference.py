@@ -97,8 +97,8 @@ def test_predict_writes_an_ome_zarr_at_the_output_stride(tmp_path, image, saved_
     assert store.downsample == 4.0 and store.region_shape == ODD
     assert store.metadata["slide_shape"] == list(ODD) and store.metadata["threshold"] == 0.45
     assert store.metadata["model"] == path and store.metadata["complete"] is True
-    assert store.metadata["tta"] == "flips"  # the default: the mean over the mirror images
-    ref = predict_whole(model, image, geometry, tta="flips")
+    assert store.metadata["tta"] == "half-darker"  # the default: the mean over the mirror images
+    ref = predict_whole(model, image, geometry, tta="half-darker")
     prob0 = store.probability[0].compute()
     assert prob0.dtype == np.uint8 and prob0.shape == ref.shape
     assert np.abs(prob0.astype(float) - ref * 255).max() <= 0.5 + 1e-3

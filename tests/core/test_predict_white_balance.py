@@ -16,7 +16,11 @@ from napari_gigapixel.core.inference import (  # noqa: E402
     predict_whole,
 )
 from napari_gigapixel.core.input_norm import apply_balance, balance_table, white_point  # noqa: E402
-from napari_gigapixel.core.tiled_model import model_white_balance, model_white_field  # noqa: E402
+from napari_gigapixel.core.tiled_model import (  # noqa: E402
+    DEFAULT_TTA,
+    model_white_balance,
+    model_white_field,
+)
 from napari_gigapixel.core.white_field import white_field  # noqa: E402
 
 SHAPE = (301, 517)  # odd: padded edges and a merged last chunk
@@ -73,20 +77,20 @@ def test_predict_array_equals_predict_on_the_same_pixels_as_a_slide(balanced_mod
     assert model_white_balance(model) is True and model_white_balance(balanced_model) is True
     assert model_white_field(model) is local and model_white_field(balanced_model) is local
     for source in (model, balanced_model):  # a loaded model, a path
-        got = predict_array(source, img, geometry, chunk=96, tta="flips")  # predict's default
+        got = predict_array(source, img, geometry, chunk=96, tta=DEFAULT_TTA)  # predict's default
         assert got.shape == stored.shape
         assert np.abs(got - stored).max() <= TOL
-    whole = predict_whole(model, img, geometry, tta="flips")
+    whole = predict_whole(model, img, geometry, tta=DEFAULT_TTA)
     np.testing.assert_allclose(whole, got, atol=1e-5)
     # The balance is what makes them agree: unbalanced pixels give another map,
     # and balancing by hand then switching it off gives the same one.
-    raw = predict_array(model, img, geometry, chunk=96, white_balance=False, tta="flips")
+    raw = predict_array(model, img, geometry, chunk=96, white_balance=False, tta=DEFAULT_TTA)
     assert np.abs(raw - stored).max() > 4 * TOL  # would fail the agreement above
     if local:  # per place: each pixel by its own cell's glass (chunks of 128 and 96 agree)
         by_hand = white_field(img).apply(img, 0, 0)
     else:
         by_hand = apply_balance(img, balance_table(white_point(img)))
-    again = predict_whole(model, by_hand, geometry, white_balance=False, tta="flips")
+    again = predict_whole(model, by_hand, geometry, white_balance=False, tta=DEFAULT_TTA)
     np.testing.assert_allclose(again, whole, atol=1e-6)
 
 

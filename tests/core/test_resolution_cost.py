@@ -41,11 +41,14 @@ def test_without_mpp_only_levels_and_predict_puts_the_model_first():
     assert ch[0].resolved.downsample == 2.0 and "s/step" not in ch[0].label
 
 
-def test_the_prediction_estimate_counts_the_test_time_flips():
+def test_the_prediction_estimate_counts_the_test_time_passes():
     s = _slide((512, 1024), mpp=None, n_levels=1)
     meta = {"resolution": {"downsample": 1}}
-    flips = rc.choices(s, kind="predict", model_meta=meta)[0]  # predict's default
+    default = rc.choices(s, kind="predict", model_meta=meta)[0]  # predict's default
+    assert default.seconds == pytest.approx(512 * 1024 / 1e6 / rc.PREDICT_HALF_DARKER_MPX_PER_S)
+    flips = rc.choices(s, kind="predict", model_meta=meta, tta="flips")[0]
     none = rc.choices(s, kind="predict", model_meta=meta, tta="none")[0]
+    assert flips.seconds < default.seconds < 1.5 * flips.seconds  # 4 passes each
     assert flips.seconds == pytest.approx(512 * 1024 / 1e6 / rc.PREDICT_FLIPS_MPX_PER_S)
     assert none.seconds == pytest.approx(512 * 1024 / 1e6 / rc.PREDICT_MPX_PER_S)
     assert flips.seconds > 1.5 * none.seconds and flips.peak_bytes == none.peak_bytes

@@ -30,17 +30,21 @@ def model():
     return m, model_geometry(m)
 
 
-def _mirrored_mean(m, geometry, image, darker=None):
+def _mirrored_mean(m, geometry, image, darker=None, half=False):
     """The mean of the model's runs on the padded image (and ``darker[image]``)
-    in its four orientations, each mirrored back: what the modes must equal."""
+    in its four orientations, each mirrored back: what the modes must equal.
+    ``half``: the up-down and both-ways mirror images read through ``darker``
+    instead of as they are (four runs in all)."""
     s = geometry.stride
     hp, wp = -(-SHAPE[0] // s) * s, -(-SHAPE[1] // s) * s
     padded = np.zeros((hp, wp, 3), np.uint8)
     padded[: SHAPE[0], : SHAPE[1]] = image
     runs = []
-    for src in (padded,) if darker is None else (padded, darker[padded]):
+    sources = (padded,) if darker is None or half else (padded, darker[padded])
+    for src in sources:
         for fy, fx in ((1, 1), (-1, 1), (1, -1), (-1, -1)):
-            out = m(src[None, ::fy, ::fx].copy(), training=False).numpy()[0, :, :, 0]
+            flipped = src if not (half and fy == -1) else darker[padded]
+            out = m(flipped[None, ::fy, ::fx].copy(), training=False).numpy()[0, :, :, 0]
             runs.append(out[::fy, ::fx])
     return np.mean(runs, axis=0)[: -(-SHAPE[0] // 4), : -(-SHAPE[1] // 4)]
 
@@ -75,6 +79,43 @@ def test_flips_darker_add_the_four_mirrored_runs_of_the_darker_slide(image, mode
     assert np.abs(tiled - got).max() <= 1e-5
 
 
+@pytest.mark.parametrize("shape", [(1, 64, 96, 3), (1, 5, 3, 3)])  # even and odd byte counts
+def test_the_darker_pixels_are_the_table_looked_up_two_bytes_at_a_time(shape):
+    import tensorflow as tf
+
+    from napari_gigapixel.core._infer_graph import (
+        _darker_pixels,
+        darker_pair_table,
+        darker_table,
+    )
+
+    x = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    x.flat[:256] = np.arange(256)[: x.size]  # every grey level where there is room
+    got = _darker_pixels(tf.constant(x), tf.constant(darker_pair_table())).numpy()
+    assert got.dtype == np.uint8 and got.shape == x.shape
+    np.testing.assert_array_equal(got, darker_table()[x])
+
+
+def test_half_darker_reads_the_up_down_mirror_images_darker(image, model):
+    """The default mode: the slide and its left-right mirror image as they are,
+    its up-down and both-ways mirror images through the darker table; four
+    passes, exact under tiling as the flips are."""
+    from napari_gigapixel.core._infer_graph import darker_table
+
+    m, geometry = model
+    want = _mirrored_mean(m, geometry, image, darker=darker_table(), half=True)
+    got = predict_whole(m, image, geometry, white_balance=False, tta="half-darker")
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    for other in ("flips", "flips+darker"):
+        ref = predict_whole(m, image, geometry, white_balance=False, tta=other)
+        assert np.abs(got - ref).max() > 1e-3, other
+    for chunk in (96, 160):
+        tiled = predict_array(
+            m, image, geometry, chunk=chunk, white_balance=False, tta="half-darker"
+        )
+        assert np.abs(tiled - got).max() <= 1e-5, chunk
+
+
 def test_tiled_flips_equal_the_whole_image_run(image, model):
     from napari_gigapixel.core.unet import Geometry
 
@@ -97,7 +138,9 @@ def test_tiled_flips_equal_the_whole_image_run(image, model):
 
 def test_a_bad_mode_is_refused_before_any_work(tmp_path, image, model):
     m, geometry = model
-    with pytest.raises(GigapixelError, match="'mirror' is not one of flips, flips\\+darker, none"):
+    with pytest.raises(
+        GigapixelError, match="'mirror' is not one of half-darker, flips, flips\\+darker, none"
+    ):
         predict_array(m, image, geometry, tta="mirror")
     out = tmp_path / "p.zarr"
     with pytest.raises(GigapixelError, match="test-time augmentation"):
@@ -105,15 +148,15 @@ def test_a_bad_mode_is_refused_before_any_work(tmp_path, image, model):
     assert not out.exists()
 
 
-def test_predict_flips_by_default_and_records_it(tmp_path, image, model):
+def test_predict_half_darker_by_default_and_records_it(tmp_path, image, model):
     from napari_gigapixel.core.unet import save_model
 
     m, geometry = model
     path = tmp_path / "m.keras"
     save_model(m, path, geometry=geometry)
     off = {"min_width_um": 0, "min_object_um2": 0, "min_hole_um2": 0, "chunk": 160}
-    assert PredictConfig(model="", image=None, out="").tta == "flips"
-    for tta in ("flips", "none"):
+    assert PredictConfig(model="", image=None, out="").tta == "half-darker"
+    for tta in ("half-darker", "none"):
         cfg = PredictConfig(model=str(path), image=image, out=str(tmp_path / tta), **off)
         if tta == "none":
             cfg.tta = "none"

@@ -137,14 +137,17 @@ class PredictWidget(JobWidgetMixin, Container):
         return ComboBox(
             label="test-time",
             choices=[
+                ("mirror images, two darker (4 passes)", "half-darker"),
                 ("mirror images (4 passes)", "flips"),
                 ("mirror images, also darker (8 passes)", "flips+darker"),
                 ("none (1 pass)", "none"),
             ],
             value=PredictConfig.tta,
             tooltip="Test-time augmentation (predict --tta): the slide and its three mirror "
-            "images are predicted and their probabilities averaged; 'also darker' adds the "
-            "same four with every stain 20% stronger; each pass costs the model's time once.",
+            "images are predicted and their probabilities averaged; 'two darker' reads two "
+            "of the mirror images with every stain 20% stronger (the default), 'also darker' "
+            "adds the same four darker to the four as they are; each pass costs the model's "
+            "time once.",
         )
 
     def _clean_fields(self) -> list[Any]:

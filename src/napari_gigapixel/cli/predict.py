@@ -100,10 +100,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--tta",
         choices=TTA_MODES,
         default=PredictConfig.tta,
-        help="test-time augmentation: 'flips' averages the probabilities of the slide and its "
-        "three mirror images (4x the model's time, a little more accurate); 'flips+darker' "
-        "adds the same four with every stain 20%% stronger (8x); 'none': one pass "
-        "(default: %(default)s)",
+        help="test-time augmentation: 'half-darker' averages the probabilities of the slide, "
+        "its left-right mirror image, and its up-down and both-ways mirror images with every "
+        "stain 20%% stronger (4x the model's time, the most accurate on the tuning slides); "
+        "'flips' the slide and its three mirror images as they are (4x); 'flips+darker' "
+        "those four and the same four darker (8x); 'none': one pass (default: %(default)s)",
     )
     add_precision(p, default="float32")
     from . import _resolution

@@ -46,6 +46,33 @@ def darker_table():
     return out.astype(np.uint8)
 
 
+def darker_pair_table():
+    """:func:`darker_table` for two grey levels at once: entry ``a + 256 b`` holds
+    ``table[a] + 256 table[b]`` (uint16, 65,536 entries). Looking pixels up two
+    bytes at a time halves the lookups: 16 ms instead of 26 ms for a 2,240 px
+    window on the development machine, the same bytes."""
+    import numpy as np
+
+    table = darker_table().astype(np.uint16)
+    v = np.arange(65536)
+    return table[v & 255] | (table[v >> 8] << 8)
+
+
+def _darker_pixels(x: Any, pairs: Any) -> Any:
+    """``darker_table()[x]`` of a uint8 tensor, two bytes per lookup (``pairs``:
+    :func:`darker_pair_table` as a tensor). An odd number of bytes gets one of
+    padding, dropped after the lookup."""
+    import tensorflow as tf
+
+    flat = tf.reshape(x, [-1])
+    n = tf.size(flat)
+    flat = tf.pad(flat, [[0, n % 2]])
+    # Byte order within a uint16 does not matter: the table is symmetric in it.
+    two = tf.bitcast(tf.reshape(flat, [-1, 2]), tf.uint16)
+    out = tf.bitcast(tf.gather(pairs, tf.cast(two, tf.int32)), tf.uint8)
+    return tf.reshape(tf.reshape(out, [-1])[:n], tf.shape(x))
+
+
 def _fold_plan(model: Any) -> tuple[Any, Any, Any] | None:
     """``(input layer, first convolution, rest of the model)`` when folding is exact, else None."""
     import keras
@@ -91,9 +118,15 @@ def inference_function(model: Any, tta: str = "none") -> Any:
     of the recipe's model (numpy's strided copies of 3-byte pixels were the
     difference), for about 210 MiB more at the peak per window.
 
-    ``tta="flips+darker"``: the mean of those four and of the same four for the
-    window through :func:`darker_table` (8 passes; the first four summed, then
-    the other four, then the two sums).
+    ``tta="half-darker"`` (predict's default): the same four passes, the
+    up-down and both-ways mirror images read through :func:`darker_table`:
+    the window and its left-right mirror as they are, then those two, summed
+    in that order, times 0.25. As many passes as ``"flips"``, and on the
+    tuning slides as good as ``"flips+darker"`` (README, Quality).
+
+    ``tta="flips+darker"``: the mean of the four flips and of the same four for
+    the window through :func:`darker_table` (8 passes; the first four summed,
+    then the other four, then the two sums).
     """
     import tensorflow as tf
 
@@ -136,10 +169,22 @@ def inference_function(model: Any, tta: str = "none") -> Any:
             return mirrored_sum(x)[None] * 0.25
 
         return tf.function(flips, input_signature=spec, reduce_retracing=True)
-    table = tf.constant(darker_table())
+    pairs = tf.constant(darker_pair_table())
+
+    if tta == "half-darker":
+
+        def half_darker(x):
+            darker = _darker_pixels(x, pairs)
+            p = one(x)[0]
+            p += tf.reverse(one(tf.reverse(x, [2]))[0], [1])  # left-right
+            p += tf.reverse(one(tf.reverse(darker, [1]))[0], [0])  # up-down, darker
+            p += tf.reverse(one(tf.reverse(darker, [1, 2]))[0], [0, 1])  # both, darker
+            return p[None] * 0.25
+
+        return tf.function(half_darker, input_signature=spec, reduce_retracing=True)
 
     def flips_darker(x):
-        darker = tf.gather(table, tf.cast(x, tf.int32))
+        darker = _darker_pixels(x, pairs)
         return (mirrored_sum(x) + mirrored_sum(darker))[None] * 0.125
 
     return tf.function(flips_darker, input_signature=spec, reduce_retracing=True)

@@ -38,13 +38,18 @@ TRAIN_MPX_PER_S = 25.0
 #: End-to-end prediction throughput (``bench_predict.py``, 1 Gpx JPEG slide,
 #: threaded scheduler: 71-86 Mpx/s) with ``--tta none`` ...
 PREDICT_MPX_PER_S = 70.0
-#: ... and with the default test-time flips (the model runs 4 times: 27.6 s
-#: end to end at 1 Gpx with model load, clean-up and pyramids, 37 Mpx/s).
+#: ... with the test-time flips (the model runs 4 times: 27.6 s end to end at
+#: 1 Gpx with model load, clean-up and pyramids, 37 Mpx/s) ...
 PREDICT_FLIPS_MPX_PER_S = 37.0
+#: ... and with the default ``tta="half-darker"`` (4 passes, two of them
+#: through the darker table: 34.0-34.2 s end to end at 1 Gpx against the flips'
+#: 30.5-31.7 s the same hour, so about 8% under their rate).
+PREDICT_HALF_DARKER_MPX_PER_S = 34.0
 #: ... and with ``tta="flips+darker"`` (8 passes: 50.6 s end to end at 1 Gpx, 20 Mpx/s).
 PREDICT_FLIPS_DARKER_MPX_PER_S = 20.0
 #: The throughput of each test-time mode (:data:`.tiled_model.TTA_MODES`).
 PREDICT_RATES = {
+    "half-darker": PREDICT_HALF_DARKER_MPX_PER_S,
     "flips": PREDICT_FLIPS_MPX_PER_S,
     "flips+darker": PREDICT_FLIPS_DARKER_MPX_PER_S,
     "none": PREDICT_MPX_PER_S,
@@ -107,7 +112,8 @@ def predict_cost(
     shape: tuple[int, int], bpp: float | None = None, tta: str = DEFAULT_TTA
 ) -> tuple[float, int]:
     """(seconds, peak bytes) of predicting ``shape`` pixels with test-time
-    augmentation ``tta`` (``"flips"``, predict's default, ``"flips+darker"`` or ``"none"``)."""
+    augmentation ``tta`` (:data:`.tiled_model.TTA_MODES`; predict's default
+    :data:`.tiled_model.DEFAULT_TTA`)."""
     bpp = bpp or default_bpp()
     px = int(shape[0]) * int(shape[1])
     rate = PREDICT_RATES[tta]  # every mode has its measured rate (a test)

@@ -32,11 +32,14 @@ PAD_VALUE = 0
 DEFAULT_CHUNK = 2048
 #: Test-time augmentation (``PredictConfig.tta``, ``predict --tta``): ``"flips"``
 #: averages the probabilities of a window and of its three mirror images (each
-#: mirrored back); ``"flips+darker"`` also those of the same four with every
-#: stain stronger (:data:`._infer_graph.DARKER_OD`); ``"none"`` runs the model once.
-TTA_MODES = ("flips", "flips+darker", "none")
-#: What ``predict`` does by default (``PredictConfig.tta``, the widget, the estimate).
-DEFAULT_TTA = "flips"
+#: mirrored back); ``"half-darker"`` the same four passes with the up-down and
+#: both-ways mirror images darker, every stain stronger
+#: (:data:`._infer_graph.DARKER_OD`); ``"flips+darker"`` the four flips and the
+#: same four darker (8 passes); ``"none"`` runs the model once.
+TTA_MODES = ("half-darker", "flips", "flips+darker", "none")
+#: What ``predict`` does by default (``PredictConfig.tta``, the widget, the
+#: estimate): chosen on the tuning slides (README, Quality), as fast as "flips".
+DEFAULT_TTA = "half-darker"
 
 # --------------------------------------------------------------------------- model cache
 
@@ -176,8 +179,9 @@ def check_tta(tta: str) -> str:
     if tta not in TTA_MODES:
         raise GigapixelError(
             f"test-time augmentation {tta!r} is not one of {', '.join(TTA_MODES)} "
-            "(--tta flips: the mean over the slide's mirror images; flips+darker: also "
-            "over the same with the stains 20% stronger; none: one pass)."
+            "(--tta half-darker: the mean over the slide and its mirror images, two of "
+            "them with the stains 20% stronger; flips: the mean over the slide's mirror "
+            "images; flips+darker: over those and the same four darker; none: one pass)."
         )
     return tta
 
@@ -187,7 +191,8 @@ def _run_model(model: Any, window: np.ndarray, tta: str = "none") -> np.ndarray:
 
     With ``tta="flips"``: the mean of the model's probabilities of the window
     and of its up-down, left-right and both-ways mirror images, each mirrored
-    back (in the graph, :func:`._infer_graph.inference_function`). Every
+    back (in the graph, :func:`._infer_graph.inference_function`; the other
+    modes are described there). Every
     window's side is a multiple of the stride, so a mirrored window is cut on
     the same stride grid; with a symmetric halo (:func:`predict_dask`) tiles
     equal the whole image.
@@ -261,7 +266,8 @@ def predict_dask(
         Level-0 chunk side; rounded down to a multiple of S, at least the halo.
     tta
         :data:`TTA_MODES`: ``"flips"`` runs each window and its three mirror
-        images (:func:`_run_model`), with the halo ``geometry.halo`` on both
+        images (:func:`_run_model`; ``"half-darker"`` and ``"flips+darker"``
+        mirror them too), with the halo ``geometry.halo`` on both
         sides: a mirrored window needs the context after a pixel that the
         model reads before it.
 
@@ -331,7 +337,7 @@ def predict_array(
     """Tiled inference of an in-memory image (tests, small images): float32 numpy.
 
     ``tta`` as :func:`predict_dask` (``"none"`` here: the model's own function;
-    :class:`.inference.PredictConfig` defaults to ``"flips"``).
+    :class:`.inference.PredictConfig` defaults to :data:`DEFAULT_TTA`).
 
     With ``threshold``, the mask instead (uint8 0/1), cleaned as
     :func:`.inference.predict` cleans it (:func:`threshold_and_clean`).

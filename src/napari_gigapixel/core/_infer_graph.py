@@ -67,7 +67,8 @@ def _darker_pixels(x: Any, pairs: Any) -> Any:
     flat = tf.reshape(x, [-1])
     n = tf.size(flat)
     flat = tf.pad(flat, [[0, n % 2]])
-    # Byte order within a uint16 does not matter: the table is symmetric in it.
+    # Either byte order gives the same bytes: an entry holds each byte's lookup
+    # where its index holds that byte.
     two = tf.bitcast(tf.reshape(flat, [-1, 2]), tf.uint16)
     out = tf.bitcast(tf.gather(pairs, tf.cast(two, tf.int32)), tf.uint8)
     return tf.reshape(tf.reshape(out, [-1])[:n], tf.shape(x))

@@ -39,12 +39,12 @@ def _mirrored_mean(m, geometry, image, darker=None, half=False):
     hp, wp = -(-SHAPE[0] // s) * s, -(-SHAPE[1] // s) * s
     padded = np.zeros((hp, wp, 3), np.uint8)
     padded[: SHAPE[0], : SHAPE[1]] = image
+    dark = None if darker is None else darker[padded]
     runs = []
-    sources = (padded,) if darker is None or half else (padded, darker[padded])
-    for src in sources:
+    for src in (padded,) if dark is None or half else (padded, dark):
         for fy, fx in ((1, 1), (-1, 1), (1, -1), (-1, -1)):
-            flipped = src if not (half and fy == -1) else darker[padded]
-            out = m(flipped[None, ::fy, ::fx].copy(), training=False).numpy()[0, :, :, 0]
+            run = dark if half and fy == -1 else src  # half: up-down and both-ways darker
+            out = m(run[None, ::fy, ::fx].copy(), training=False).numpy()[0, :, :, 0]
             runs.append(out[::fy, ::fx])
     return np.mean(runs, axis=0)[: -(-SHAPE[0] // 4), : -(-SHAPE[1] // 4)]
 

@@ -157,11 +157,16 @@ def inference_function(model: Any, tta: str = "none") -> Any:
     if tta == "none":
         return tf.function(one, input_signature=spec, reduce_retracing=True)
 
+    def mirror_pass(x, axes):
+        """The probability of ``x`` mirrored along ``axes`` (0 rows, 1 columns), mirrored back."""
+        if not axes:
+            return one(x)[0]
+        return tf.reverse(one(tf.reverse(x, [a + 1 for a in axes]))[0], axes)
+
     def mirrored_sum(x):
-        p = one(x)[0]
+        p = mirror_pass(x, [])
         for axes in ([0], [1], [0, 1]):  # up-down, left-right, both (rows and columns)
-            mirrored = tf.reverse(x, [a + 1 for a in axes])
-            p += tf.reverse(one(mirrored)[0], axes)
+            p += mirror_pass(x, axes)
         return p
 
     if tta == "flips":
@@ -176,10 +181,9 @@ def inference_function(model: Any, tta: str = "none") -> Any:
 
         def half_darker(x):
             darker = _darker_pixels(x, pairs)
-            p = one(x)[0]
-            p += tf.reverse(one(tf.reverse(x, [2]))[0], [1])  # left-right
-            p += tf.reverse(one(tf.reverse(darker, [1]))[0], [0])  # up-down, darker
-            p += tf.reverse(one(tf.reverse(darker, [1, 2]))[0], [0, 1])  # both, darker
+            p = mirror_pass(x, []) + mirror_pass(x, [1])  # as it is, left-right
+            p += mirror_pass(darker, [0])  # up-down, darker
+            p += mirror_pass(darker, [0, 1])  # both, darker
             return p[None] * 0.25
 
         return tf.function(half_darker, input_signature=spec, reduce_retracing=True)

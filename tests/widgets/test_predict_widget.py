@@ -82,9 +82,16 @@ def test_clean_up_fields_default_to_predict_config_and_reach_the_worker(
     w.clean_section.header.native.click()
     assert shown(w.min_width_um) and shown(w.min_hole_um2)
     assert w.clean_section.header.text.startswith("\u25be mask clean-up")
+    sq = "um\u00b2"
+    assert w.clean_section.header.text.endswith(
+        f"strands {d.min_width_um:g} um, objects {d.min_object_um2:g} {sq}, "
+        f"holes {d.min_hole_um2:g} {sq}"
+    )
     w.min_width_um.value = 0.0
     w.min_hole_um2.value = 120.0
-    assert "120" in w.clean_section.header.text
+    assert w.clean_section.header.text.endswith(
+        f"strands off, objects {d.min_object_um2:g} {sq}, holes 120 {sq}"
+    )
     w.out.value = str(tmp_path / "pred.ome.zarr")
     fake_jobs.script = [Finished(result={}, stopped=True)]
     w.run_button.clicked.emit()

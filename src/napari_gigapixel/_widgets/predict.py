@@ -188,7 +188,9 @@ class PredictWidget(JobWidgetMixin, Container):
         vals = [float(f.value) for f in self.clean_fields]
         if not any(vals):
             return "off"
-        return "{:g} um, {:g} um\u00b2, {:g} um\u00b2".format(*vals)
+        # Each value named: objects and holes share a unit (and a default).
+        parts = zip(("strands", "objects", "holes"), vals, ("um", "um\u00b2", "um\u00b2"))
+        return ", ".join(f"{name} {v:g} {unit}" if v else f"{name} off" for name, v, unit in parts)
 
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         # Slides are RGB images; previews and probabilities are not.

@@ -107,6 +107,19 @@ def test_settings_to_pixels_and_validation():
             CleanSettings(10.0, bad, 0.0).validate()
 
 
+def test_default_fills_a_dust_pinhole_keeps_a_lumen():
+    """The default clean-up fills holes under 250 um^2 (dust on the tissue) and
+    keeps larger ones, on the prediction grid of a 0.5 um/px slide (2 um/px)."""
+    px = CleanSettings().to_pixels(2.0)
+    m = np.zeros((60, 80), np.uint8)
+    m[5:55, 5:75] = 1
+    m[10:17, 10:17] = 0  # 49 px = 196 um^2: a dust speck called glass
+    m[30:39, 40:49] = 0  # 81 px = 324 um^2: a gap in the tissue
+    out = clean_block(m, px.radius_px, px.min_object_px, px.min_hole_px)
+    assert out[10:17, 10:17].all()
+    assert not out[30:39, 40:49].any()
+
+
 def test_level0_mpp_sources():
     assert level0_mpp(0.25, {})[0] == 0.25
     meta = {"resolution": {"mpp": 2.0, "downsample": 4.0, "slide_mpp": 0.5}}

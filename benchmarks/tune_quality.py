@@ -194,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                     v = [r[f"hard_{kind}"] for r in mine if r.get(f"hard_{kind}") is not None]
                     if v:
                         fam[family][f"{kind}_median"] = statistics.median(v)
+                rim = [r["missed_at_border"] for r in mine]
+                rim = [v for v in rim if v is not None]
+                if rim:
+                    fam[family]["missed_at_border_median"] = statistics.median(rim)
             report[name] = {
                 "args": extra,
                 "dice_worst": min(r["dice"] for r in runs),

@@ -10,6 +10,8 @@ scores them against their ground truth:
 * Dice, precision, recall over level-0 pixels;
 * hard-negative accuracy: the share of glass pixels under pen strokes, dust
   and bubble rims (the generator records them) that come out as background;
+* where the misses are: the share of the missed tissue within 12 px of the
+  tissue's border (its faint rim; the rest lies inside the tissue);
 * the same figures for two baselines on the same slides and masks: Otsu's
   threshold (:func:`napari_gigapixel.core.metrics.otsu_tissue_mask`) and a
   random-forest pixel classifier in the manner of QuPath's and ilastik's

@@ -4,8 +4,9 @@
 (held out) of each family. Settings are chosen here instead, on other slide
 seeds: per family, each recipe trains on every ``--train-slides`` slide from
 every ``--seeds`` initial seed and is scored on every ``--check-slides`` slide
-(Dice, precision, recall, hard-negative accuracy). The worst case over all
-(family, train slide, seed, check slide) runs is what a recipe is judged by.
+(Dice, precision, recall, hard-negative accuracy, the share of the misses
+on the tissue's rim). The worst case over all (family, train slide, seed,
+check slide) runs is what a recipe is judged by.
 
 The default slides span what the benchmark asks of a recipe. Training slide
 10 is pale and carries green pen; training slide 15 is the darkest tuning

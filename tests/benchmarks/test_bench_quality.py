@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from bench_quality import missed_at_border
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-from bench_quality import missed_at_border  # noqa: E402
-
-from napari_gigapixel.core.masks import AnnotationMask  # noqa: E402
+from napari_gigapixel.core.masks import AnnotationMask
 
 
 def _mask(a: np.ndarray) -> AnnotationMask:

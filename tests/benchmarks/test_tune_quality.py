@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-from tune_quality import versus_forest  # noqa: E402
+from tune_quality import versus_forest
 
 
 def _run(family, train, seed, check, dice):

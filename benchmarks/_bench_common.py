@@ -12,6 +12,6 @@ def add_model_size(p) -> None:
         "--model-size",
         choices=tuple(PRESETS),
         default=preset_name(TrainConfig().model),
-        help="model size preset (default %(default)s, the recipe's; each README "
-        "figure names the size it was measured with)",
+        help="model size preset (default %(default)s, the recipe's; each figure in the README "
+        "and docs/performance.md names the size it was measured with)",
     )

@@ -128,7 +128,7 @@ def hard_negative_accuracy(pred, hard_path: str, shape) -> dict[str, float | Non
 
 #: The tissue's rim: tissue pixels (level 0) within this distance of the mask's
 #: background, 3 output pixels of the recipe's model. Most missed tissue lies
-#: there (README, Quality: where the misses are).
+#: there (docs/quality.md: where the misses are).
 RIM_PX = 12.0
 
 

@@ -175,7 +175,7 @@ def test_dice_focal_weighs_the_focal_term_by_focal_weight(image):
     reference and in the streamed step's reported loss alike."""
     from napari_gigapixel.core.losses import EPS, FOCAL_GAMMA, FOCAL_WEIGHT, soft_dice_numpy
 
-    assert FOCAL_WEIGHT == 3.0  # the recipe's weight (README, Quality)
+    assert FOCAL_WEIGHT == 3.0  # the recipe's weight (docs/quality.md)
     model = _model(4)
     data = _data(image, "dense", 4)
     geo = model_geometry(model)

@@ -123,7 +123,7 @@ def inference_function(model: Any, tta: str = "none") -> Any:
     up-down and both-ways mirror images read through :func:`darker_table`:
     the window and its left-right mirror as they are, then those two, summed
     in that order, times 0.25. As many passes as ``"flips"``, and on the
-    tuning slides as good as ``"flips+darker"`` (README, Quality).
+    tuning slides as good as ``"flips+darker"`` (docs/quality.md).
 
     ``tta="flips+darker"``: the mean of the four flips and of the same four for
     the window through :func:`darker_table` (8 passes; the first four summed,

@@ -127,7 +127,7 @@ class PredictConfig:
         image, and its up-down and both-ways mirror images with every stain
         20% stronger, and averages the probabilities (4x the model's time; on
         the tuning slides it raised 172 of 192 check-slide Dice scores against
-        ``"flips"``, README); ``"flips"`` the slide and its three mirror images
+        ``"flips"``, docs/quality.md); ``"flips"`` the slide and its three mirror images
         as they are (4x); ``"flips+darker"`` those four and the same four
         darker (8x); ``"none"``: one pass.
     """

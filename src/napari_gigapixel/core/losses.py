@@ -28,7 +28,7 @@ FOCAL_GAMMA = 2.0
 #: mean focal). Chosen on the tuning slides (``benchmarks/tune_quality.py``, 4 seeds,
 #: 96 scores): 3 gave a worst Dice of 0.9786 against 0.9710 with 1, the palest check
 #: slide's faint tissue and the pen on the glass both weighing more against Dice's
-#: global overlap (README, Quality).
+#: global overlap (docs/quality.md).
 FOCAL_WEIGHT = 3.0
 #: Additive smoothing of soft Dice (keeps an empty image finite).
 DICE_SMOOTH = 1.0

@@ -36,7 +36,7 @@ from .errors import GigapixelError
 
 #: Strands and specks narrower than this (um) are removed (opening radius = half).
 #: The defaults were chosen on the tuning slides (``benchmarks/tune_quality.py``
-#: predictions, README, Quality): 4 um and 250 um^2 raised the share of pen, dust
+#: predictions, docs/quality.md): 4 um and 250 um^2 raised the share of pen, dust
 #: and bubble pixels called glass from 0.90 to 0.95 (median) and kept the worst
 #: Dice (0.9806 -> 0.9803); 10 um reached 0.965 but cost 0.002 of worst Dice.
 DEFAULT_MIN_WIDTH_UM = 4.0
@@ -46,7 +46,7 @@ DEFAULT_MIN_OBJECT_UM2 = 250.0
 #: same tuning predictions: dust and pen specks on the tissue, which the slide's
 #: mask calls tissue, come out as pinholes; filling those under 250 um^2 raised
 #: 130 of 192 paired scores and left the worst where it was, where 375 um^2 and
-#: more began to fill real gaps between tissue (README, Quality).
+#: more began to fill real gaps between tissue (docs/quality.md).
 DEFAULT_MIN_HOLE_UM2 = 250.0
 #: Level-0 um/px assumed when neither the slide nor the model records one.
 FALLBACK_MPP = 0.5

@@ -9,7 +9,7 @@ it. :class:`RefinedMask` reads the mask at any finer grid that way: each
 sample takes the bilinear interpolation of the four nearest output pixels'
 probabilities (their centres placed at the centres of their blocks, as the
 prediction's OME transform says) and is tissue where that reaches the
-threshold. Measured on the tuning slides (README, Quality): Dice up on every
+threshold. Measured on the tuning slides (docs/quality.md): Dice up on every
 paired run, the most where the tissue's border is ragged.
 
 The stored mask stays what it says. The interpolated values are those of the

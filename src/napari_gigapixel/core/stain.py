@@ -39,7 +39,7 @@ PEN_MODES = ("pen", "pen+flip")
 #: darkness against the balanced glass); "all" draws its ink only when balanced.
 WHITE_MODES = ("ink", *PEN_MODES)
 #: What "auto" draws on a white-balanced run. "pen+flip" was measured against
-#: it on the tuning slides (README, "How the recipe was chosen"): better on
+#: it on the tuning slides (docs/quality.md, "How the recipe was chosen"): better on
 #: training slides 10 and 15 (worst Dice 0.9842 against 0.9789 over seeds 0-5),
 #: a tie on ``ihc`` training slides 16-19 (18 of 32 paired scores better, worst
 #: 0.9795 against 0.9816), so the recipe is unchanged and "pen+flip" an option.
@@ -66,13 +66,13 @@ BRIGHTNESS = 0.05
 #: has a norm above INK_THRESHOLD (measured on the tuning slides: glass is
 #: under 0.1 at its 95th percentile, at least three quarters of pen, dust and
 #: bubble-rim pixels are over 0.3; 0.15 also takes in more of the faint edge
-#: beyond the mask and scored a little worse, README); a step recolours them with
+#: beyond the mask and scored a little worse, docs/quality.md); a step recolours them with
 #: probability INK_PROBABILITY, their darkness scaled by a factor drawn from
 #: INK_SCALE_RANGE. The range reaches down to 0.4 so that pale inks (a light
 #: blue pen, a greyish smear) are shown as glass too: on the tuning slides,
 #: 4 seeds, its worst Dice was 0.968 against 0.953 (2 seeds) for 0.8-1.2 and
 #: 0.918 without the ink, where a model trained on a dark slide called a
-#: paler slide's shaded glass tissue (README, "How the recipe was chosen").
+#: paler slide's shaded glass tissue (docs/quality.md, "How the recipe was chosen").
 INK_THRESHOLD = 0.3
 INK_PROBABILITY = 0.5
 INK_SCALE_RANGE = (0.4, 1.2)

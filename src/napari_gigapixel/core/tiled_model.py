@@ -38,7 +38,7 @@ DEFAULT_CHUNK = 2048
 #: same four darker (8 passes); ``"none"`` runs the model once.
 TTA_MODES = ("half-darker", "flips", "flips+darker", "none")
 #: What ``predict`` does by default (``PredictConfig.tta``, the widget, the
-#: estimate): chosen on the tuning slides (README, Quality), as fast as "flips".
+#: estimate): chosen on the tuning slides (docs/quality.md), as fast as "flips".
 DEFAULT_TTA = "half-darker"
 
 # --------------------------------------------------------------------------- model cache

@@ -58,7 +58,7 @@ class TrainConfig:
         ``"auto"``: the ink and pen strokes on white-balanced runs) are the
         recipe chosen with
         ``benchmarks/tune_quality.py`` on tuning slides and measured by
-        ``benchmarks/bench_quality.py`` on held-out ones (README, Quality).
+        ``benchmarks/bench_quality.py`` on held-out ones (docs/quality.md).
         ``"dice"`` alone is not a good start from random weights: for a
         near-uniform prediction, raising every probability always raises soft
         Dice, so it runs to "everything is tissue", the sigmoid saturates and
@@ -195,8 +195,7 @@ class TrainConfig:
         at the tissue's faint edge). From the whole label map, so exact under
         tiling; validation scores every pixel once. Default 1 (off): at 4
         the tuning slides' worst Dice rose within the noise (0.9796 to
-        0.9824) while pen on the glass was called glass less often (README,
-        Quality).
+        0.9824) while pen on the glass was called glass less often (docs/quality.md).
     pen_weight
         Loss weight (a whole number, 1: none) of the glass under the pen
         strokes the augmentation draws (``augment`` "auto" on white-balanced
@@ -204,7 +203,7 @@ class TrainConfig:
         few pixels that teach "pen on the glass is glass" weigh little. With
         ``border_weight`` 4, 8 gave back the pen rejection the border weights
         cost on the tuning slides; alone it cost recall at the faint tissue
-        edge. Default 1 (README, Quality). A function of each output pixel's
+        edge. Default 1 (docs/quality.md). A function of each output pixel's
         coordinates, so exact under tiling.
     """
 

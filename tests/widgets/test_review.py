@@ -39,6 +39,8 @@ def test_review_metrics_error_map_and_contour(review_viewer, qtbot):
     assert w.metrics["precision"] == pytest.approx(tp / (tp + fp))
     assert w.metrics["recall"] == pytest.approx(tp / (tp + fn))
     assert "Dice 0.875" in w.result.value
+    # The figures are level-0 counts; the label must not say they were taken at 1/8.
+    assert "counted in level-0 pixels (error map at 1/8)" in w.result.value
 
     errors = viewer.layers["errors: prediction: slide"]
     # Compared at the coarser level (1/8), overlaid on the slide.

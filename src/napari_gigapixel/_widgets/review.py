@@ -181,7 +181,9 @@ class ReviewWidget(Container):
         self.result.value = (
             f"Dice {self.metrics['dice']:.3f}   IoU {self.metrics['iou']:.3f}\n"
             f"precision {self.metrics['precision']:.3f}   "
-            f"recall {self.metrics['recall']:.3f}   (at 1/{d})"
+            f"recall {self.metrics['recall']:.3f}\n"
+            # The figures count level-0 pixels; only the error map is at 1/d.
+            f"counted in level-0 pixels (error map at 1/{d})"
         )
         errors = np.zeros(pred.shape, np.uint8)
         errors[pred & ~truth & valid] = FALSE_POSITIVE

@@ -172,6 +172,71 @@ def test_a_stopped_command_exits_130(name, pair, tmp_path, monkeypatch, capsys):
     assert main([*argv, "--quiet"]) == 130
 
 
+#: A value each flag can never take: a usage error (exit 2) in every command alike.
+NONSENSE = [
+    ("train", "--seed", "-1", "whole number >= 0"),
+    ("train", "--warmup", "-1", "whole number >= 0"),
+    ("train", "--border-weight", "0", "whole number >= 1 and <= 64"),
+    ("train", "--pen-weight", "65", "whole number >= 1 and <= 64"),
+    ("train", "--mpp", "0", "finite number > 0"),
+    ("train", "--level", "-1", "whole number >= 0"),
+    ("predict", "--threshold", "1.5", "finite number >= 0 and <= 1"),
+    ("predict", "--min-width-um", "nan", "finite number >= 0"),
+    ("predict", "--min-object-um2", "-1", "finite number >= 0"),
+    ("predict", "--min-hole-um2", "inf", "finite number >= 0"),
+    ("evaluate", "--mpp", "nan", "finite number > 0"),
+    ("export", "--tolerance", "nan", "finite number >= 0"),
+    ("export", "--min-area", "inf", "finite number >= 0"),
+    ("sample", "--seed", "-2", "whole number >= 0"),
+    ("sample", "--mpp", "-0.5", "finite number > 0"),
+]
+
+
+@pytest.mark.parametrize(("command", "flag", "value", "says"), NONSENSE)
+def test_a_value_a_flag_never_takes_is_a_usage_error(tmp_path, capsys, command, flag, value, says):
+    base = {
+        "train": [
+            "train",
+            "--image",
+            "s.tif",
+            "--mask",
+            "m.tif",
+            "--out",
+            str(tmp_path / "o.keras"),
+        ],
+        "predict": ["predict", "--model", "m.keras", "--image", "s.tif", "--out", "p.zarr"],
+        "evaluate": ["evaluate", "--pred", "p.zarr", "--truth", "m.tif"],
+        "export": ["export", "p.zarr", str(tmp_path / "o.geojson")],
+        "sample": ["sample", str(tmp_path / "s.tif")],
+    }[command]
+    with pytest.raises(SystemExit) as exc:
+        main([*base, flag, value])
+    assert exc.value.code == 2
+    assert f"{flag} must be a {says}, got {value}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_reports_an_error_on_its_last_line(tmp_path, capsys):
+    code = main(["evaluate", "--pred", str(tmp_path / "no.zarr"), "--truth", "m.tif", "--json"])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    assert code == 1 and report["exit_code"] == 1 and report["command"] == "evaluate"
+    assert report["stopped"] is False and "no.zarr" in report["error"]
+    assert "no.zarr" in captured.err  # the one line for people is still there
+
+
+def test_ctrl_c_under_quiet_json_says_nothing_but_the_json(pair, tmp_path, monkeypatch, capsys):
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("napari_gigapixel.cli._progress.follow", interrupted)
+    assert main(_train_argv(pair, tmp_path / "o.keras", "--quiet", "--json")) == 130
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    assert report == {"command": "train", "exit_code": 130, "error": None, "stopped": True}
+
+
 def test_ctrl_c_exits_130(pair, tmp_path, monkeypatch, capsys):
     def interrupted(*_a, **_k):
         raise KeyboardInterrupt

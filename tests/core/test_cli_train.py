@@ -155,7 +155,7 @@ def test_validation_flags_keep_the_best_model_and_report_it(files, tmp_path, cap
     [
         (["--val-image", "x.tif"], "one --val-mask per --val-image"),
         (["--val-roi", "1,2,3"], "--val-roi wants four numbers"),
-        (["--val-every", "0"], "must be at least 1"),
+        (["--val-every", "0"], "--val-every must be a whole number >= 1"),
     ],
 )
 def test_bad_validation_flags_are_usage_errors(files, tmp_path, capsys, extra, match):

@@ -51,18 +51,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(f"napari-gigapixel {args.command}: stopped.", file=sys.stderr)
-        return EXIT_STOPPED
+        return _failed(args, EXIT_STOPPED, "stopped.")
     except UserError as exc:
-        print(f"napari-gigapixel {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _failed(args, EXIT_USAGE, f"error: {exc}")
     except GigapixelError as exc:
         # Core errors carry messages written for users: one line, no traceback.
-        print(f"napari-gigapixel {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return _failed(args, EXIT_ERROR, f"error: {exc}")
     except OSError as exc:  # permission, no space, is-a-directory ... at any moment
-        print(f"napari-gigapixel {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
-        return EXIT_ERROR
+        return _failed(args, EXIT_ERROR, f"error: {os_error_message(exc)}")
+
+
+def _failed(args: argparse.Namespace, code: int, message: str) -> int:
+    """Say why a command ended early and return its exit ``code``.
+
+    The message goes to standard error (a stop is not said under ``--quiet``;
+    an error always is); with ``--json`` the last line of standard output is
+    still one JSON object, so a script reading it learns what happened.
+    """
+    from ._common import EXIT_STOPPED, print_json
+
+    stopped = code == EXIT_STOPPED
+    if not (stopped and getattr(args, "quiet", False)):
+        print(f"napari-gigapixel {args.command}: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        error = None if stopped else message.removeprefix("error: ")
+        report = {"command": args.command, "exit_code": code, "error": error}
+        print_json({**report, "stopped": stopped})
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,34 +56,63 @@ def roi(text: str) -> tuple[int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
-def positive_float(name: str):
-    """An argparse ``type`` for a finite number > 0 (NaN, inf and negatives refused)."""
+def number(name: str, lo: float | None = None, hi: float | None = None, *, above: bool = False):
+    """An argparse ``type`` for a finite number within ``[lo, hi]`` (``(lo, hi]`` if ``above``).
+
+    A value the flag can never take (NaN, infinity, out of its range) is a
+    usage error (exit 2), in every command alike; values that fail against the
+    data (a level the slide lacks) are checked later, exit 1.
+    """
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{name} wants a number, got {text!r}") from exc
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {text}")
+        low_bad = lo is not None and (value <= lo if above else value < lo)
+        if not math.isfinite(value) or low_bad or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{name} must be {_range(lo, hi, above)}, got {text}")
         return value
 
     return parse
 
 
-def positive_int(name: str):
-    """An argparse ``type`` for an integer >= 1."""
+def integer(name: str, lo: int | None = None, hi: int | None = None):
+    """An argparse ``type`` for a whole number within ``[lo, hi]`` (usage error outside)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{name} wants an integer, got {text!r}") from exc
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {value}")
+            raise argparse.ArgumentTypeError(f"{name} wants a whole number, got {text!r}") from exc
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number {_range(lo, hi, False, finite=False)}, got {value}"
+            )
         return value
 
     return parse
+
+
+def _range(lo, hi, above: bool, finite: bool = True) -> str:
+    what = "a finite number " if finite else ""
+    if lo is not None and hi is not None:
+        return f"{what}{'>' if above else '>='} {lo:g} and <= {hi:g}".strip()
+    if lo is not None:
+        return f"{what}{'>' if above else '>='} {lo:g}".strip()
+    if hi is not None:
+        return f"{what}<= {hi:g}".strip()
+    return what.strip() or "a number"
+
+
+def positive_float(name: str):
+    """An argparse ``type`` for a finite number > 0 (NaN, inf and negatives refused)."""
+    return number(name, 0, above=True)
+
+
+def positive_int(name: str):
+    """An argparse ``type`` for an integer >= 1."""
+    return integer(name, 1)
 
 
 def add_overwrite(p: argparse.ArgumentParser, what: str = "the output") -> None:

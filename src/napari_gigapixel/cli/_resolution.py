@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ._common import integer, number
+
 
 def add_arguments(p: argparse.ArgumentParser, default: str) -> None:
     """Add the two flags; ``default`` says what happens without either."""
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--mpp",
-        type=float,
+        type=number("--mpp", 0, above=True),
         default=None,
         metavar="UM",
         help="work at UM microns per pixel: the slide's pyramid level within 10%%, else "
@@ -19,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser, default: str) -> None:
     )
     g.add_argument(
         "--level",
-        type=int,
+        type=integer("--level", 0),
         default=None,
         metavar="N",
         help="work at pyramid level N of the slide (0 = full resolution)",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import EXIT_OK, add_overwrite, add_report, print_json, stopped_exit
+from ._common import EXIT_OK, add_overwrite, add_report, number, print_json, stopped_exit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=number("--tolerance", 0),
         default=None,
         help="simplification tolerance in level-0 pixels (default: a quarter of the traced "
         "pixel, a sixteenth along a prediction's probability, e.g. 0.25 at 1/4; 0 keeps "
@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--min-area",
-        type=float,
+        type=number("--min-area", 0),
         default=None,
         help="leave out pieces and holes smaller than this, in level-0 pixels squared "
         "(default: one traced pixel)",
@@ -66,14 +66,10 @@ def run(args: argparse.Namespace) -> int:
     """Export with a progress bar; 0 on success, 130 when stopped."""
     from ..core.export import export_events
     from ..core.preflight import check_input, check_output
-    from . import UserError
     from ._progress import follow
 
     check_input(args.source, "prediction or mask")
     check_output(args.out, overwrite=args.overwrite, what="GeoJSON file")
-    for flag, value in (("--tolerance", args.tolerance), ("--min-area", args.min_area)):
-        if value is not None and value < 0:
-            raise UserError(f"{flag} must be zero or positive, not {value:g}.")
     slide_shape = None
     if args.slide is not None:
         from ..core.slide import open_slide

@@ -21,6 +21,7 @@ from ._common import (
     add_precision,
     add_report,
     add_roi,
+    number,
     positive_int,
     print_json,
     stopped_exit,
@@ -56,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_overwrite(p, "OUT")
     p.add_argument(
         "--threshold",
-        type=float,
+        type=number("--threshold", 0, 1),
         default=0.5,
         help="probability at or above which a pixel is tissue (default: %(default)s)",
     )
@@ -71,21 +72,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p.add_argument(
         "--min-width-um",
-        type=float,
+        type=number("--min-width-um", 0),
         default=mc.DEFAULT_MIN_WIDTH_UM,
         help="mask clean-up: remove strands and specks (pen, dust, fibres) narrower than this "
         "many um (an opening; 0 disables; default: %(default)s)",
     )
     p.add_argument(
         "--min-object-um2",
-        type=float,
+        type=number("--min-object-um2", 0),
         default=mc.DEFAULT_MIN_OBJECT_UM2,
         help="mask clean-up: remove tissue objects smaller than this many um^2 "
         "(0 disables; default: %(default)s)",
     )
     p.add_argument(
         "--min-hole-um2",
-        type=float,
+        type=number("--min-hole-um2", 0),
         default=mc.DEFAULT_MIN_HOLE_UM2,
         help="mask clean-up: fill enclosed holes in the tissue smaller than this many um^2 "
         "(0 disables; default: %(default)s)",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..core.texture_slides import FAMILIES
 from . import UserError
-from ._common import EXIT_OK, add_overwrite, add_report, print_json, stopped_exit
+from ._common import EXIT_OK, add_overwrite, add_report, integer, number, print_json, stopped_exit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="4096x16384",
         help="level-0 size HEIGHTxWIDTH (default: %(default)s; the paper's is 16000x64000)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--seed", type=integer("--seed", 0), default=0, help="random seed (default: %(default)s)"
+    )
     p.add_argument(
         "--family",
         choices=FAMILIES,
@@ -49,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--mpp",
-        type=float,
+        type=number("--mpp", 0, above=True),
         default=0.5,
         metavar="UM",
         help="microns per level-0 pixel written into the files' OME-TIFF metadata and "

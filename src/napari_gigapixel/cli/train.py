@@ -22,6 +22,7 @@ from ._common import (
     add_precision,
     add_report,
     add_roi,
+    integer,
     positive_float,
     positive_int,
     print_json,
@@ -54,6 +55,7 @@ def add_parser(subparsers: Any) -> None:
     """Register the ``train`` sub-command."""
     from ..core.losses import FOCAL_WEIGHT, LOSSES
     from ..core.stain import AUGMENT_MODES, augment_mode
+    from ..core.train_config import MAX_BORDER_WEIGHT
     from ..core.training import LR_FLOOR, LR_SCHEDULES, TrainConfig
     from ..core.unet import INPUT_TRANSFORMS, PRESET_NOTES, PRESETS, preset_name
 
@@ -158,7 +160,10 @@ def add_parser(subparsers: Any) -> None:
         "(default %(default)s); the best model is kept as MODEL.best.keras",
     )
     p.add_argument(
-        "--seed", type=int, default=d.seed, help="seed of the weights (default %(default)s)"
+        "--seed",
+        type=integer("--seed", 0),
+        default=d.seed,
+        help="seed of the weights (default %(default)s)",
     )
     p.add_argument("--mask-kind", choices=("dense", "scribble"), default=None)
     p.add_argument(
@@ -228,14 +233,14 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--warmup",
-        type=int,
+        type=integer("--warmup", 0),
         default=d.warmup,
         metavar="STEPS",
         help="linear learning-rate warmup steps (default %(default)s)",
     )
     p.add_argument(
         "--border-weight",
-        type=int,
+        type=integer("--border-weight", 1, MAX_BORDER_WEIGHT),
         default=d.border_weight,
         metavar="W",
         help="loss weight of the labels within 16 px of the other class's (the faint tissue "
@@ -243,7 +248,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--pen-weight",
-        type=int,
+        type=integer("--pen-weight", 1, MAX_BORDER_WEIGHT),
         default=d.pen_weight,
         metavar="W",
         help="loss weight of the glass under the pen strokes the augmentation draws (with "

@@ -7,6 +7,7 @@ defaults are the measured recipe, so there is one place to change it.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -350,6 +351,9 @@ def _validate(cfg: TrainConfig) -> None:
         )
     if int(cfg.warmup) < 0:
         raise TrainConfigError(f"warmup must be >= 0 steps, got {cfg.warmup}.")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, numbers.Integral) or cfg.seed < 0:
+        # numpy's generators (the augmentation's draws) take no negative seed.
+        raise TrainConfigError(f"seed must be a whole number >= 0, got {cfg.seed!r}.")
     for name, what in (("border_weight", "border"), ("pen_weight", "pen")):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_BORDER_WEIGHT:

@@ -28,7 +28,7 @@ def test_infer_downsample_rejects_a_mask_of_another_aspect():
 
 
 def test_infer_downsample_rejects_an_upsampled_mask():
-    with pytest.raises(MaskError, match="cannot overlay"):
+    with pytest.raises(MaskError, match="larger than the 250 x 300 slide"):
         infer_downsample((500, 600), (250, 300))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from ..core.errors import GigapixelError
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 here (argparse)
+    # tifffile logs every damaged tag it reads around (warnings and errors); the
+    # command's own one-line error says what is wrong with the file.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ from ._trace import _ring_area, coverage, trace_polygons, working_factor
 from .errors import GigapixelError
 from .events import Finished, JobStopped, Progress, StopFlag, stop_requested
 from .geojson import MAX_POLYGON_PIXELS
-from .masks import AnnotationMask
+from .masks import AnnotationMask, guarded, reading_mask
+from .prediction_store import reading_prediction
 
 #: QuPath classes written per mask kind: (label test, name, RGB colour).
 TISSUE = ("Tissue", [0, 213, 255])  # the plugin's tissue colour (cyan)
@@ -147,6 +149,7 @@ def open_source(
         path = Path(source)
         if is_prediction_path(path):
             source = open_prediction(path)
+            _check_prediction_use(source, slide_shape, kind)
         else:
             return _open_mask_file(path, slide_shape, kind)
     if isinstance(source, PredictionStore):
@@ -168,6 +171,27 @@ def open_source(
     )
 
 
+def _check_prediction_use(store: Any, slide_shape: Any, kind: str | None) -> None:
+    """Refuse what cannot apply to a prediction instead of ignoring it.
+
+    A prediction knows its slide and is a dense mask: a ``slide_shape`` of
+    another size means the wrong slide was given, and ``"scribble"`` would
+    export all its tissue as "Background".
+    """
+    if kind == "scribble":
+        raise ExportError(
+            f"{store.path}: a prediction is a dense tissue mask; the scribble kind applies to "
+            "mask files. Leave --kind out."
+        )
+    made_on = store.metadata.get("slide_shape")
+    if slide_shape is not None and made_on and tuple(made_on) != tuple(slide_shape):
+        raise ExportError(
+            f"{store.path} was predicted on a {made_on[0]} x {made_on[1]} px slide, not the "
+            f"{slide_shape[0]} x {slide_shape[1]} px one given. A prediction knows its place "
+            "on its slide: leave --slide out, or give the slide it was made on."
+        )
+
+
 def _open_mask_file(
     path: Path, slide_shape: tuple[int, int] | None, kind: str | None
 ) -> ExportSource:
@@ -177,6 +201,11 @@ def _open_mask_file(
         raise ExportError(f"{path}: no such prediction or mask. Check the path.")
     if slide_shape is None:
         d = _stored_downsample(path)
+        if d is None and (path.is_dir() or path.suffix.lower() in (".tif", ".tiff")):
+            # An unreadable file records no level either: say it cannot be read.
+            from .mask_io import _open_tiff, _open_zarr
+
+            _open_zarr(path) if path.is_dir() else _open_tiff(path)
         if d is None:
             raise ExportError(
                 f"{path}: cannot tell which slide level this mask is at. Give the slide "
@@ -292,6 +321,10 @@ def export_events(
     tol = tol if tolerance is None else float(tolerance)
     area_min = pixel * pixel if min_area is None else float(min_area)
     features, n_poly, n_holes, n_vert, areas = [], 0, 0, 0, {}
+    if src.probability is not None:  # a prediction store: its own words for the fix
+        reading = partial(reading_prediction, src.name)
+    else:
+        reading = partial(reading_mask, src.name)
     for test, name, colour in _classes(kind):
         cov = None
         cover = (
@@ -299,7 +332,7 @@ def export_events(
             if refine
             else coverage(mask.array, f, test, stop)
         )
-        for item in cover:
+        for item in guarded(cover, reading):  # a damaged file: one line, no traceback
             if isinstance(item, Progress):
                 yield Progress(item.stage, item.done, item.total, f"{name} {item.message}")
             else:

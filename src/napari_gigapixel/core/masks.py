@@ -24,12 +24,15 @@ Loading masks from files and writing them lives in :mod:`.mask_io`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from .errors import GigapixelError
+from .errors import GigapixelError, decoding
+
+T = TypeVar("T")
 
 MaskKind = Literal["dense", "scribble"]
 
@@ -84,6 +87,13 @@ def infer_downsample(
         return 1.0
     fy, fx = sh / mh, sw / mw
     d = (fy + fx) / 2
+    if d < 1 - 1e-9 and _fits(mh, sh, 1 / d) and _fits(mw, sw, 1 / d):
+        # The ratios match, but the mask is larger than the slide: finer than level 0.
+        raise MaskError(
+            f"{name}: a {mh} x {mw} mask is larger than the {sh} x {sw} slide "
+            f"({1 / d:.2f} x its level 0); a mask cannot be finer than the slide. "
+            "Use the mask made for this slide, or the slide this mask was made for."
+        )
     if d < 1 - 1e-9 or not (_fits(sh, mh, d) and _fits(sw, mw, d)):
         raise MaskError(
             f"{name}: a {mh} x {mw} mask cannot overlay a {sh} x {sw} slide "
@@ -141,6 +151,39 @@ def label_error(name: str, kind: MaskKind, bad: np.ndarray) -> MaskError:
     )
 
 
+def reading_mask(name: str):
+    """A context in which a decoder's error reading mask pixels is one :class:`MaskError`.
+
+    A lazy mask is decoded only when a window is read, so a truncated or
+    damaged file fails there (:func:`.errors.decoding`).
+    """
+    return decoding(
+        name,
+        "the mask's pixels",
+        "The file is damaged or incomplete: save or copy the mask again.",
+        MaskError,
+    )
+
+
+def guarded(items: Iterable[T], reading: Callable[[], Any]) -> Iterator[T]:
+    """``items`` as they come, each made inside a fresh ``reading()`` context.
+
+    For generators that read a file strip by strip (the GeoJSON export's
+    coverage): ``reading`` is :func:`reading_mask` or the prediction store's
+    counterpart bound to the file, so a decoder's error becomes one line where
+    the strip is read, not where the caller yields (a stop or a closed
+    generator passes as is).
+    """
+    it = iter(items)
+    while True:
+        with reading():
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item
+
+
 def check_label_values(array: Any, kind: MaskKind, name: str = "mask") -> None:
     """Raise :class:`MaskError` when ``array`` holds values a ``kind`` mask may not.
 
@@ -164,7 +207,8 @@ def check_label_values(array: Any, kind: MaskKind, name: str = "mask") -> None:
         lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
     else:
         arr = array if isinstance(array, da.Array) else da.from_array(array, chunks="auto")
-        lo, hi = (int(v) for v in da.compute(arr.min(), arr.max())) if arr.size else (0, 0)
+        with reading_mask(name):
+            lo, hi = (int(v) for v in da.compute(arr.min(), arr.max())) if arr.size else (0, 0)
     top = 2 if kind == "scribble" else np.iinfo(dtype).max
     if lo >= 0 and hi <= top:
         return
@@ -280,7 +324,8 @@ class AnnotationMask:
             return out
         ry0, ry1 = int(iy[vy].min()), int(iy[vy].max()) + 1
         rx0, rx1 = int(ix[vx].min()), int(ix[vx].max()) + 1
-        block = np.asarray(self.array[ry0:ry1, rx0:rx1])
+        with reading_mask(self.name):
+            block = np.asarray(self.array[ry0:ry1, rx0:rx1])
         sub = block[np.ix_(iy[vy] - ry0, ix[vx] - rx0)]
         if sub.dtype != np.uint8 or self.kind == "scribble":
             bad = bad_label_values(sub, self.kind)

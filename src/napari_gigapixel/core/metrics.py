@@ -25,6 +25,7 @@ from .confusion import (
     scores,
     sum_in_threads,
 )
+from .errors import GigapixelError
 from .masks import AnnotationMask, MaskError, infer_downsample
 from .otsu import OTSU_MAX_PIXELS, otsu_threshold, otsu_tissue_mask
 
@@ -80,12 +81,39 @@ def score_prediction(
         The ground truth over the whole slide (any level).
     """
     from .mask_refine import refined_mask
+    from .prediction_store import reading_prediction
 
     # The predicted region in level-0 pixels: its origin (the ROI's, rounded
     # to the working resolution's pixels, maybe fractional) and its extent.
     oy, ox = store.offset
     truth_r = _Shifted(truth, (oy, ox)) if (oy, ox) != (0, 0) else truth
-    return confusion(refined_mask(store), truth_r, shape=store.region_shape, chunk=chunk)
+    # A damaged chunk of the store fails as one line; the truth's own read
+    # errors are MaskErrors already and pass through.
+    with reading_prediction(store.path):
+        return confusion(refined_mask(store), truth_r, shape=store.region_shape, chunk=chunk)
+
+
+def _check_slide(slide: Any, slide_shape: tuple[int, ...], pred_path: str | Path) -> None:
+    """Refuse a slide other than the one the prediction was made on (by its size).
+
+    Otsu's baseline and a ``--mpp``/``--level`` comparison read the slide; one
+    of another size would give a meaningless baseline without a word.
+    """
+    if isinstance(slide, str | Path):
+        from .slide import open_slide
+
+        with open_slide(str(slide)) as s:
+            shape = tuple(int(v) for v in s.shape[:2])
+    elif hasattr(slide, "shape"):  # a Slide, or one RGB array
+        shape = tuple(int(v) for v in slide.shape[:2])
+    else:  # a list of levels, level 0 first
+        shape = tuple(int(v) for v in slide[0].shape[:2])
+    if shape != tuple(slide_shape):
+        raise GigapixelError(
+            f"{slide}: a {shape[0]} x {shape[1]} px slide, but {pred_path} was predicted on "
+            f"a {slide_shape[0]} x {slide_shape[1]} px one. Give the slide it was made on "
+            "(or leave --image out: the prediction records its slide's path)."
+        )
 
 
 def evaluate(
@@ -135,6 +163,8 @@ def evaluate(
     if slide is None:
         path = meta.get("slide_path")
         slide = path if path and Path(path).exists() else None
+    if slide is not None:
+        _check_slide(slide, slide_shape, pred_path)
     if resolution is not None:
         from .mask_refine import refined_mask
         from .metrics_grid import evaluate_at

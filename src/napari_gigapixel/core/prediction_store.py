@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GigapixelError
+from .errors import GigapixelError, decoding
 from .pyramid_levels import level_shapes, level_transform, majority_levels, reduce2_dask
 
 #: Key of this package's metadata in the root ``.zattrs``.
@@ -281,6 +281,20 @@ def _upsample(view: Any, shape: tuple[int, int], chunk: int) -> Any:
     return da.map_blocks(block, template, dtype=np.uint8)
 
 
+def reading_prediction(path: str | os.PathLike, what: str = "the prediction's pixels"):
+    """A context in which a decoder's error reading a prediction is one :class:`PredictionError`.
+
+    Its chunks are decoded only when read (scoring, export, the viewer), so a
+    damaged chunk or a missing level fails there (:func:`.errors.decoding`).
+    """
+    return decoding(
+        os.fspath(path),
+        what,
+        "The prediction folder is damaged or incomplete: run 'napari-gigapixel predict' again.",
+        PredictionError,
+    )
+
+
 def open_prediction(path: str | os.PathLike) -> PredictionStore:
     """Open a prediction written by :func:`napari_gigapixel.core.inference.predict`.
 
@@ -315,14 +329,17 @@ def open_prediction(path: str | os.PathLike) -> PredictionStore:
             f"{path}: an unfinished prediction (the run was stopped or crashed). "
             "Run 'napari-gigapixel predict' again."
         )
-    root = zarr.open_group(path, mode="r", zarr_format=2)
-    mask_group = root["labels/mask"]
-    prob_sets = attrs["multiscales"][0]["datasets"]
-    mask_sets = mask_group.attrs["multiscales"][0]["datasets"]
-    prob = [da.from_zarr(root[d["path"]]) for d in prob_sets]
-    mask = [da.from_zarr(mask_group[d["path"]]) for d in mask_sets]
-    # The mask always keeps every level; the probability may keep level 0 only.
-    downs = [float(d["coordinateTransformations"][0]["scale"][0]) for d in mask_sets]
+    # A folder copied in part, or edited by hand: a missing group or level is
+    # one line (KeyError 'labels/mask' otherwise).
+    with reading_prediction(path, "the prediction's probability and mask arrays"):
+        root = zarr.open_group(path, mode="r", zarr_format=2)
+        mask_group = root["labels/mask"]
+        prob_sets = attrs["multiscales"][0]["datasets"]
+        mask_sets = mask_group.attrs["multiscales"][0]["datasets"]
+        prob = [da.from_zarr(root[d["path"]]) for d in prob_sets]
+        mask = [da.from_zarr(mask_group[d["path"]]) for d in mask_sets]
+        # The mask always keeps every level; the probability may keep level 0 only.
+        downs = [float(d["coordinateTransformations"][0]["scale"][0]) for d in mask_sets]
     return PredictionStore(
         path=path,
         probability=prob,

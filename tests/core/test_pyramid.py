@@ -189,7 +189,7 @@ def test_cli_pyramid(source, tmp_path, capsys):
     out = tmp_path / "cli.ome.zarr"
     assert main(["pyramid", str(path), str(out), "--chunk", "128", "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["path"] == str(out) and result["shape"] == [300, 417]
+    assert result["out"] == result["path"] == str(out) and result["shape"] == [300, 417]
     assert main(["pyramid", str(path), str(out)]) == 1
     assert "already exists" in capsys.readouterr().err
     assert main(["pyramid", str(path), str(out), "--overwrite", "--chunk", "64"]) == 0

@@ -96,6 +96,11 @@ def test_save_load_round_trip_with_metadata(tmp_path):
         history=[{"step": 1, "loss": 0.5}],
     )
     assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]  # no temp file left
+    # Readable as any other output (open()'s 0o666 less the umask), not mkstemp's 0600.
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert out.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    plain.unlink()
     loaded, meta = load_model(out)
     assert meta["geometry"] == geo
     assert meta["model_config"] == ModelConfig()

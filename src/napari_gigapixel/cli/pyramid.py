@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         return stopped_exit("pyramid", args.quiet)
     result = finished.result
     if args.json:
-        print_json(result)
+        # "out", as every other command names what it wrote ("path" kept for old scripts).
+        print_json({"out": result["path"], **result})
     elif not args.quiet:
         print(
             f"wrote {result['path']}: {result['levels']} levels, level 0 "

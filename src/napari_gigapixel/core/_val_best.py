@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .model_io import new_file_mode
 from .train_config import TrainConfig
 
 
@@ -131,6 +132,7 @@ def _atomic_copy(src: str, dst: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
     os.close(fd)
     try:
+        os.chmod(tmp, new_file_mode())  # as the model file beside it
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     except BaseException:

@@ -48,6 +48,26 @@ def mark_white_balance(model: Any, model_config: Any) -> None:
     model._gigapixel_white_field = bool(flag and local)  # per place (.white_field)
 
 
+def new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file here: ``0o666`` less the umask.
+
+    Atomic writes go through :func:`tempfile.mkstemp`, whose files are 0600;
+    renamed into place they would be the only outputs others cannot read. The
+    umask is read from ``/proc`` where there is one: setting it to read it
+    back would race with other threads creating files (napari's).
+    """
+    umask = 0o022
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    umask = int(line.split()[1], 8)
+                    break
+    except (OSError, ValueError):
+        pass
+    return 0o666 & ~umask
+
+
 def save_model(
     model,
     path: str | os.PathLike,
@@ -101,6 +121,7 @@ def save_model(
         # kill -9 at any moment) sees the old file or the new one, never half.
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
         os.close(fd)
+        os.chmod(tmp, new_file_mode())  # mkstemp's 0600 would outlive the rename
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as zf:
             zf.writestr(META_ENTRY, json.dumps(meta, default=str))

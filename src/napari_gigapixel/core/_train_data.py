@@ -33,6 +33,7 @@ __all__ = [
     "ImageData",
     "SlideInputError",
     "build_image_data",
+    "check_region_labels",
     "check_roi",
     "codes_yw",
     "image_histogram",
@@ -63,6 +64,53 @@ def label_codes(raw: np.ndarray, kind: str) -> np.ndarray:
     if kind == "dense":
         return (raw > 0).view(np.uint8)
     return np.where(raw == 2, 2, (raw > 0).view(np.uint8)).astype(np.uint8)
+
+
+def check_region_labels(
+    mask_name: str,
+    name: str,
+    kind: str,
+    labelled: bool,
+    tissue: bool,
+    background: bool,
+    where: str | None = None,
+) -> None:
+    """Refuse a region whose labels teach nothing: none, no tissue, or (scribbles) one class.
+
+    Parameters
+    ----------
+    mask_name, name
+        The mask and the slide, for the message.
+    kind
+        ``"dense"`` or ``"scribble"``.
+    labelled, tissue, background
+        Whether the region holds a labelled pixel, a tissue label and a
+        background label (for a dense mask every pixel is labelled).
+    where
+        The region in words (default: the training region of ``name``).
+
+    Raises
+    ------
+    MaskError
+        No labelled pixel, no tissue, or a scribble mask without background:
+        a run on it would learn one class (a 0/1 mask loaded as scribbles is
+        all background, and trained to Dice 0).
+    """
+    where = where or f"the training region of {name}"
+    if not labelled or (kind == "dense" and not tissue):
+        what = "no labelled pixel" if not labelled else "no tissue (all zero)"
+        raise MaskError(
+            f"{mask_name}: the mask has {what} over {where}; "
+            "draw tissue (dense masks: nonzero = tissue; scribbles: 1 background, 2 tissue)."
+        )
+    if kind == "scribble" and not (tissue and background):
+        what, code = ("tissue", 2) if not tissue else ("background", 1)
+        raise MaskError(
+            f"{mask_name}: the scribble mask has no {what} ({code}) label over {where}; "
+            "scribbles need both, 1 background and 2 tissue: draw some "
+            f"{what}, or load a 0 = background / nonzero = tissue mask as dense "
+            "(--mask-kind dense)."
+        )
 
 
 def codes_yw(lab: np.ndarray, kind: str, border: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -239,8 +287,9 @@ def build_image_data(
     ------
     SlideInputError, MaskError, ResolutionError
         Non-RGB slide, ROI outside the slide, mask that does not overlay the
-        slide, a mask with no labelled pixel (nothing to learn from), or a
-        resolution the slide cannot serve.
+        slide, a mask with no labelled pixel or no tissue over the region, a
+        scribble mask without both classes there (:func:`check_region_labels`),
+        or a resolution the slide cannot serve.
     """
     from .resolution import Resolution
 
@@ -349,15 +398,14 @@ def _build_image_data(
         image.close()
         labels.close()
         raise
-    mname = mask.name
-    if n_lab == 0 or (mask.kind == "dense" and n_pos == 0):
+    try:
+        # The preflight checked this at the mask's level; the output grid's
+        # samples can still miss thin scribbles, so it is checked again here.
+        check_region_labels(mask.name, name, mask.kind, n_lab > 0, n_pos > 0, n_pos < n_lab)
+    except MaskError:
         image.close()
         labels.close()
-        what = "no labelled pixel" if n_lab == 0 else "no tissue (all zero)"
-        raise MaskError(
-            f"{mname}: the mask has {what} over the training region of {name}; "
-            "draw tissue (dense masks: nonzero = tissue; scribbles: 1 background, 2 tissue)."
-        )
+        raise
     if border_weight > 1:
         try:
             flag_borders(labels, mask.kind, BORDER_PX / os_)

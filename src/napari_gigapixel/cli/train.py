@@ -60,6 +60,9 @@ def add_parser(subparsers: Any) -> None:
     from ..core.unet import INPUT_TRANSFORMS, PRESET_NOTES, PRESETS, preset_name
 
     d = TrainConfig  # the dataclass's defaults are the recipe; one place to change it
+    model = TrainConfig().model
+    # The flags that shape a new model default to None (not given), so that
+    # build_config can refuse them with --resume; --help shows the real default.
     p = subparsers.add_parser(
         "train",
         help="train a U-Net on whole slides (exact streamed whole-image steps)",
@@ -115,8 +118,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--tile",
         type=_tile,
-        default=d.tile,
-        help="core size in pixels, or 'auto' (largest that fits --memory-gb)",
+        default=None,  # None: not given (--mode whole refuses it); resolved in build_config
+        help=f"core size in pixels, or 'auto' (largest that fits --memory-gb; default {d.tile}); "
+        "--mode stream only",
     )
     p.add_argument(
         "--memory-gb",
@@ -169,24 +173,25 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--model-size",
         choices=tuple(PRESETS),
-        default=preset_name(TrainConfig().model),
+        default=None,
         help="width of a new model: "
         + ", ".join(f"'{k}' ({v})" for k, v in PRESET_NOTES.items())
-        + " (default %(default)s)",
+        + f" (default {preset_name(model)})",
     )
     p.add_argument(
         "--input-transform",
         choices=INPUT_TRANSFORMS,
-        default=TrainConfig().model.input_transform,
+        default=None,
         help="what a new model's first layer reads: 'od', optical density (pale and dark "
-        "stain on one scale), or 'linear', grey levels (default %(default)s)",
+        f"stain on one scale), or 'linear', grey levels (default {model.input_transform})",
     )
     p.add_argument(
         "--output-stride",
         type=int,
         choices=(1, 4),
-        default=4,
-        help="4: logits at 1/4 resolution (fast); 1: full-resolution head",
+        default=None,
+        help="a new model's logits: 4 at 1/4 resolution (fast), 1 at full resolution "
+        f"(default {model.output_stride})",
     )
     add_precision(p, default="auto")
     p.add_argument(
@@ -215,21 +220,22 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--white-balance",
         action=argparse.BooleanOptionalAction,
-        default=d.white_balance,
+        default=None,
         help="scale each slide's glass to one white, cell by cell (the lamp's shading goes "
-        "too), here and when predicting (default on)",
+        f"too), here and when predicting (default {_on(d.white_balance)})",
     )
     p.add_argument(
         "--standardize",
         action=argparse.BooleanOptionalAction,
-        default=d.standardize,
-        help="standardise the input with the training slides' per-channel statistics (default on)",
+        default=None,
+        help="standardise the input with the training slides' per-channel statistics "
+        f"(default {_on(d.standardize)})",
     )
     p.add_argument(
         "--head-prior",
         action=argparse.BooleanOptionalAction,
-        default=d.head_prior,
-        help="start the head's bias at the tissue fraction (default off)",
+        default=None,
+        help=f"start the head's bias at the tissue fraction (default {_on(d.head_prior)})",
     )
     p.add_argument(
         "--warmup",
@@ -255,7 +261,12 @@ def add_parser(subparsers: Any) -> None:
         "--border-weight 4, 8 keeps pen on the glass called glass; 1: none; default "
         "%(default)s)",
     )
-    p.add_argument("--resume", metavar="MODEL.keras", help="continue from a checkpoint")
+    p.add_argument(
+        "--resume",
+        metavar="MODEL.keras",
+        help="continue from a checkpoint (it keeps its own size, input transform, output "
+        "stride, white balance and standardisation)",
+    )
     p.add_argument(
         "--scheduler",
         metavar="tcp://HOST:PORT",
@@ -274,10 +285,61 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _on(value: bool) -> str:
+    return "on" if value else "off"
+
+
+#: Flags that shape a new model, and their ``args`` names: a resumed model keeps
+#: its own, so giving one with --resume is a contradiction, not a no-op.
+NEW_MODEL_FLAGS = {
+    "model_size": "--model-size",
+    "input_transform": "--input-transform",
+    "output_stride": "--output-stride",
+    "white_balance": "--white-balance",
+    "standardize": "--standardize",
+    "head_prior": "--head-prior",
+}
+
+
+def _check_contradictions(args: argparse.Namespace) -> None:
+    """Refuse flags that contradict each other (exit 2), before any file is read."""
+    if args.resume:
+        given = [
+            # A switch given as --no-X is named so.
+            flag.replace("--", "--no-", 1) if getattr(args, name) is False else flag
+            for name, flag in NEW_MODEL_FLAGS.items()
+            if getattr(args, name) is not None
+        ]
+        if given:
+            raise UserError(
+                f"{', '.join(given)} shape a new model, and --resume {args.resume} continues "
+                "a trained one, which keeps its own; leave "
+                f"{'it' if len(given) == 1 else 'them'} out, or train a new model without "
+                "--resume."
+            )
+    if args.mode == "whole" and args.tile is not None:
+        raise UserError(
+            "--tile sets the tile size of --mode stream; --mode whole computes each slide in "
+            "one tile. Leave one of them out."
+        )
+
+
 def build_config(args: argparse.Namespace):
-    """A :class:`~napari_gigapixel.core.training.TrainConfig` from parsed arguments."""
+    """A :class:`~napari_gigapixel.core.training.TrainConfig` from parsed arguments.
+
+    Raises
+    ------
+    UserError
+        Flags that contradict each other (usage, exit status 2), including a
+        configuration that :func:`~napari_gigapixel.core.train_config._validate`
+        refuses: no file has been read yet, so the flags alone are at fault.
+    """
+    from ..core.train_config import TrainConfigError, _validate
     from ..core.training import TrainConfig
-    from ..core.unet import preset_config
+    from ..core.unet import preset_config, preset_name
+
+    _check_contradictions(args)
+    d = TrainConfig()
 
     if len(args.image) != len(args.mask):
         raise UserError(
@@ -306,7 +368,7 @@ def build_config(args: argparse.Namespace):
             raise UserError("give one --val-roi for all slides or one per --image.")
     if not args.out.endswith(".keras"):
         raise UserError(f"--out {args.out}: the model file name must end with '.keras'.")
-    return TrainConfig(
+    cfg = TrainConfig(
         images=list(args.image),
         masks=list(args.mask),
         out=args.out,
@@ -314,15 +376,15 @@ def build_config(args: argparse.Namespace):
         loss=args.loss,
         lr=args.lr,
         lr_schedule=args.lr_schedule,
-        tile=args.tile,
+        tile=d.tile if args.tile is None else args.tile,
         memory_gb=args.memory_gb,
         mode=args.mode,
         rois=rois,
         seed=args.seed,
         model=preset_config(
-            args.model_size,
-            output_stride=args.output_stride,
-            input_transform=args.input_transform,
+            args.model_size or preset_name(d.model),
+            output_stride=args.output_stride or d.model.output_stride,
+            input_transform=args.input_transform or d.model.input_transform,
         ),
         resume=args.resume,
         augment=args.augment,
@@ -336,13 +398,22 @@ def build_config(args: argparse.Namespace):
         val_every=args.val_every,
         resolution=_resolution.from_args(args),
         scheduler=args.scheduler,
-        white_balance=args.white_balance,
-        standardize=args.standardize,
-        head_prior=args.head_prior,
+        white_balance=_given(args.white_balance, d.white_balance),
+        standardize=_given(args.standardize, d.standardize),
+        head_prior=_given(args.head_prior, d.head_prior),
         warmup=args.warmup,
         border_weight=args.border_weight,
         pen_weight=args.pen_weight,
     )
+    try:
+        _validate(cfg)  # the fields only: a refusal here is the flags' (usage)
+    except TrainConfigError as exc:
+        raise UserError(str(exc)) from exc
+    return cfg
+
+
+def _given(value: bool | None, default: bool) -> bool:
+    return default if value is None else value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -319,8 +319,9 @@ def _validate(cfg: TrainConfig) -> None:
     mode = augment_mode(cfg.augment)
     if mode in WHITE_MODES and not cfg.white_balance and not cfg.resume:
         raise TrainConfigError(
-            f"augment '{mode}' needs white_balance: it measures how dark an artefact is "
-            "against the glass white. Turn white balance on, or use another augment mode."
+            f"augment '{mode}' needs white_balance (--white-balance): it measures how dark an "
+            "artefact is against the glass white. Turn white balance on, or use another "
+            "augment mode."
         )
     if len(cfg.val_masks) != len(cfg.val_images):
         raise TrainConfigError(

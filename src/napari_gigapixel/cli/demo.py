@@ -100,6 +100,14 @@ def run(args: argparse.Namespace) -> int:
 
     shape = _parse_shape(args.shape)
     out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        from ..core.preflight import OutputError
+
+        # mkdir would say only "File exists".
+        raise OutputError(
+            f"--out-dir {out}: is a file, not a folder; give a folder for the demo's results "
+            "(it is created if missing), or move the file away."
+        )
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "model.keras"
     pred_path = out / "heldout_prediction.zarr"

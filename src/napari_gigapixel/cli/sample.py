@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.preflight import check_output
 
     hard = Path(args.hard_out) if args.hard_out else None
+    _check_distinct(out, mask, hard, mask_given=bool(args.mask_out))
     for path in (out, mask, hard):
         if path is not None:
             check_output(path, overwrite=args.overwrite, what="slide")
@@ -111,3 +112,21 @@ def run(args: argparse.Namespace) -> int:
         if result["hard"]:
             print(result["hard"])
     return EXIT_OK
+
+
+def _check_distinct(out: Path, mask: Path, hard: Path | None, *, mask_given: bool) -> None:
+    """Refuse two outputs on one path (usage, exit 2), naming the flag that clashes.
+
+    The writer only knows its files, not which flag named them, so the check
+    is made here, before any existing file is looked at.
+    """
+    mask_flag = "--mask-out" if mask_given else "the mask (--mask-out, default <stem>_mask.tif)"
+    named = [("the slide (OUT)", out), (mask_flag, mask)]
+    if hard is not None:
+        named.append(("--hard-out", hard))
+    for i, (what, path) in enumerate(named):
+        for other, earlier in named[:i]:
+            if path.resolve() == earlier.resolve():
+                raise UserError(
+                    f"{what} {path} is the same file as {other}; give each output its own path."
+                )

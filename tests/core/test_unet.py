@@ -130,3 +130,6 @@ def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
         load_model(foreign)
     with pytest.raises(ModelFileError, match="no such model file"):
         load_model(os.fspath(tmp_path / "missing.keras"))
+    (tmp_path / "folder.keras").mkdir()
+    with pytest.raises(ModelFileError, match="folder.keras: is a folder, not a model file"):
+        load_model(os.fspath(tmp_path / "folder.keras"))

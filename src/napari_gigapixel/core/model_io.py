@@ -150,6 +150,8 @@ def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
         napari-gigapixel did not write.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path}: is a folder, not a model file. Give the .keras file.")
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such model file. Check the path.")
     try:

@@ -157,3 +157,13 @@ def test_a_mask_larger_than_the_slide_says_so():
         infer_downsample((2048, 8192), (1024, 4096), name="big.tif")
     with pytest.raises(MaskError, match="cannot overlay"):  # ratios that disagree
         infer_downsample((512, 4096), (1024, 4096), name="odd.tif")
+
+
+def test_train_refuses_a_damaged_mask_in_preflight(damaged_mask, tmp_path, capsys):
+    slide = tmp_path / "s.tif"
+    tifffile.imwrite(slide, np.full((*SLIDE, 3), 240, np.uint8), photometric="rgb")
+    out = tmp_path / "m.keras"
+    argv = ["train", "--image", str(slide), "--mask", str(damaged_mask), "--out", str(out)]
+    assert main(argv) == 1
+    assert "cannot read the mask's pixels" in _one_line_error(capsys)
+    assert not out.exists()

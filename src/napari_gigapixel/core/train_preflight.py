@@ -2,8 +2,9 @@
 
 :func:`preflight` validates a :class:`.train_config.TrainConfig` and every
 file it names (slides, masks and their labels, ROIs, the checkpoint to
-resume, the output and the decoded-pixel cache's room). The trainer calls it first; the Train widget
-calls it in napari's process, so a bad path is reported before a worker starts.
+resume, the output and the decoded-pixel cache's room). The trainer calls it
+first; the Train widget calls it in napari's process, so a bad path is
+reported before a worker starts.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def preflight(cfg: TrainConfig) -> None:
     training region at the mask's own level (:func:`check_labels`: tissue, for
     scribbles background too, and some left outside a validation ROI), checks
     each ROI, reads the resume checkpoint's metadata, and checks that ``out``
-    (and ``cache_dir``) can be written. The Train widget calls it in napari's process, so a bad path is
-    reported at once, not by the worker minutes later.
+    (and ``cache_dir``) can be written. The Train widget calls it in napari's
+    process, so a bad path is reported at once, not by the worker minutes later.
 
     Raises
     ------
@@ -202,6 +203,8 @@ def scan_labels(
 
     import numpy as np
 
+    from .masks import reading_mask
+
     d = float(mask.downsample)
     h, w = mask.shape
     y0, x0, y1, x1 = rect
@@ -222,7 +225,8 @@ def scan_labels(
     band = max(1, SCAN_PIXELS // max(1, mx1 - mx0))
     for by in range(my0, my1, band):
         by1 = min(my1, by + band)
-        block = np.asarray(mask.array[by:by1, mx0:mx1])
+        with reading_mask(mask.name):  # a damaged file: one line, not the codec's traceback
+            block = np.asarray(mask.array[by:by1, mx0:mx1])
         classes = _classes(block, mask.kind)
         found |= classes
         if ex is not None and ex[0] < by1 and ex[2] > by and ex[1] < mx1 and ex[3] > mx0:

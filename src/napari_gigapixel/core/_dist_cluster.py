@@ -64,19 +64,10 @@ class InputFailure:
 
 
 def _connect(address: str):
-    try:
-        from distributed import Client
-    except ImportError as exc:  # pragma: no cover - distributed ships with the extras
-        raise DistributedTrainError(
-            "distributed training needs the 'distributed' package: pip install distributed."
-        ) from exc
-    try:
-        return Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
-        raise DistributedTrainError(
-            f"{address}: cannot reach the dask scheduler ({exc}); start it "
-            "(dask scheduler / dask worker) or check the address."
-        ) from exc
+    # The same check, words and quick TCP probe as ``predict --scheduler``.
+    from .distributed_scheduler import connect
+
+    return connect(address, timeout=CONNECT_TIMEOUT, error=DistributedTrainError)
 
 
 def _workers(client) -> list[str]:

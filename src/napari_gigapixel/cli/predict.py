@@ -6,13 +6,16 @@ the tissue mask as OME-Zarr pyramids at the model's output stride. The output
 appears only when complete; an existing one is replaced only with --overwrite.
 Several --image (or a folder, or a list file) predict a cohort into the --out
 folder, one slide per cluster task with --scheduler; a slide that fails is
-reported and the others go on (exit status 1 at the end).
+reported and the others go on (exit status 1 at the end). A folder's
+predictions and masks are left out; no output may be, hold or lie inside an
+input slide or the model.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ._common import (
     EXIT_OK,
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     Many slides: 1 when any slide failed (the others are still predicted).
     """
-    from ..core.inference import PredictConfig, predict
+    from ..core.inference import PredictConfig, check_scheduler, predict
     from ..core.training import use_mixed_precision
     from . import _resolution
     from ._progress import follow
@@ -155,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
     )
     cfg.clean_settings()  # a bad value fails here, before any slide or model is read
+    check_scheduler(cfg.scheduler)  # "processes" would otherwise run on local threads
     if _is_many(args.image):
         return _run_many(cfg, args)
     finished = follow(predict(cfg), unit="chunk", desc="predict", quiet=args.quiet)
@@ -179,14 +183,22 @@ def _run_many(cfg, args: argparse.Namespace) -> int:
     from ..core.predict_many import expand_images, predict_many
     from ._progress import follow
 
-    images = expand_images(args.image)
+    skipped: list[str] = []
+    images = expand_images(args.image, skipped)
+    if skipped and not args.quiet:
+        # An earlier run's predictions, or masks beside their slides: not slides.
+        names = ", ".join(os.path.basename(q) for q in skipped)
+        print(
+            f"napari-gigapixel predict: left out {len(skipped)} predictions or masks: {names}",
+            file=sys.stderr,
+        )
     read_model_meta(cfg.model)  # a bad model fails once, not once per slide
     finished = follow(
         predict_many(cfg, images, args.out), unit="slide", desc="slides", quiet=args.quiet
     )
     if finished is None or finished.stopped:
         return stopped_exit("predict (finished slides are kept)", args.quiet)
-    res = finished.result
+    res = {**finished.result, "skipped": skipped}
     if args.json:
         print_json(res)
     elif not args.quiet:

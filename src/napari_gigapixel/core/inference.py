@@ -28,6 +28,7 @@ import numpy as np
 
 from ._predict_input import open_image as _open_image
 from ._predict_write import chunk_writes, iter_compute, iter_finish
+from .distributed_scheduler import check_scheduler_address, check_scheduler_reachable
 from .errors import GigapixelError
 from .events import Finished, JobStopped, Message, Progress, StopFlag
 from .mask_clean import (
@@ -153,6 +154,26 @@ class PredictConfig:
         return CleanSettings(self.min_width_um, self.min_object_um2, self.min_hole_um2).validate()
 
 
+#: ``PredictConfig.scheduler`` values that run in this process (dask's own names).
+LOCAL_SCHEDULERS = ("threads", "sync", "synchronous")
+
+
+def check_scheduler(scheduler: str | None) -> str | None:
+    """``scheduler`` if it is a local one or a dask.distributed address, else refuse it.
+
+    The words are ``train``'s (:func:`.distributed_scheduler.check_scheduler_address`):
+    a value such as ``processes`` must not quietly run on local threads.
+
+    Raises
+    ------
+    SchedulerError
+        Neither ``None``, one of :data:`LOCAL_SCHEDULERS`, nor an address.
+    """
+    if not scheduler or scheduler in LOCAL_SCHEDULERS:
+        return scheduler or None
+    return check_scheduler_address(scheduler)
+
+
 def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     """Predict a slide into an OME-Zarr, chunk by chunk; a generator of events.
 
@@ -165,21 +186,38 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     ------
     PredictionError
         ``out`` exists and ``overwrite`` is off (checked before any work).
+    OutputError
+        ``out`` is, holds or lies inside the slide or the model file.
+    InputError
+        The image is a mask or a prediction, not a slide.
+    SchedulerError
+        ``scheduler`` is no address (``"processes"``), or cannot be reached
+        (checked in seconds, before the model is read).
     GigapixelError
         Unreadable model or slide, bad region (the message says which).
     """
+    from .preflight import OutputError, check_apart, check_output, check_slide_input
     from .unet import read_model_meta
 
     t0 = time.perf_counter()
     tta = check_tta(cfg.tta)  # a bad option fails before any file is read
+    scheduler = check_scheduler(cfg.scheduler)
+    distributed = scheduler is not None and "://" in scheduler
+    # Messages show the paths as given; the stores and the workers use absolute ones.
     out = os.path.abspath(os.fspath(cfg.out))
-    if os.path.exists(out) and not cfg.overwrite:
-        raise PredictionError(
-            f"{out} already exists; pass overwrite (--overwrite) to replace it, or "
-            "choose another output path."
-        )
+    by_path = isinstance(cfg.image, (str, os.PathLike))
+    # Replacing the output deletes what it is or holds: never an input.
+    check_apart(cfg.out, ([(cfg.image, "slide")] if by_path else []) + [(cfg.model, "model")])
+    try:
+        check_output(cfg.out, overwrite=cfg.overwrite, folder=True, what="prediction")
+    except OutputError as exc:  # the class this function has always raised for it
+        raise PredictionError(str(exc)) from None
+    if by_path:
+        check_slide_input(cfg.image)  # a mask or a prediction is not a slide
+    if distributed:
+        check_scheduler_reachable(scheduler)  # in seconds, before the model is read
     model_path = os.path.abspath(os.fspath(cfg.model))
-    model_meta = read_model_meta(model_path)  # clear error for a foreign file, no Keras
+    model_meta = read_model_meta(cfg.model)  # clear error for a foreign file, no Keras
     if not 0.0 <= float(cfg.threshold) <= 1.0:
         raise GigapixelError(f"threshold must be within [0, 1], got {cfg.threshold}.")
     cleaning = cfg.clean_settings()
@@ -189,7 +227,6 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     geometry = Geometry(g["stride"], g["output_stride"], g["rf_before"], g["rf_after"])
     os_, s = int(geometry.output_stride), int(geometry.stride)
     chunk = max(geometry.halo, s, int(cfg.chunk or default_chunk(geometry)) // s * s)
-    distributed = bool(cfg.scheduler) and "://" in str(cfg.scheduler)
     mcfg = model_meta.get("model_config") or {}
     white = balance = None
     flag = mcfg.get if isinstance(mcfg, dict) else lambda k: getattr(mcfg, k, False)
@@ -214,11 +251,9 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
     clean_px, clean_rec = plan_clean(cleaning, info.get("mpp"), model_meta, d_res * os_)
     # Writable, and room for the stores (uncompressed upper bound: probability
     # and mask, uint8, at the output stride, plus a third for their pyramids).
-    from .preflight import check_output
-
     rh, rw = info["resolution_shape"]
     check_output(
-        out,
+        cfg.out,
         overwrite=cfg.overwrite,
         folder=True,
         expected_bytes=int(2 * 1.34 * -(-rh // os_) * -(-rw // os_)),
@@ -271,7 +306,7 @@ def predict(cfg: PredictConfig, stop: StopFlag | None = None) -> Iterator[Any]:
         if distributed:
             yield Message("loading the model on the workers")
         tissue, t_compute = yield from iter_compute(
-            counts, total, cfg.scheduler, abort, stop, ref if distributed else None, tta
+            counts, total, scheduler, abort, stop, ref if distributed else None, tta
         )
         tissue, downs = yield from iter_finish(
             tmp, tissue, clean_px, cleaning, cfg.write_probability, stop

@@ -3,7 +3,9 @@
 Every command and widget calls these before the first tile, so that a run
 never fails after minutes of work because of a path: an existing output
 without ``overwrite``, a folder that does not exist or cannot be written, a
-file where a folder goes (or the reverse), a disk without room. OS errors
+file where a folder goes (or the reverse), a disk without room, an output that
+would replace one of the run's inputs (:func:`check_apart`), and a mask or a
+prediction given where a slide goes (:func:`check_slide_input`). OS errors
 raised later (a disk that fills up during the run) are turned into the same
 one-line form by :func:`os_error_message`.
 """
@@ -14,6 +16,7 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import GigapixelError
@@ -126,6 +129,126 @@ def check_output(
                 f"{_gib(free)} free. Free some space or write elsewhere."
             )
     return p
+
+
+def check_apart(out: str | os.PathLike, inputs: Iterable[tuple[str | os.PathLike, str]]) -> None:
+    """Refuse an output that is one of the inputs, lies inside one, or holds one.
+
+    Writing an output replaces it whole (with ``overwrite``), so an output that
+    is or holds an input deletes that input, and one inside an input (a zarr
+    slide's folder) damages it. Paths are compared resolved (``..``, symbolic
+    links), and the messages show them as given.
+
+    Parameters
+    ----------
+    out
+        The output path.
+    inputs
+        ``(path, what)`` pairs, e.g. ``(slide, "slide")``, ``(model, "model")``.
+
+    Raises
+    ------
+    OutputError
+        The output and an input overlap; the message names both.
+    """
+    o = Path(os.path.realpath(out))
+    for path, what in inputs:
+        i = Path(os.path.realpath(path))
+        if o == i:
+            where = f"is the input {what}"
+        elif i in o.parents:
+            where = f"lies inside the input {what} {os.fspath(path)}"
+        elif o in i.parents:
+            where = f"holds the input {what} {os.fspath(path)} (replacing it would delete it)"
+        else:
+            continue
+        raise OutputError(f"{os.fspath(out)}: the output {where}; choose another output path.")
+
+
+#: Grey images whose values all lie in 0..this are label masks, not slides.
+_MAX_LABEL_VALUE = 2
+#: Side of the window of the smallest level read to tell a mask from a grey slide.
+_LABEL_WINDOW = 2048
+
+
+def non_slide_kind(path: str | os.PathLike) -> str | None:
+    """``"prediction"`` or ``"mask"`` when ``path`` holds one rather than a slide, else None.
+
+    A prediction is a store whose metadata records ``"kind": "prediction"``
+    (:func:`.prediction_store.is_prediction_path`); a mask is a file whose
+    metadata records a mask kind (:func:`.mask_io.write_mask`'s ``dense`` or
+    ``scribble``), or a one-channel image whose smallest level holds only label
+    values (0-2 in a central window; a grey slide's glass is near white).
+    Reads metadata and at most one window; a file that is no image gives None
+    (opening it as a slide then says why).
+    """
+    from .prediction_store import is_prediction_path
+
+    p = os.fspath(path)
+    if is_prediction_path(p):
+        return "prediction"
+    if _stored_mask_kind(p):
+        return "mask"
+    from .slide import SlideError, open_slide
+
+    try:
+        with open_slide(p) as slide:
+            if not slide.metadata.get("grayscale"):
+                return None
+            # The smallest level stored in the file: the ones past it are computed
+            # from level 0 (a grey image without a pyramid), which reads it all.
+            k = max(0, int(slide.metadata.get("stored_levels", len(slide.levels))) - 1)
+            lvl = slide.levels[k]
+            h, w = int(lvl.shape[0]), int(lvl.shape[1])
+            y0, x0 = max(0, (h - _LABEL_WINDOW) // 2), max(0, (w - _LABEL_WINDOW) // 2)
+            win = lvl[y0 : y0 + _LABEL_WINDOW, x0 : x0 + _LABEL_WINDOW, 0]
+            top = int(win.max().compute(scheduler="sync"))
+    except (SlideError, OSError):
+        return None
+    return "mask" if top <= _MAX_LABEL_VALUE else None
+
+
+def _stored_mask_kind(path: str) -> str | None:
+    """The mask kind a file's napari-gigapixel metadata records (TIFF or zarr), if any."""
+    import json
+    from typing import get_args
+
+    from .masks import MaskKind
+
+    meta: object = None
+    try:
+        if os.path.isdir(path):
+            meta = json.loads((Path(path) / ".zattrs").read_text()).get("napari_gigapixel")
+        elif os.path.isfile(path):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                meta = tif.shaped_metadata[0] if tif.shaped_metadata else None
+    except Exception:  # noqa: BLE001 - unreadable metadata: not one of our masks
+        return None
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    return kind if kind in get_args(MaskKind) else None
+
+
+def check_slide_input(path: str | os.PathLike, what: str = "slide") -> None:
+    """Refuse a mask or a prediction given where a slide goes (:func:`non_slide_kind`).
+
+    Raises
+    ------
+    InputError
+        ``path`` is a prediction or a mask; the message says which and what to give.
+    """
+    kind = non_slide_kind(path)
+    if kind == "prediction":
+        raise InputError(
+            f"{os.fspath(path)}: a prediction written by 'napari-gigapixel predict', not a "
+            f"{what}; give the slide it was predicted from."
+        )
+    if kind == "mask":
+        raise InputError(
+            f"{os.fspath(path)}: a tissue mask (label values), not a {what}; give the slide "
+            "it annotates."
+        )
 
 
 def _gib(n: float) -> str:

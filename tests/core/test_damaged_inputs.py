@@ -19,36 +19,16 @@ import tifffile
 from napari_gigapixel.cli import main
 from napari_gigapixel.core.mask_io import load_mask
 from napari_gigapixel.core.masks import MaskError, infer_downsample
-from napari_gigapixel.core.prediction_store import (
-    build_pyramids,
-    commit_store,
-    create_store,
-    mark_complete,
-)
 
 SLIDE = (200, 320)
 
 
 @pytest.fixture
-def prediction(tmp_path) -> str:
+def prediction(prediction_writer) -> str:
     """A 1/4 prediction of a 200 x 320 slide (a square of tissue)."""
-    level = np.zeros((50, 80), np.uint8)
-    level[5:25, 5:25] = 1
-    meta = {
-        "kind": "prediction",
-        "downsample": 4.0,
-        "slide_shape": list(SLIDE),
-        "offset": [0, 0],
-        "region_shape": list(SLIDE),
-        "threshold": 0.5,
-    }
-    tmp, out = str(tmp_path / "p.partial"), str(tmp_path / "p.zarr")
-    prob, mask = create_store(tmp, level.shape, 32, meta)
-    prob[:], mask[:] = level * 255, level
-    build_pyramids(tmp)
-    mark_complete(tmp)
-    commit_store(tmp, out, overwrite=False)
-    return out
+    truth = np.zeros(SLIDE, np.uint8)
+    truth[20:100, 20:100] = 1
+    return prediction_writer(truth, 4, "p")
 
 
 @pytest.fixture

@@ -140,16 +140,19 @@ def check_labels(
     from ._train_data import check_region_labels
     from .masks import MaskError
 
+    def teaches(found: set[str], where: str | None) -> None:
+        check_region_labels(
+            mask.name,
+            name,
+            mask.kind,
+            "labelled" in found,
+            "tissue" in found,
+            "background" in found,
+            where,
+        )
+
     found, kept = scan_labels(mask, rect, vroi)
-    check_region_labels(
-        mask.name,
-        name,
-        mask.kind,
-        "labelled" in found,
-        "tissue" in found,
-        "background" in found,
-        where,
-    )
+    teaches(found, where)
     if vroi is None:
         return
     missing = None
@@ -163,16 +166,7 @@ def check_labels(
             "of this training region; choose a smaller validation ROI."
         )
     # The validation ROI is scored: it needs labels of its own.
-    found, _ = scan_labels(mask, vroi)
-    check_region_labels(
-        mask.name,
-        name,
-        mask.kind,
-        "labelled" in found,
-        "tissue" in found,
-        "background" in found,
-        f"the validation ROI {tuple(vroi)} of {name}",
-    )
+    teaches(scan_labels(mask, vroi)[0], f"the validation ROI {tuple(vroi)} of {name}")
 
 
 def scan_labels(

@@ -211,9 +211,8 @@ def non_slide_kind(path: str | os.PathLike) -> str | None:
 def _stored_mask_kind(path: str) -> str | None:
     """The mask kind a file's napari-gigapixel metadata records (TIFF or zarr), if any."""
     import json
-    from typing import get_args
 
-    from .masks import MaskKind
+    from .mask_io import _stored_kind  # the reader's own rule for what a file records
 
     meta: object = None
     try:
@@ -226,8 +225,7 @@ def _stored_mask_kind(path: str) -> str | None:
                 meta = tif.shaped_metadata[0] if tif.shaped_metadata else None
     except Exception:  # noqa: BLE001 - unreadable metadata: not one of our masks
         return None
-    kind = meta.get("kind") if isinstance(meta, dict) else None
-    return kind if kind in get_args(MaskKind) else None
+    return _stored_kind(meta)
 
 
 def check_slide_input(path: str | os.PathLike, what: str = "slide") -> None:

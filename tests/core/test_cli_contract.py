@@ -267,3 +267,35 @@ def _write_tiny_model(path) -> None:
     cfg = ModelConfig()
     model = build_unet(cfg)
     save_model(model, path, geometry=model_geometry(model), model_config=cfg)
+
+
+def test_every_writer_of_the_python_api_refuses_to_replace_in_the_same_words(tmp_path):
+    """The overwrite rule of the core functions, in check_output's words."""
+    from napari_gigapixel.core.export import ExportError, export_geojson
+    from napari_gigapixel.core.mask_write import write_mask
+    from napari_gigapixel.core.masks import MaskError
+    from napari_gigapixel.core.prediction_store import PredictionError, commit_store
+    from napari_gigapixel.core.pyramid import PyramidError, build_pyramid
+
+    slide = tmp_path / "s.tif"
+    tifffile.imwrite(slide, np.full((64, 64, 3), 200, np.uint8), photometric="rgb")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 8:40] = 1
+    for name in ("m.tif", "p.zarr", "o.geojson", "store.zarr"):
+        (tmp_path / name).write_bytes(b"made by the user")
+    (tmp_path / "tmp.zarr").mkdir()
+    calls = [
+        (MaskError, lambda: write_mask(tmp_path / "m.tif", mask)),
+        (PyramidError, lambda: list(build_pyramid(slide, tmp_path / "p.zarr"))),
+        (ExportError, lambda: export_geojson(mask, tmp_path / "o.geojson")),
+        (
+            PredictionError,
+            lambda: commit_store(tmp_path / "tmp.zarr", tmp_path / "store.zarr", overwrite=False),
+        ),
+    ]
+    for error, call in calls:
+        with pytest.raises(error) as exc:
+            call()
+        assert str(exc.value).endswith("already exists; pass --overwrite to replace it.")
+    for name in ("m.tif", "p.zarr", "o.geojson", "store.zarr"):
+        assert (tmp_path / name).read_bytes() == b"made by the user"

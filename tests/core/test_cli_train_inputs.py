@@ -158,6 +158,42 @@ def test_a_huge_mask_is_scanned_in_bands_and_only_until_the_answer_is_known(monk
     assert arr.read == 300 * 100
 
 
+def test_a_mask_or_a_prediction_given_as_the_slide_is_refused(pair, capsys, no_tensorflow):
+    # The mask file where the slide goes: predict's words, before anything runs.
+    argv = ["train", "--image", str(pair / "m.tif"), "--mask", str(pair / "m.tif")]
+    assert main([*argv, "--out", str(pair / "o.keras"), "--steps", "1", "--quiet"]) == 1
+    err = _one_line(capsys)
+    assert "m.tif: a tissue mask (label values), not a slide; give the slide it annotates" in err
+    assert not (pair / "o.keras").exists()
+
+
+def test_a_mask_as_the_validation_slide_is_refused_too(pair, capsys, no_tensorflow):
+    assert _train(pair, "--val-image", str(pair / "m.tif"), "--val-mask", str(pair / "m.tif")) == 1
+    assert "m.tif: a tissue mask (label values), not a slide" in _one_line(capsys)
+
+
+def test_distributed_training_checks_the_labels_before_reaching_the_cluster(pair, no_tensorflow):
+    # Nothing listens on port 9: a label check after connecting would fail on
+    # the address instead; the client sees the files, so the mask is refused first.
+    cfg = TrainConfig(
+        images=[str(pair / "s.tif")],
+        masks=[str(pair / "zero.tif")],
+        out=str(pair / "o.keras"),
+        scheduler="tcp://127.0.0.1:9",
+    )
+    from napari_gigapixel.core.training import train
+
+    with pytest.raises(MaskError, match="zero.tif: the mask has no tissue"):
+        next(iter(train(cfg)))
+
+
+def test_a_scheduler_that_is_no_address_has_predicts_words(pair, capsys):
+    assert _train(pair, "--scheduler", "localhost") == 2
+    err = _one_line(capsys)
+    says = "scheduler must be a dask.distributed address like tcp://host:8786, not 'localhost'"
+    assert says in err
+
+
 # -- 5. flags the configuration refuses -----------------------------------------------
 
 

@@ -208,6 +208,9 @@ def test_continuing_a_checkpoint_uses_its_resolution(slide_viewer, fake_jobs, qt
     assert len(_texts(w.resolution)) == 1
     assert _texts(w.resolution)[0].startswith("as checkpoint (level 1) · 1 um/px · 0.131 Mpx")
     assert w.resolution.value is None and not w.model.enabled  # its own model too
+    # ...and its own input convention: the switches that shape a new model are off.
+    switches = (w.recipe.white_balance, w.recipe.standardize, w.recipe.head_prior)
+    assert not any(s.enabled for s in switches)
     assert w.resolution.info.value.startswith("1 um/px, downsample 2, 256 x 512 px")
     w.memory_gb.value = 1.0  # a new budget re-estimates, still only the checkpoint's
     assert len(_texts(w.resolution)) == 1 and w.resolution.value is None
@@ -217,10 +220,12 @@ def test_continuing_a_checkpoint_uses_its_resolution(slide_viewer, fake_jobs, qt
     assert cfg.resume == ckpt
     assert cfg.resolution is None  # the engine runs at the checkpoint's resolution
     assert not w.model.enabled and w.steps.enabled  # after the run, still the checkpoint's
+    assert not any(s.enabled for s in switches) and w.recipe.seed.enabled
     # A new model again: the slide's resolutions come back.
     w.resume.value = ""
     assert _texts(w.resolution)[0].startswith("level 0 · 0.5 um/px")
     assert len(_texts(w.resolution)) > 1 and w.model.enabled
+    assert all(s.enabled for s in switches)
     cfg = _start(w, fake_jobs, qtbot)
     assert cfg.resume is None and cfg.resolution == Resolution(level=0)
 

@@ -203,17 +203,18 @@ class RecipeInputs:
             text="white balance",
             value=d.white_balance,
             tooltip="Scale each slide's glass to one white, cell by cell (the lamp's "
-            "shading goes too), here and when predicting.",
+            "shading goes too), here and when predicting. A continued model keeps its own.",
         )
         self.standardize = CheckBox(
             text="standardize",
             value=d.standardize,
-            tooltip="Standardise the input with the training slides' per-channel statistics.",
+            tooltip="Standardise the input with the training slides' per-channel statistics. "
+            "A continued model keeps its own.",
         )
         self.head_prior = CheckBox(
             text="head prior",
             value=d.head_prior,
-            tooltip="Start the head's bias at the masks' tissue fraction.",
+            tooltip="Start the head's bias at the masks' tissue fraction (a new model only).",
         )
         self.switches = Container(
             layout="horizontal",

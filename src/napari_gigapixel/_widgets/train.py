@@ -189,14 +189,24 @@ class TrainWidget(JobWidgetMixin, Container):
         return [(ly.name, ly) for ly in self.viewer.layers if isinstance(ly, Shapes)]
 
     def _on_resume(self, _value: Any = None) -> None:
-        """A checkpoint keeps its own model and resolution: the size preset does not apply."""
-        self.model.enabled = self._resume_path() is None
+        """A checkpoint keeps its own model, input convention and resolution.
+
+        The size preset and the input switches (white balance, standardize,
+        head prior) shape a new model only, so they are greyed out while a
+        checkpoint is chosen (``train --resume`` refuses their flags).
+        """
+        self._lock_new_model_fields()
         self._update_resolutions()
+
+    def _lock_new_model_fields(self) -> None:
+        fresh = self._resume_path() is None
+        for w in (self.model, *self.recipe.switches):
+            w.enabled = fresh
 
     def _set_running(self, running: bool) -> None:
         super()._set_running(running)
-        if not running and not self.relay.closed:  # unlocking: the preset stays off
-            self.model.enabled = self._resume_path() is None
+        if not running and not self.relay.closed:  # unlocking: those fields stay off
+            self._lock_new_model_fields()
 
     def _update_resolutions(self, _value: Any = None) -> None:
         """List the first selected slide's resolutions with their cost at this budget.

@@ -96,14 +96,18 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
     from .image_step import preview_factor
     from .input_norm import WHITE
     from .train_config import _describe, _validate
-    from .train_preflight import _resumed_resolution
+    from .train_preflight import _resumed_resolution, preflight
     from .training import _fit_to_data, _make_model, drawn_augment, local_balance
     from .validation import best_path, val_rois
 
     _validate(cfg)
     vrois = val_rois(cfg)  # a malformed val_roi fails here
-    # The slides are checked on the workers (the client may not see their paths);
-    # the outputs and the checkpoint here, before anything runs.
+    if _client_sees(cfg):
+        # Every slide and mask is reachable here too (a shared disk): the local
+        # run's checks, labels included, before any worker decodes a pixel.
+        preflight(cfg, on_workers=True)
+    # Otherwise the slides are checked on the workers (the client cannot see
+    # their paths); the outputs and the checkpoint here, before anything runs.
     from .model_io import read_model_meta
     from .preflight import check_input, check_output
 
@@ -241,6 +245,16 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
         except Exception:  # noqa: BLE001 - best effort: workers may be gone
             pass
         client.close()
+
+
+def _client_sees(cfg: Any) -> bool:
+    """Whether every slide and mask path of ``cfg`` exists on the client's disks.
+
+    Masks given as arrays travel with the run and need no path.
+    """
+    paths = [*cfg.images, *cfg.val_images]
+    paths += [m for m in (*cfg.masks, *cfg.val_masks) if isinstance(m, (str, os.PathLike))]
+    return all(os.path.exists(p) for p in paths)
 
 
 def _abs(p: Any) -> Any:

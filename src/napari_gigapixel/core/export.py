@@ -303,7 +303,7 @@ def export_events(
     if out.suffix.lower() not in (".geojson", ".json"):
         raise ExportError(f"{out}: write GeoJSON to a .geojson (or .json) file.")
     if out.exists() and not overwrite:
-        raise ExportError(f"{out}: already exists; pass overwrite (--overwrite) to replace it.")
+        raise ExportError(f"{out} already exists; pass --overwrite to replace it.")
     if not out.parent.is_dir():
         raise ExportError(f"{out}: the folder {out.parent} does not exist; create it first.")
     if tolerance is not None and tolerance < 0 or min_area is not None and min_area < 0:
@@ -407,7 +407,7 @@ def _write_atomic(out: Path, doc: dict, overwrite: bool) -> None:
         with open(tmp, "w") as fh:
             json.dump(doc, fh, separators=(",", ":"))
         if out.exists() and not overwrite:  # appeared while we traced
-            raise ExportError(f"{out}: already exists; pass overwrite to replace it.")
+            raise ExportError(f"{out} already exists; pass --overwrite to replace it.")
         os.replace(tmp, out)
     except OSError as exc:
         raise ExportError(f"{out}: cannot write ({exc}).") from exc

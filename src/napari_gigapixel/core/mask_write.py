@@ -188,9 +188,7 @@ def write_mask(
     if not float(downsample) > 0:
         raise MaskError(f"{p}: downsample must be positive, got {downsample}.")
     if p.exists() and not overwrite:
-        raise MaskError(
-            f"{p}: already exists; pass overwrite=True (or --overwrite) to replace it."
-        )
+        raise MaskError(f"{p} already exists; pass --overwrite to replace it.")
     if not p.parent.is_dir():
         raise MaskError(f"{p}: the folder {p.parent} does not exist; create it first.")
     if kind not in ("dense", "scribble"):

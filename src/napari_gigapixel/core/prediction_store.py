@@ -194,10 +194,9 @@ def commit_store(tmp: str | os.PathLike, out: str | os.PathLike, *, overwrite: b
     old = None
     if os.path.exists(out):
         if not overwrite:
-            raise PredictionError(
-                f"{out} already exists; pass overwrite (--overwrite) to replace it, "
-                "or choose another output path."
-            )
+            # Made while this run computed (preflight found the path free):
+            # the same words as preflight's check_output.
+            raise PredictionError(f"{out} already exists; pass --overwrite to replace it.")
         old = f"{out}.old-{os.getpid()}"
         os.replace(out, old)
     try:

@@ -114,10 +114,7 @@ def build_pyramid(
     if os.path.lexists(out) and not overwrite:
         if owned:
             slide.close()
-        raise PyramidError(
-            f"{out} already exists. Choose another output path, or pass "
-            "overwrite=True (--overwrite on the command line) to replace it."
-        )
+        raise PyramidError(f"{out} already exists; pass --overwrite to replace it.")
     n_workers = int(workers or min(8, os.cpu_count() or 1))
     return _build(slide, out, int(tile), int(min_size), n_workers, stop, owned)
 

@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .distributed_scheduler import check_scheduler_address
 from .errors import GigapixelError
 from .resolution import Resolution
 from .unet import ModelConfig, preset_config
@@ -336,11 +337,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise TrainConfigError(
             f"resolution must be a Resolution(mpp=..., level=...), not {cfg.resolution!r}."
         )
-    if cfg.scheduler is not None and "://" not in str(cfg.scheduler):
-        raise TrainConfigError(
-            f"scheduler must be a dask.distributed address like tcp://host:8786, "
-            f"not {cfg.scheduler!r}."
-        )
+    if cfg.scheduler is not None:
+        check_scheduler_address(cfg.scheduler, TrainConfigError)
     if cfg.scheduler is not None and not all(
         isinstance(p, (str, os.PathLike)) for p in [*cfg.images, *cfg.val_images]
     ):

@@ -15,7 +15,7 @@ from typing import Any
 from .train_config import TrainConfig, TrainConfigError, _validate
 
 
-def preflight(cfg: TrainConfig) -> None:
+def preflight(cfg: TrainConfig, on_workers: bool = False) -> None:
     """Validate ``cfg`` and every file it names, before TensorFlow loads or anything runs.
 
     Opens each slide (metadata and one small tile) and closes it, loads each
@@ -26,6 +26,15 @@ def preflight(cfg: TrainConfig) -> None:
     (and ``cache_dir``) can be written. The Train widget calls it in napari's
     process, so a bad path is reported at once, not by the worker minutes later.
 
+    Parameters
+    ----------
+    cfg
+        The run.
+    on_workers
+        The slides are decoded on a cluster's workers (``cfg.scheduler``):
+        the decoded-pixel cache is theirs, so ``cache_dir`` and its free space
+        are not checked here.
+
     Raises
     ------
     GigapixelError
@@ -33,7 +42,7 @@ def preflight(cfg: TrainConfig) -> None:
     """
     from ._train_data import check_roi, open_mask_source
     from .model_io import read_model_meta
-    from .preflight import InputError, check_input, check_output
+    from .preflight import InputError, check_input, check_output, check_slide_input
     from .slide import open_slide
 
     _validate(cfg)
@@ -50,7 +59,7 @@ def preflight(cfg: TrainConfig) -> None:
         os.path.abspath(os.fspath(cfg.out))
     )
     check_output(cfg.out, overwrite=cfg.overwrite or same_as_resume, what="model file")
-    if cfg.cache_dir is not None and not os.path.isdir(cfg.cache_dir):
+    if not on_workers and cfg.cache_dir is not None and not os.path.isdir(cfg.cache_dir):
         raise TrainConfigError(f"cache_dir {cfg.cache_dir}: no such folder; create it first.")
     from .resolution import as_slide, resolve
     from .validation import best_path, val_rois
@@ -66,7 +75,8 @@ def preflight(cfg: TrainConfig) -> None:
     def shape_of(img):
         """Level-0 shape, a name, and the working resolution's downsample."""
         if isinstance(img, (str, os.PathLike)):
-            with open_slide(check_input(img, "slide")) as slide:
+            check_slide_input(check_input(img, "slide"))  # not a mask or a prediction
+            with open_slide(img) as slide:
                 # resolve: the slide has the level or um/px asked for
                 return slide.shape, os.fspath(img), resolve(slide, resolution).downsample
         from ._train_data import open_image_source
@@ -94,7 +104,8 @@ def preflight(cfg: TrainConfig) -> None:
         if isinstance(img, (str, os.PathLike)):
             # Decoded once into a cache, at the working resolution.
             cache_bytes += int((y1 - y0) * (x1 - x0) * 3 / d**2)
-    _check_cache_room(cfg, cache_bytes)
+    if not on_workers:
+        _check_cache_room(cfg, cache_bytes)
 
 
 #: Mask pixels the label scan reads at once: a huge (full-resolution) mask is
@@ -220,7 +231,12 @@ def scan_labels(
     for by in range(my0, my1, band):
         by1 = min(my1, by + band)
         with reading_mask(mask.name):  # a damaged file: one line, not the codec's traceback
-            block = np.asarray(mask.array[by:by1, mx0:mx1])
+            block = mask.array[by:by1, mx0:mx1]
+            # Read in this thread: with a dask.distributed client open (train
+            # --scheduler) dask would ship the open file's graph to the cluster.
+            block = np.asarray(
+                block.compute(scheduler="sync") if hasattr(block, "compute") else block
+            )
         classes = _classes(block, mask.kind)
         found |= classes
         if ex is not None and ex[0] < by1 and ex[2] > by and ex[1] < mx1 and ex[3] > mx0:

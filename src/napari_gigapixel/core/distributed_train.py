@@ -104,21 +104,25 @@ def train_distributed(cfg: Any, stop: StopFlag | None = None) -> Iterator[Any]:
     vrois = val_rois(cfg)  # a malformed val_roi fails here
     if _client_sees(cfg):
         # Every slide and mask is reachable here too (a shared disk): the local
-        # run's checks, labels included, before any worker decodes a pixel.
+        # run's checks, labels, checkpoint and outputs included, before any
+        # worker decodes a pixel.
         preflight(cfg, on_workers=True)
-    # Otherwise the slides are checked on the workers (the client cannot see
-    # their paths); the outputs and the checkpoint here, before anything runs.
-    from .model_io import read_model_meta
-    from .preflight import check_input, check_output
+    else:
+        # The workers check the slides (the client cannot see their paths);
+        # the checkpoint and the outputs are checked here, before anything runs.
+        from .model_io import read_model_meta
+        from .preflight import check_input, check_output
 
-    if cfg.resume:
-        read_model_meta(check_input(cfg.resume, "checkpoint"))
-    same = bool(cfg.resume) and os.path.abspath(os.fspath(cfg.resume)) == os.path.abspath(
-        os.fspath(cfg.out)
-    )
-    check_output(cfg.out, overwrite=cfg.overwrite or same, what="model file")
-    if cfg.validates:
-        check_output(best_path(cfg.out), overwrite=cfg.overwrite or same, what="best model file")
+        if cfg.resume:
+            read_model_meta(check_input(cfg.resume, "checkpoint"))
+        same = bool(cfg.resume) and os.path.abspath(os.fspath(cfg.resume)) == os.path.abspath(
+            os.fspath(cfg.out)
+        )
+        check_output(cfg.out, overwrite=cfg.overwrite or same, what="model file")
+        if cfg.validates:
+            check_output(
+                best_path(cfg.out), overwrite=cfg.overwrite or same, what="best model file"
+            )
     from ._quiet_tf import load_keras_quietly
 
     load_keras_quietly()
